@@ -1,0 +1,7 @@
+"""python -m qgcal"""
+
+import sys
+
+from qgcal.cli import main
+
+sys.exit(main())

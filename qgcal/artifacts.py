@@ -1,0 +1,183 @@
+"""Per-file artifacts: atomic writes, embedded provenance, and validity checks.
+
+An artifact is ONE file holding its data and its provenance (Parquet key-value
+metadata, or a JSON member of an ``.npz``), written under a temporary name and
+renamed into place. So a kill can leave only a ``*.tmp-*`` file, which nothing
+reads, and a rerun trusts an artifact only when its provenance still matches
+the inputs and config fields its pass depends on. Nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from qgcal import __version__
+from qgcal.errors import ArtifactError
+
+__all__ = [
+    "config_hash",
+    "file_fingerprint",
+    "sha256_file",
+    "library_versions",
+    "atomic_path",
+    "write_json_atomic",
+    "ParquetArtifactWriter",
+    "read_parquet_provenance",
+    "provenance_matches",
+]
+
+PROVENANCE_KEY = b"qgcal.provenance"
+_EDGE_BYTES = 1 << 20
+
+
+def config_hash(fields: Any) -> str:
+    """A stable hash of the config fields a pass depends on (JSON, sorted keys)."""
+    blob = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_fingerprint(path: Path) -> dict[str, Any]:
+    """Size, mtime and a hash of the first and last MiB: cheap even for 3 GB inputs."""
+    st = path.stat()
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        h.update(fh.read(_EDGE_BYTES))
+        if st.st_size > 2 * _EDGE_BYTES:
+            fh.seek(-_EDGE_BYTES, os.SEEK_END)
+            h.update(fh.read(_EDGE_BYTES))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "edges_sha256": h.hexdigest()[:32]}
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    out = {"qgcal": __version__}
+    for name in ("numpy", "awkward", "uproot", "hist", "boost-histogram", "pyarrow", "scikit-learn"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:  # pragma: no cover - all are dependencies
+            out[name] = "missing"
+    return out
+
+
+@contextmanager
+def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it over ``final`` only on success."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=suffix, dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with tmp_path.open("rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, final)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json_atomic(final: Path, payload: Any) -> None:
+    """Deterministic JSON (sorted keys, fixed float repr) written atomically."""
+    text = json.dumps(payload, sort_keys=True, indent=2, allow_nan=False) + "\n"
+    with atomic_path(final, ".json") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+class ParquetArtifactWriter:
+    """Stream row groups into a temporary Parquet file; commit with provenance at the end.
+
+    One row group per input chunk keeps a worker's memory bounded by the chunk,
+    not by the file.
+    """
+
+    def __init__(self, final: Path, schema: pa.Schema) -> None:
+        self.final = final
+        self.schema = schema
+        self._ctx = atomic_path(final, ".parquet")
+        self._tmp = self._ctx.__enter__()
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, columns: Mapping[str, Any]) -> None:
+        table = pa.table({name: columns[name] for name in self.schema.names}, schema=self.schema)
+        if table.num_rows:
+            self._writer.write_table(table)
+            self.rows += table.num_rows
+
+    def commit(self, provenance: Mapping[str, Any]) -> None:
+        blob = json.dumps(provenance, sort_keys=True, allow_nan=False).encode()
+        self._writer.add_key_value_metadata({PROVENANCE_KEY: blob})
+        self._writer.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        finally:
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> ParquetArtifactWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+def read_parquet_provenance(path: Path) -> dict[str, Any] | None:
+    """The embedded provenance, or None when the file is missing or unreadable."""
+    try:
+        meta = pq.read_metadata(path).metadata or {}
+        return json.loads(meta[PROVENANCE_KEY])
+    except Exception:
+        return None
+
+
+def read_parquet(path: Path, columns: list[str] | None = None) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns)
+    except Exception as err:
+        raise ArtifactError(f"{path}: unreadable artifact ({type(err).__name__}); rerun with --force") from None
+
+
+def iter_parquet_batches(path: Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """One table per row group: the downstream passes stream too."""
+    try:
+        pf = pq.ParquetFile(path)
+        for i in range(pf.num_row_groups):
+            yield pf.read_row_group(i, columns=columns)
+    except ArtifactError:
+        raise
+    except Exception as err:
+        raise ArtifactError(f"{path}: unreadable artifact ({type(err).__name__}); rerun with --force") from None
+
+
+def provenance_matches(found: Mapping[str, Any] | None, expected: Mapping[str, Any],
+                       keys: tuple[str, ...] = ("pass", "config_hash", "inputs")) -> bool:
+    """An artifact is reusable when the fields that determine its content agree."""
+    if not found:
+        return False
+    return all(found.get(k) == expected.get(k) for k in keys)
+
+
+def is_valid(path: Path, expected: Mapping[str, Any],
+             reader: Callable[[Path], dict[str, Any] | None] = read_parquet_provenance) -> bool:
+    return path.is_file() and provenance_matches(reader(path), expected)

@@ -1,0 +1,196 @@
+"""The calibration maths of PHYSICS.md as small pure functions on binned arrays.
+
+Everything here works on (values, variances) arrays over the tagger bins of one
+pT bin. Zero handling is explicit: an undefined number is NaN and comes with a
+flag, never a silent 0 or inf.
+
+Statistical errors are propagated analytically (first order): the extracted
+efficiency is linear in the forward and central fractions below the cut,
+eps = a * e_F + b * e_C with (a, b) a row of F^-1, and each e is a ratio of
+weighted sums with variance (B^2 V_A + A^2 V_B) / (A + B)^4. The fractions
+f_Fq, f_Cq and the reweighting factors are treated as exact (their MC
+statistical error is ignored here; the bootstrap of the sweep issue covers it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "Binned",
+    "normalised",
+    "reweighting_factors",
+    "apply_weights",
+    "Fractions",
+    "fractions",
+    "extract",
+    "wp_cut_index",
+    "side_fraction",
+    "Efficiency",
+    "efficiencies",
+    "ratio_with_error",
+]
+
+FloatArray = np.ndarray
+
+
+@dataclass(frozen=True)
+class Binned:
+    """Weighted bin contents and their variances (sum of weights squared)."""
+
+    values: FloatArray
+    variances: FloatArray
+
+    def __add__(self, other: Binned) -> Binned:
+        return Binned(self.values + other.values, self.variances + other.variances)
+
+    @property
+    def total(self) -> float:
+        return float(np.sum(self.values))
+
+
+def normalised(h: Binned) -> FloatArray:
+    """Shape with area 1; all-NaN when the histogram is empty or has non-positive area."""
+    total = h.total
+    if not total > 0:
+        return np.full_like(h.values, np.nan, dtype=np.float64)
+    return h.values / total
+
+
+def reweighting_factors(forward: Binned, central: Binned, *, tolerance: float = 1e-3) -> tuple[FloatArray, bool]:
+    """w = p_F / p_C per tagger bin (pass 1); 1 where the central shape is empty.
+
+    Returns the factors and whether more than ``tolerance`` of the forward shape
+    sits in bins where the central shape is empty (the reweighting cannot move
+    jets into an empty bin, so the reweighted central shape misses that part:
+    flagged). A few forward jets in a far tail are normal and not flagged.
+    """
+    p_f = normalised(forward)
+    p_c = normalised(central)
+    w = np.ones_like(forward.values, dtype=np.float64)
+    if np.isnan(p_f).any() or np.isnan(p_c).any():
+        return w, True
+    ok = p_c > 0
+    w[ok] = p_f[ok] / p_c[ok]
+    lost = float(np.sum(p_f[~ok])) > tolerance
+    return w, lost
+
+
+def apply_weights(h: Binned, w: FloatArray) -> Binned:
+    """Bin-wise reweighting: identical to weighting every jet by w(its bin) and refilling."""
+    return Binned(h.values * w, h.variances * w * w)
+
+
+@dataclass(frozen=True)
+class Fractions:
+    """Quark fractions of forward and central jets and the inverted fraction matrix."""
+
+    f_fq: float
+    f_cq: float
+
+    @property
+    def det(self) -> float:
+        return self.f_fq - self.f_cq
+
+    def inverse(self) -> FloatArray:
+        """F^-1 for F = [[f_Fq, 1-f_Fq], [f_Cq, 1-f_Cq]]."""
+        d = self.det
+        return np.array([[1.0 - self.f_cq, -(1.0 - self.f_fq)], [-self.f_cq, self.f_fq]]) / d
+
+
+def fractions(fq: Binned, f_total: Binned, cq: Binned, c_total: Binned) -> Fractions:
+    """Quark yield over total yield, forward and central (NaN when a region is empty)."""
+    def frac(a: Binned, b: Binned) -> float:
+        return a.total / b.total if b.total > 0 else float("nan")
+    return Fractions(f_fq=frac(fq, f_total), f_cq=frac(cq, c_total))
+
+
+def extract(fr: Fractions, p_f: FloatArray, p_c: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """(p_q, p_g) = F^-1 (p_F, p_C), bin by bin."""
+    inv = fr.inverse()
+    p_q = inv[0, 0] * p_f + inv[0, 1] * p_c
+    p_g = inv[1, 0] * p_f + inv[1, 1] * p_c
+    return p_q, p_g
+
+
+def wp_cut_index(p_q: FloatArray, wp: float, quark_side: str) -> int | None:
+    """Index of the bin edge where the cumulative quark shape first reaches ``wp``.
+
+    quark_side 'low': jets below edge[k] are quark-tagged, k is the smallest edge
+    index with sum(p_q[:k]) >= wp. 'high': jets at or above edge[k] are
+    quark-tagged, k the largest index with sum(p_q[k:]) >= wp. None when the
+    working point is not reachable (NaN shape or efficiency never reaches wp).
+    """
+    if np.isnan(p_q).any():
+        return None
+    tol = 1e-12
+    if quark_side == "low":
+        cum = np.concatenate([[0.0], np.cumsum(p_q)])
+        hits = np.nonzero(cum >= wp - tol)[0]
+        return int(hits[0]) if len(hits) else None
+    cum_hi = np.concatenate([np.cumsum(p_q[::-1])[::-1], [0.0]])  # cum_hi[k] = sum(p_q[k:])
+    hits = np.nonzero(cum_hi >= wp - tol)[0]
+    return int(hits[-1]) if len(hits) else None
+
+
+def quark_mask(n_bins: int, cut: int, quark_side: str) -> FloatArray:
+    idx = np.arange(n_bins)
+    return idx < cut if quark_side == "low" else idx >= cut
+
+
+def side_fraction(h: Binned, mask: FloatArray) -> tuple[float, float]:
+    """Fraction of the histogram in ``mask`` and its variance (ratio of weighted sums)."""
+    a = float(np.sum(h.values[mask]))
+    b = float(np.sum(h.values[~mask]))
+    va = float(np.sum(h.variances[mask]))
+    vb = float(np.sum(h.variances[~mask]))
+    tot = a + b
+    if not tot > 0:
+        return float("nan"), float("nan")
+    return a / tot, (b * b * va + a * a * vb) / tot**4
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Quark efficiency and gluon rejection of the extracted shapes, with variances."""
+
+    eps_q: float
+    var_eps_q: float
+    rej_g: float
+    var_rej_g: float
+    flags: tuple[str, ...] = field(default=())
+
+
+def efficiencies(fr: Fractions, forward: Binned, central: Binned, mask: FloatArray) -> Efficiency:
+    """eps_q = sum of p_q on the quark side; rej_g = sum of p_g on the gluon side."""
+    e_f, v_f = side_fraction(forward, mask)
+    e_c, v_c = side_fraction(central, mask)
+    inv = fr.inverse()
+    eps_q = inv[0, 0] * e_f + inv[0, 1] * e_c
+    var_q = inv[0, 0] ** 2 * v_f + inv[0, 1] ** 2 * v_c
+    g_tag = inv[1, 0] * e_f + inv[1, 1] * e_c  # gluons on the quark side
+    rej_g = 1.0 - g_tag
+    var_g = inv[1, 0] ** 2 * v_f + inv[1, 1] ** 2 * v_c
+    flags: list[str] = []
+    if not (_physical(eps_q, var_q) and _physical(rej_g, var_g)):
+        flags.append("unphysical_efficiency")
+    return Efficiency(float(eps_q), float(var_q), float(rej_g), float(var_g), tuple(flags))
+
+
+def _physical(eff: float, var: float) -> bool:
+    """Inside [0, 1] within two standard deviations (the extraction is not bounded)."""
+    if not (np.isfinite(eff) and np.isfinite(var)):
+        return False
+    margin = 2.0 * float(np.sqrt(max(var, 0.0)))
+    return -margin <= eff <= 1.0 + margin and eff > 0.0
+
+
+def ratio_with_error(num: float, var_num: float, den: float, var_den: float) -> tuple[float, float]:
+    """num/den with the first-order error of uncorrelated num and den; NaN if undefined."""
+    if not (np.isfinite(num) and np.isfinite(den)) or den == 0 or num <= 0 or den <= 0:
+        return float("nan"), float("nan")
+    r = num / den
+    rel2 = var_num / num**2 + var_den / den**2
+    return float(r), float(abs(r) * np.sqrt(rel2))

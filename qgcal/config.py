@@ -1,0 +1,626 @@
+"""The YAML config as typed pydantic models.
+
+Why typed models: every field is validated where it is declared (increasing bin
+edges, working points in (0, 1), safe names), unknown keys are rejected with the
+closest valid key suggested, and the JSON Schema can be exported for editors
+(``qgcal validate --schema``). Cross references (a tagger naming a branch, a
+variation naming a branch or sample) are checked once, in
+:meth:`Config._cross_references`.
+
+Units: energies in the config (cuts, pT bins) are always GeV; the ``units``
+section declares what the ntuple stores (ATLAS ntuples: MeV).
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from qgcal.errors import ConfigError, did_you_mean
+from qgcal.inference.config import InferenceConfig
+
+__all__ = [
+    "Config",
+    "load_config",
+    "parse_config",
+    "BranchExpr",
+    "parse_branch_expr",
+    "RESERVED_NAMES",
+]
+
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+RESERVED_NAMES = frozenset({"nominal", "combined", "results", "slurm", "models"})
+_ENERGY_TO_GEV = {"MeV": 1e-3, "GeV": 1.0, "TeV": 1e3}
+_BRANCH_EXPR = re.compile(r"^(?P<name>[^\[\]\s]+)(\[(?P<index>\d+)\])?$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- branches
+
+
+class BranchExpr(_Model):
+    """A branch name, optionally taking element ``index`` of a per-event vector."""
+
+    name: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.index is None else f"{self.name}[{self.index}]"
+
+
+def parse_branch_expr(text: str) -> BranchExpr:
+    """Parse ``name`` or ``name[i]``; names may contain dots and slashes."""
+    m = _BRANCH_EXPR.match(text.strip()) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(
+            f"expected a branch name or 'name[i]' (element i of a per-event vector), found {text!r}"
+        )
+    idx = m.group("index")
+    return BranchExpr(name=m.group("name"), index=None if idx is None else int(idx))
+
+
+def _check_expr(value: str) -> str:
+    parse_branch_expr(value)
+    return value
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+class SumOfWeights(_Model):
+    """Where the per-file sum of generator weights over ALL generated events comes from.
+
+    ATLAS stores it in a cutflow histogram per file (``histoEventCount``-like, filled
+    before any selection); summing the weight branch of the tree is only right when
+    the tree holds every generated event.
+    """
+
+    source: Literal["histogram", "branch", "value"] = Field(
+        description="histogram: a TH1 bin in each file; branch: sum of a weight branch over "
+        "all tree entries; value: a fixed number per slice"
+    )
+    histogram: str | None = Field(None, description="TH1 name in each MC file (source=histogram)")
+    bin: int | None = Field(
+        None, ge=1, description="1-based ROOT bin number holding the sum of weights"
+    )
+    branch: str | None = Field(None, description="branch expression summed (source=branch)")
+    value: float | None = Field(None, gt=0, description="sum of weights of the whole slice")
+
+    @model_validator(mode="after")
+    def _complete(self) -> SumOfWeights:
+        need = {"histogram": ("histogram", "bin"), "branch": ("branch",), "value": ("value",)}
+        missing = [k for k in need[self.source] if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"source={self.source!r} needs {', '.join(missing)}")
+        if self.branch is not None:
+            _check_expr(self.branch)
+        return self
+
+
+class Slice(_Model):
+    """One pT-hat slice (JZ) of an MC sample, normalised on its own."""
+
+    files: list[str] = Field(min_length=1, description="paths or globs, relative to the config")
+    xsec_pb: float = Field(gt=0, description="generator cross-section in pb")
+    filter_eff: float = Field(1.0, gt=0, le=1, description="generator filter efficiency")
+    kfactor: float = Field(1.0, gt=0, description="k-factor multiplying the cross-section")
+
+
+class Sample(_Model):
+    """A data or MC sample: data lists files; MC lists slices (or files + one normalisation)."""
+
+    kind: Literal["data", "mc"] = Field(description="data or mc")
+    files: list[str] | None = Field(None, description="data files, or an unsliced MC sample")
+    slices: dict[str, Slice] | None = Field(None, description="MC pT-hat slices by name")
+    xsec_pb: float | None = Field(None, gt=0, description="unsliced MC: cross-section in pb")
+    filter_eff: float = Field(1.0, gt=0, le=1, description="unsliced MC: filter efficiency")
+    sum_of_weights: SumOfWeights | None = Field(None, description="MC: sum-of-weights source")
+    tree: str | None = Field(None, description="tree name for this sample (default: top-level)")
+    description: str = Field("", description="free text")
+
+    @model_validator(mode="after")
+    def _shape(self) -> Sample:
+        if self.kind == "data":
+            if not self.files or self.slices:
+                raise ValueError("a data sample needs 'files' (a list of paths or globs), no slices")
+        else:
+            if bool(self.files) == bool(self.slices):
+                raise ValueError("an MC sample needs either 'slices' or 'files' with 'xsec_pb'")
+            if self.files and self.xsec_pb is None:
+                raise ValueError("an unsliced MC sample needs 'xsec_pb'")
+            if self.sum_of_weights is None:
+                raise ValueError("an MC sample needs 'sum_of_weights' (where the sum of weights comes from)")
+        for name in self.slices or {}:
+            _safe_name(name)
+        return self
+
+    def slice_map(self) -> dict[str, Slice]:
+        """Data and unsliced MC as one slice named ``all``."""
+        if self.slices:
+            return dict(self.slices)
+        assert self.files is not None
+        return {"all": Slice(files=self.files, xsec_pb=self.xsec_pb or 1.0, filter_eff=self.filter_eff)}
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+class Selection(_Model):
+    """Dijet selection; energies in GeV. Applied to the two leading jets."""
+
+    require_trigger: bool = Field(True, description="require the 'trigger' branch to be set")
+    subleading_pt_min_gev: float = Field(500.0, ge=0, description="sub-leading jet pT > this")
+    leading_pt_max_gev: float = Field(2000.0, gt=0, description="leading jet pT < this")
+    pt_balance_max: float = Field(1.5, gt=1, description="pT(lead)/pT(sub) < this")
+    abs_eta_max: float = Field(2.1, gt=0, description="both jets |eta| < this")
+    abs_weight_max: float | None = Field(100.0, gt=0, description="MC |event weight| < this")
+    require_cleaning: bool = Field(True, description="both jets pass the 'jet_cleaning' branch")
+    min_ntracks: int | None = Field(
+        2, ge=0, description="both jets have nTracks >= this (PHYSICS: nTracks > 1); null: no cut"
+    )
+    ntracks_variable: str = Field("nTracks", description="logical branch used by min_ntracks")
+
+
+class Truth(_Model):
+    """MC truth labelling of jets (never read for data)."""
+
+    label: str = Field("parton_label", description="logical branch with the parton label")
+    use_abs: bool = Field(False, description="take |label| first (CMS partonFlavor is signed)")
+    quark: list[int] = Field([1, 2, 3, 4, 5], description="labels counted as quark")
+    gluon: list[int] = Field([21], description="labels counted as gluon")
+    require_positive: bool = Field(True, description="MC: drop events whose leading jets have label <= 0")
+
+
+# ----------------------------------------------------------------------------- taggers
+
+
+class Binning(_Model):
+    """Either explicit increasing ``edges`` or ``n`` regular bins in [low, high)."""
+
+    edges: list[float] | None = Field(None, description="explicit bin edges, increasing")
+    n: int | None = Field(None, ge=1, le=10000, description="number of regular bins")
+    low: float | None = Field(None, description="lower edge of regular bins")
+    high: float | None = Field(None, description="upper edge of regular bins")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Binning:
+        if self.edges is not None:
+            if self.n is not None or self.low is not None or self.high is not None:
+                raise ValueError("give either 'edges' or 'n', 'low', 'high', not both")
+            _increasing(self.edges)
+        elif None in (self.n, self.low, self.high):
+            raise ValueError("give 'edges' or all of 'n', 'low', 'high'")
+        elif not (self.high > self.low):  # type: ignore[operator]
+            raise ValueError(f"'high' ({self.high}) must be above 'low' ({self.low})")
+        return self
+
+    def bin_edges(self) -> list[float]:
+        if self.edges is not None:
+            return list(self.edges)
+        assert self.n is not None and self.low is not None and self.high is not None
+        step = (self.high - self.low) / self.n
+        return [self.low + i * step for i in range(self.n)] + [self.high]
+
+
+class BranchTagger(_Model):
+    """A tagger that is a per-jet branch (nTracks, an existing BDT score)."""
+
+    kind: Literal["branch"] = "branch"
+    variable: str = Field(description="logical branch name (a key of 'branches')")
+    bins: Binning = Field(description="histogram binning of the tagger variable")
+    quark_side: Literal["low", "high"] = Field(description="which side of the cut is quark-like")
+
+
+class ModelTagger(_Model):
+    """A tagger evaluated by a trained model in the predict pass (``qgcal train``)."""
+
+    kind: Literal["model"] = "model"
+    model: str = Field(description="model file (.skops) relative to the config, or under <output>/models")
+    features: list[str] = Field(
+        ["pt", "nTracks", "trackWidth", "trackC1"], description="logical feature names, in order"
+    )
+    bins: Binning = Field(description="histogram binning of the raw decision score")
+    quark_side: Literal["low", "high"] = Field("low", description="which side is quark-like")
+    train_max_iter: int = Field(200, ge=1, description="boosting iterations for qgcal train")
+
+
+Tagger = Annotated[Union[BranchTagger, ModelTagger], Field(discriminator="kind")]
+
+
+# ----------------------------------------------------------------------------- variations
+
+
+class _Variation(_Model):
+    group: str = Field("other", description="uncertainty group (JES, JER, tracking, PDF, ...)")
+    affects: Literal["mc", "data", "both"] = Field("mc", description="which samples change")
+    description: str = Field("", description="free text")
+
+
+class TreeVariation(_Variation):
+    """Another TTree in the same files (JES/JER)."""
+
+    kind: Literal["tree"] = "tree"
+    tree: str = Field(description="tree name replacing the nominal tree")
+
+
+class BranchVariation(_Variation):
+    """Logical branches replaced by other branches (track efficiency, fakes)."""
+
+    kind: Literal["branch"] = "branch"
+    replace: dict[str, str] = Field(min_length=1, description="logical name -> branch expression")
+
+    @field_validator("replace")
+    @classmethod
+    def _exprs(cls, v: dict[str, str]) -> dict[str, str]:
+        for expr in v.values():
+            _check_expr(expr)
+        return v
+
+
+class WeightVariation(_Variation):
+    """The MC event weight multiplied and/or divided by other weights (pdf_weight[i])."""
+
+    kind: Literal["weight"] = "weight"
+    multiply: list[str] = Field([], description="branch expressions multiplying the event weight")
+    divide: list[str] = Field([], description="branch expressions dividing the event weight")
+
+    @model_validator(mode="after")
+    def _some(self) -> WeightVariation:
+        if not self.multiply and not self.divide:
+            raise ValueError("a weight variation needs 'multiply' or 'divide'")
+        for expr in [*self.multiply, *self.divide]:
+            _check_expr(expr)
+        return self
+
+
+Variation = Annotated[
+    Union[TreeVariation, BranchVariation, WeightVariation], Field(discriminator="kind")
+]
+
+
+# ----------------------------------------------------------------------------- run settings
+
+
+class Executor(_Model):
+    """How per-file work is parallelised."""
+
+    kind: Literal["process", "serial"] = Field("process", description="process pool or in-process")
+    workers: int = Field(2, ge=1, le=1024, description="worker processes")
+
+
+class Reading(_Model):
+    """Chunked reading so a worker's memory stays bounded whatever the file size."""
+
+    step_size: str | int = Field(
+        "100 MB", description="chunk size: entries (int) or memory ('100 MB'); chunks follow clusters"
+    )
+
+
+class Calibration(_Model):
+    """Numerical settings of final_reweighting."""
+
+    min_fraction_separation: float = Field(
+        0.05, gt=0, lt=1, description="flag pT bins with |f_Fq - f_Cq| below this (ill-conditioned)"
+    )
+    min_data_jets: int = Field(
+        20, ge=0, description="flag pT bins with fewer data jets than this in a region (low_stats)"
+    )
+
+
+class Plots(_Model):
+    """Plot settings; no pass depends on them."""
+
+    enabled: bool = Field(True, description="write PNG plots")
+    label: str = Field("Internal", description="ATLAS label text")
+    com_energy_tev: float = Field(13.0, gt=0, description="centre-of-mass energy for labels")
+
+
+class Units(_Model):
+    """What the ntuple stores."""
+
+    energy: Literal["MeV", "GeV", "TeV"] = Field("MeV", description="unit of jet pT branches")
+
+    def to_gev(self) -> float:
+        return _ENERGY_TO_GEV[self.energy]
+
+
+# ----------------------------------------------------------------------------- the config
+
+REQUIRED_BRANCHES = ("run", "event", "jet_pt", "jet_eta")
+
+
+class Config(_Model):
+    """A complete calibration: inputs, selection, taggers and variations."""
+
+    name: str = Field("qgcal", description="a name for this calibration (plots, reports)")
+    output: str = Field("qgcal-output", description="output directory, relative to the config")
+    units: Units = Field(default_factory=Units, description="units of the ntuple")
+    tree: str = Field("nominal", description="nominal tree name")
+    lumi_pb: float = Field(gt=0, description="integrated luminosity of the data in pb^-1")
+    samples: dict[str, Sample] = Field(description="data and MC samples by name")
+    data: str = Field("data", description="name of the data sample")
+    nominal_mc: str = Field(description="name of the nominal MC sample")
+    branches: dict[str, str] = Field(description="logical name -> branch expression ('name[i]' ok)")
+    event_weight: list[str] = Field(
+        ["mc_weight", "pu_weight"], description="logical branches multiplied into the MC event weight"
+    )
+    selection: Selection = Field(default_factory=Selection, description="event selection")
+    truth: Truth = Field(default_factory=Truth, description="MC truth labelling")
+    pt_bins_gev: list[float] = Field(
+        [500, 600, 800, 1000, 1200, 1500, 2000], description="jet pT bin edges in GeV"
+    )
+    taggers: dict[str, Tagger] = Field(min_length=1, description="taggers by name")
+    working_points: list[float] = Field([0.5, 0.6, 0.7, 0.8], description="quark efficiencies in (0,1)")
+    variations: dict[str, Variation] = Field({}, description="systematic variations by name")
+    executor: Executor = Field(default_factory=Executor, description="parallelism")
+    reading: Reading = Field(default_factory=Reading, description="chunked reading")
+    inference: InferenceConfig = Field(default_factory=InferenceConfig, description="model taggers")
+    calibration: Calibration = Field(default_factory=Calibration, description="numerics")
+    plots: Plots = Field(default_factory=Plots, description="plot style")
+
+    # Set by the loader, not by YAML: where relative paths are anchored.
+    base_dir: str = Field(".", description="directory relative paths are resolved against", exclude=True)
+
+    @field_validator("pt_bins_gev")
+    @classmethod
+    def _pt_bins(cls, v: list[float]) -> list[float]:
+        _increasing(v)
+        if v[0] < 0:
+            raise ValueError("pT bin edges must be >= 0 GeV")
+        return v
+
+    @field_validator("working_points")
+    @classmethod
+    def _wps(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("at least one working point is needed")
+        for wp in v:
+            if not 0 < wp < 1:
+                raise ValueError(f"working points are quark efficiencies in (0, 1), found {wp}")
+        if len(set(v)) != len(v):
+            raise ValueError("working points must be distinct")
+        return v
+
+    @field_validator("branches")
+    @classmethod
+    def _branch_exprs(cls, v: dict[str, str]) -> dict[str, str]:
+        for expr in v.values():
+            _check_expr(expr)
+        return v
+
+    @field_validator("samples", "taggers", "variations")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            _safe_name(name)
+        return v
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        samples = self.samples
+        for key, kind in ((self.data, "data"), (self.nominal_mc, "mc")):
+            field = "data" if kind == "data" else "nominal_mc"
+            if key not in samples:
+                raise ValueError(f"{field}: no sample named {key!r}{did_you_mean(key, samples)}")
+            if samples[key].kind != kind:
+                raise ValueError(f"{field}: sample {key!r} has kind {samples[key].kind!r}, expected {kind!r}")
+        for name in REQUIRED_BRANCHES:
+            if name not in self.branches:
+                raise ValueError(f"branches: the logical branch {name!r} is required")
+        known = set(self.branches) | {"pt", "eta"}
+        for name in self.event_weight:
+            if name not in self.branches:
+                raise ValueError(f"event_weight: {name!r} is not a key of 'branches'{did_you_mean(name, self.branches)}")
+        for tname, tagger in self.taggers.items():
+            needed = [tagger.variable] if isinstance(tagger, BranchTagger) else tagger.features
+            for var in needed:
+                if var not in known:
+                    raise ValueError(
+                        f"taggers.{tname}: {var!r} is not a key of 'branches'{did_you_mean(var, known)}"
+                    )
+        sel = self.selection
+        if sel.min_ntracks is not None and sel.ntracks_variable not in self.branches:
+            raise ValueError(
+                f"selection.ntracks_variable: {sel.ntracks_variable!r} is not a key of 'branches' "
+                "(set selection.min_ntracks: null to drop the cut)"
+            )
+        if sel.require_trigger and "trigger" not in self.branches:
+            raise ValueError("selection.require_trigger: no logical branch 'trigger' in 'branches' "
+                             "(map it, or set require_trigger: false)")
+        if sel.require_cleaning and "jet_cleaning" not in self.branches:
+            raise ValueError("selection.require_cleaning: no logical branch 'jet_cleaning' in 'branches' "
+                             "(map it, or set require_cleaning: false)")
+        if self.truth.label not in self.branches:
+            raise ValueError(f"truth.label: {self.truth.label!r} is not a key of 'branches'")
+        for vname, var in self.variations.items():
+            if isinstance(var, BranchVariation):
+                for logical in var.replace:
+                    if logical not in self.branches:
+                        raise ValueError(
+                            f"variations.{vname}.replace: {logical!r} is not a key of 'branches'"
+                            f"{did_you_mean(logical, self.branches)}"
+                        )
+        return self
+
+    # --------------------------------------------------------------- derived helpers
+
+    @property
+    def base_path(self) -> Path:
+        return Path(self.base_dir)
+
+    @property
+    def output_path(self) -> Path:
+        return (self.base_path / self.output).resolve()
+
+    def resolve_files(self, patterns: list[str]) -> list[Path]:
+        """Expand globs relative to the config; a pattern that matches nothing is an error."""
+        out: list[Path] = []
+        for pattern in patterns:
+            full = pattern if Path(pattern).is_absolute() else str(self.base_path / pattern)
+            if glob.has_magic(full):
+                matches = sorted(glob.glob(full))
+                if not matches:
+                    raise ConfigError(f"samples: the glob {pattern!r} matches no file (relative to {self.base_path})")
+                out.extend(Path(m).resolve() for m in matches)
+            else:
+                out.append(Path(full).resolve())
+        return out
+
+    def variation_names(self) -> list[str]:
+        return ["nominal", *self.variations]
+
+    def variation(self, name: str) -> TreeVariation | BranchVariation | WeightVariation | None:
+        """None for nominal; ConfigError naming the valid names for an unknown one."""
+        if name == "nominal":
+            return None
+        if name not in self.variations:
+            valid = self.variation_names()
+            raise ConfigError(
+                f"--syst {name!r}: no such variation{did_you_mean(name, valid)}; "
+                f"valid: {', '.join(valid)}"
+            )
+        return self.variations[name]
+
+    def energy_scale(self) -> float:
+        return self.units.to_gev()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _increasing(edges: list[float]) -> None:
+    if len(edges) < 2:
+        raise ValueError("bin edges need at least two values")
+    for a, b in zip(edges, edges[1:]):
+        if not b > a:
+            raise ValueError(f"bin edges must increase strictly, found {a} then {b}")
+
+
+def _safe_name(name: str) -> str:
+    if not re.match(SAFE_NAME, name):
+        raise ValueError(
+            f"name {name!r} must start with a letter or digit and use only letters, digits, '_', '.', '-'"
+        )
+    if name in RESERVED_NAMES or name in {".", ".."}:
+        raise ValueError(f"name {name!r} is reserved")
+    return name
+
+
+_TAGS = {"variations": {"tree", "branch", "weight"}, "taggers": {"branch", "model"}}
+_TAG_MODELS: dict[str, dict[str, type[BaseModel]]] = {
+    "variations": {"tree": TreeVariation, "branch": BranchVariation, "weight": WeightVariation},
+    "taggers": {"branch": BranchTagger, "model": ModelTagger},
+}
+
+
+def _strip_tags(loc: tuple[int | str, ...]) -> tuple[tuple[int | str, ...], str | None]:
+    """Drop pydantic's discriminator tag (``variations.X.tree.key`` -> ``variations.X.key``)."""
+    if len(loc) > 2 and loc[0] in _TAGS and loc[2] in _TAGS[str(loc[0])]:
+        return (loc[0], loc[1], *loc[3:]), str(loc[2])
+    return loc, None
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for item in loc:
+        out += f"[{item}]" if isinstance(item, int) else (("." if out else "") + str(item))
+    return out
+
+
+def _valid_keys(loc: tuple[int | str, ...], tag: str | None) -> list[str]:
+    """The valid keys of the mapping at ``loc`` (for 'did you mean'), walking the model tree."""
+    if tag is not None and len(loc) == 2:
+        return list(_TAG_MODELS[str(loc[0])][tag].model_fields)
+    model: Any = Config
+    dict_level = False
+    for item in loc:
+        if isinstance(item, int):
+            continue
+        if dict_level:  # a user-chosen key such as a sample name
+            dict_level = False
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields or item not in fields:
+            return []
+        annotation = fields[item].annotation
+        dict_level = getattr(annotation, "__origin__", None) is dict
+        model = _field_model(annotation)
+        if tag is not None and item in _TAG_MODELS:
+            model = _TAG_MODELS[item][tag]
+    fields = getattr(model, "model_fields", None)
+    return [k for k in fields if k != "base_dir"] if fields else []
+
+
+def _field_model(annotation: Any) -> Any:
+    """The BaseModel inside ``X | None``, ``dict[str, X]`` or ``Annotated[Union[...]]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in reversed(getattr(annotation, "__args__", ())):
+        found = _field_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_validation(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc, tag = _strip_tags(tuple(e["loc"]))
+        where = _dotted(loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            key = str(loc[-1])
+            hint = did_you_mean(key, _valid_keys(loc[:-1], tag))
+            lines.append(f"{where}: unknown key{hint}")
+            continue
+        msg = e["msg"].removeprefix("Value error, ")
+        found = e.get("input")
+        shown = "" if isinstance(found, (dict, list)) or found is None else f" (found {found!r})"
+        lines.append(f"{where}: {msg}{shown}")
+    return f"{source}: " + "; ".join(lines)
+
+
+def parse_config(data: Any, *, source: str = "config", base_dir: Path | str = ".") -> Config:
+    """Validate a parsed YAML mapping; raise ConfigError with key paths on failure."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a YAML mapping at the top level, found {type(data).__name__}")
+    payload = dict(data)
+    if "base_dir" in payload:
+        raise ConfigError(f"{source}: base_dir: unknown key (it is set from the config's location)")
+    payload["base_dir"] = str(Path(base_dir).resolve())
+    try:
+        return Config.model_validate(payload)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(err, source)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config; relative paths resolve against its directory."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found; pass an existing YAML file with --config")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{p}:{where}: invalid YAML: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a UTF-8 text file") from None
+    return parse_config(data, source=str(p), base_dir=p.parent)

@@ -1,0 +1,143 @@
+"""Named sets of weighted histograms: serialise to ``.npz`` and merge in a fixed order.
+
+Serialisation: for every histogram, its axes are described in a JSON member
+(``__meta__``) and its sum-of-weights and sum-of-squared-weights (flow bins
+included) are two float64 arrays. ``np.load(..., allow_pickle=False)`` reads it
+back: no code runs on load.
+
+Determinism: floating-point addition is not associative, so :func:`merge`
+adds per-file sets in the order of their sorted keys. Whatever order files
+finished in, or however they were split across workers or Slurm tasks, the
+same additions happen in the same order and the bytes agree.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import hist
+import numpy as np
+
+from qgcal.artifacts import atomic_path
+from qgcal.errors import ArtifactError
+
+__all__ = ["HistSet", "save_histset", "load_histset", "merge", "axis_to_json", "axis_from_json"]
+
+HistSet = dict[str, hist.Hist]
+
+
+def axis_to_json(ax: Any) -> dict[str, Any]:
+    if isinstance(ax, hist.axis.Regular):
+        lo, hi = ax.edges[0], ax.edges[-1]
+        return {"type": "regular", "name": ax.name, "bins": ax.size, "low": float(lo), "high": float(hi),
+                "flow": bool(ax.traits.underflow)}
+    if isinstance(ax, hist.axis.Variable):
+        return {"type": "variable", "name": ax.name, "edges": [float(e) for e in ax.edges],
+                "flow": bool(ax.traits.underflow)}
+    if isinstance(ax, hist.axis.IntCategory):
+        return {"type": "intcategory", "name": ax.name, "categories": [int(c) for c in ax]}
+    if isinstance(ax, hist.axis.StrCategory):
+        return {"type": "strcategory", "name": ax.name, "categories": [str(c) for c in ax]}
+    raise TypeError(f"cannot serialise axis {ax!r}")
+
+
+def axis_from_json(d: Mapping[str, Any]) -> Any:
+    kind = d["type"]
+    if kind == "regular":
+        return hist.axis.Regular(d["bins"], d["low"], d["high"], name=d["name"], flow=d["flow"])
+    if kind == "variable":
+        return hist.axis.Variable(d["edges"], name=d["name"], flow=d["flow"])
+    if kind == "intcategory":
+        return hist.axis.IntCategory(d["categories"], name=d["name"])
+    if kind == "strcategory":
+        return hist.axis.StrCategory(d["categories"], name=d["name"])
+    raise ArtifactError(f"unknown axis type {kind!r} in histogram file")
+
+
+def _to_arrays(hs: HistSet, meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    described = {}
+    for name in sorted(hs):
+        h = hs[name]
+        view = h.view(flow=True)
+        arrays[f"{name}.values"] = np.ascontiguousarray(view["value"], dtype=np.float64)
+        arrays[f"{name}.variances"] = np.ascontiguousarray(view["variance"], dtype=np.float64)
+        described[name] = [axis_to_json(ax) for ax in h.axes]
+    blob = json.dumps({"hists": described, "meta": meta}, sort_keys=True, allow_nan=False)
+    arrays["__meta__"] = np.frombuffer(blob.encode(), dtype=np.uint8)
+    return arrays
+
+
+def save_histset(path: Path, hs: HistSet, meta: Mapping[str, Any]) -> None:
+    """Write atomically; the zip members get fixed timestamps so bytes are reproducible."""
+    arrays = _to_arrays(hs, meta)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)  # np.savez writes zip entries with a fixed date
+    with atomic_path(path, ".npz") as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def load_histset(path: Path) -> tuple[HistSet, dict[str, Any]]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            doc = json.loads(bytes(npz["__meta__"]).decode())
+            out: HistSet = {}
+            for name, axes in doc["hists"].items():
+                h = hist.Hist(*(axis_from_json(a) for a in axes), storage=hist.storage.Weight())
+                view = h.view(flow=True)
+                view["value"] = npz[f"{name}.values"]
+                view["variance"] = npz[f"{name}.variances"]
+                out[name] = h
+    except ArtifactError:
+        raise
+    except Exception as err:
+        raise ArtifactError(f"{path}: unreadable histogram artifact ({type(err).__name__}); rerun with --force") from None
+    return out, doc["meta"]
+
+
+def read_histset_meta(path: Path) -> dict[str, Any] | None:
+    """Only the metadata member (provenance): cheap validity checks."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return json.loads(bytes(npz["__meta__"]).decode())["meta"]
+    except Exception:
+        return None
+
+
+def empty_like(hs: HistSet) -> HistSet:
+    out: HistSet = {}
+    for name, h in hs.items():
+        out[name] = hist.Hist(*h.axes, storage=hist.storage.Weight())
+    return out
+
+
+def add_into(total: HistSet, other: HistSet, scale: float = 1.0) -> None:
+    """``total += scale * other`` (variances scale with scale**2), in place."""
+    if set(total) != set(other):
+        raise ArtifactError("histogram sets to merge hold different histograms; rerun with --force")
+    for name in sorted(total):
+        tv = total[name].view(flow=True)
+        ov = other[name].view(flow=True)
+        if tv.shape != ov.shape:
+            raise ArtifactError(f"histogram {name!r} has different binning in two artifacts; rerun with --force")
+        if scale == 1.0:
+            tv["value"] = tv["value"] + ov["value"]
+            tv["variance"] = tv["variance"] + ov["variance"]
+        else:
+            tv["value"] = tv["value"] + scale * ov["value"]
+            tv["variance"] = tv["variance"] + (scale * scale) * ov["variance"]
+
+
+def merge(items: Iterable[tuple[str, HistSet]]) -> HistSet:
+    """Sum histogram sets in the order of their sorted keys (order-independent result)."""
+    ordered = sorted(items, key=lambda kv: kv[0])
+    if not ordered:
+        raise ArtifactError("nothing to merge")
+    total = empty_like(ordered[0][1])
+    for _, hs in ordered:
+        add_into(total, hs)
+    return total

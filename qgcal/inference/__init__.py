@@ -1,0 +1,1 @@
+"""Tagger inference backends (model taggers); the subsystem lands in a later commit."""

@@ -1,0 +1,151 @@
+"""Which files a systematic needs, with which tree, branches and weights, and where artifacts go.
+
+A :class:`FileTask` is everything a worker needs to process one input file for
+one variation; it is small, picklable for IPC and sorts by a key that does not
+depend on the order files were listed or completed in.
+
+Data are variation-independent unless a variation says ``affects: data|both``:
+their artifacts live under ``nominal/`` and are shared by every variation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from qgcal.config import (
+    BranchTagger,
+    BranchVariation,
+    Config,
+    ModelTagger,
+    TreeVariation,
+    WeightVariation,
+)
+
+__all__ = ["FileTask", "plan_tasks", "artifact_path", "STAGES", "EXT"]
+
+STAGES = ("root2pkl", "pkl2predpkl", "predpkl2hist")
+EXT = {"root2pkl": ".parquet", "pkl2predpkl": ".parquet", "predpkl2hist": ".npz"}
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One input file of one sample slice, processed for one variation."""
+
+    sample: str
+    slice: str
+    kind: str  # "data" | "mc"
+    path: str
+    variation: str  # artifact namespace: "nominal" or the variation's name
+    tree: str
+    branches: tuple[tuple[str, str, str], ...]  # (logical, branch expression, config key)
+    weight_multiply: tuple[str, ...] = ()
+    weight_divide: tuple[str, ...] = ()
+    sumw_branch: str | None = None
+    extra: tuple[tuple[str, str], ...] = field(default=())
+
+    @property
+    def key(self) -> str:
+        """Sort key: sample, slice and the file path (never completion or listing order)."""
+        return f"{self.sample}/{self.slice}/{self.path}"
+
+    @property
+    def stem(self) -> str:
+        p = Path(self.path)
+        digest = hashlib.sha256(str(p).encode()).hexdigest()[:8]
+        return f"{p.stem}-{digest}"
+
+
+def artifact_path(output: Path, task: FileTask, stage: str) -> Path:
+    return output / task.variation / stage / task.sample / task.slice / f"{task.stem}{EXT[stage]}"
+
+
+def _needed_logicals(cfg: Config, kind: str) -> list[str]:
+    names = ["run", "event", "jet_pt", "jet_eta"]
+    sel = cfg.selection
+    if sel.require_trigger:
+        names.append("trigger")
+    if sel.require_cleaning:
+        names.append("jet_cleaning")
+    if sel.min_ntracks is not None:
+        names.append(sel.ntracks_variable)
+    for tagger in cfg.taggers.values():
+        if isinstance(tagger, BranchTagger):
+            names.append(tagger.variable)
+        elif isinstance(tagger, ModelTagger):
+            names.extend(f for f in tagger.features if f not in {"pt", "eta"})
+    if kind == "mc":
+        names.append(cfg.truth.label)
+        names.extend(cfg.event_weight)
+    seen: dict[str, None] = {}
+    for n in names:
+        seen.setdefault(n, None)
+    return list(seen)
+
+
+def jet_variables(cfg: Config) -> list[str]:
+    """Per-jet logical variables carried in the jet tables (tagger inputs)."""
+    out: dict[str, None] = {}
+    for tagger in cfg.taggers.values():
+        if isinstance(tagger, BranchTagger):
+            out.setdefault(tagger.variable, None)
+        elif isinstance(tagger, ModelTagger):
+            for f in tagger.features:
+                if f not in {"pt", "eta"}:
+                    out.setdefault(f, None)
+    return list(out)
+
+
+def variation_applies(cfg: Config, variation: str, kind: str) -> bool:
+    var = cfg.variation(variation)
+    if var is None:
+        return False
+    return var.affects == "both" or var.affects == kind
+
+
+def plan_tasks(cfg: Config, variation: str, *, include_data: bool = True,
+               include_mc: bool = True, mc_sample: str | None = None) -> list[FileTask]:
+    """File tasks for one variation, sorted by key."""
+    var = cfg.variation(variation)
+    tasks: list[FileTask] = []
+    samples = []
+    if include_data:
+        samples.append(cfg.data)
+    if include_mc:
+        samples.append(mc_sample or cfg.nominal_mc)
+    for sname in samples:
+        sample = cfg.samples[sname]
+        applies = var is not None and (var.affects == "both" or var.affects == sample.kind)
+        namespace = variation if applies else "nominal"
+        tree = sample.tree or cfg.tree
+        branches = dict(cfg.branches)
+        mult: tuple[str, ...] = ()
+        div: tuple[str, ...] = ()
+        if applies and isinstance(var, TreeVariation):
+            tree = var.tree
+        if applies and isinstance(var, BranchVariation):
+            branches.update(var.replace)
+        if applies and isinstance(var, WeightVariation):
+            mult, div = tuple(var.multiply), tuple(var.divide)
+        needed = []
+        for logical in _needed_logicals(cfg, sample.kind):
+            if logical not in branches:
+                continue  # optional logicals (trigger/cleaning) checked by the config validator
+            key = f"branches.{logical}"
+            if applies and isinstance(var, BranchVariation) and logical in var.replace:
+                key = f"variations.{variation}.replace.{logical}"
+            needed.append((logical, branches[logical], key))
+        sumw_branch = None
+        if sample.kind == "mc" and sample.sum_of_weights and sample.sum_of_weights.source == "branch":
+            sumw_branch = sample.sum_of_weights.branch
+        for slice_name, sl in sample.slice_map().items():
+            for path in cfg.resolve_files(sl.files):
+                tasks.append(
+                    FileTask(
+                        sample=sname, slice=slice_name, kind=sample.kind, path=str(path),
+                        variation=namespace, tree=tree, branches=tuple(needed),
+                        weight_multiply=mult, weight_divide=div, sumw_branch=sumw_branch,
+                    )
+                )
+    return sorted(tasks, key=lambda t: t.key)

@@ -1,0 +1,69 @@
+"""Progress of a pass: a live bar on a terminal, plain log lines everywhere else.
+
+Batch jobs (Slurm, CI) write to files, where a redrawn bar is noise; so the
+bar is used only when stderr is a TTY, and otherwise each finished file logs
+one line with files done/total and the event rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any
+
+__all__ = ["PassProgress", "log"]
+
+log = logging.getLogger("qgcal")
+
+
+class PassProgress:
+    """Files done / total and events per second for one pass."""
+
+    def __init__(self, name: str, total: int, *, skipped: int = 0, live: bool | None = None) -> None:
+        self.name = name
+        self.total = total
+        self.done = 0
+        self.skipped = skipped
+        self.events = 0
+        self.t0 = time.perf_counter()
+        self.live = sys.stderr.isatty() if live is None else live
+        self._bar: Any = None
+        self._task: Any = None
+        if total == 0:
+            log.info("%s: nothing to do (%d valid artifacts reused)", name, skipped)
+            return
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), transient=False,
+            )
+            self._bar.start()
+            self._task = self._bar.add_task(name, total=total, rate="")
+        else:
+            log.info("%s: %d files to process (%d valid artifacts reused)", name, total, skipped)
+
+    def rate(self) -> float:
+        dt = time.perf_counter() - self.t0
+        return self.events / dt if dt > 0 else 0.0
+
+    def advance(self, events: int, label: str = "") -> None:
+        self.done += 1
+        self.events += events
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, rate=f"{self.rate():,.0f} ev/s")
+        elif self.total:
+            log.info("%s: %d/%d files, %.3g events/s %s", self.name, self.done, self.total, self.rate(), label)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> PassProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

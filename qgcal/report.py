@@ -1,0 +1,57 @@
+"""Terminal tables of scale factors (rich on a terminal, plain text otherwise)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["print_sf_table", "format_sf"]
+
+
+def format_sf(rec: Mapping[str, Any]) -> str:
+    if rec["sf"] is None:
+        return "n/a [" + ",".join(rec["flags"]) + "]"
+    text = f"{rec['sf']:.3f} ± {rec['stat']:.3f}"
+    return text + (" *" if rec["flags"] else "")
+
+
+def _rows(records: Sequence[Mapping[str, Any]], wp: float | None) -> tuple[list[str], list[list[str]]]:
+    bins = sorted({(r["pt_low"], r["pt_high"]) for r in records})
+    header = ["tagger", "WP", "parton"] + [f"{lo:g}-{hi:g}" for lo, hi in bins]
+    index = {(r["tagger"], r["working_point"], r["parton"], r["pt_low"]): r for r in records}
+    rows = []
+    for tagger in sorted({r["tagger"] for r in records}):
+        for w in sorted({r["working_point"] for r in records}):
+            if wp is not None and w != wp:
+                continue
+            for parton in ("quark", "gluon"):
+                row = [tagger, f"{w:g}", parton]
+                for lo, _ in bins:
+                    rec = index.get((tagger, w, parton, lo))
+                    row.append(format_sf(rec) if rec else "")
+                rows.append(row)
+    return header, rows
+
+
+def print_sf_table(records: Sequence[Mapping[str, Any]], *, title: str = "scale factors",
+                   wp: float | None = None, file: Any = None) -> None:
+    """SF ± stat per tagger, WP, parton (rows) and pT bin in GeV (columns); * = flagged."""
+    out = file or sys.stdout
+    header, rows = _rows(records, wp)
+    if out.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title + "  (pT bins in GeV; * flagged)")
+        for h in header:
+            table.add_column(h)
+        for row in rows:
+            table.add_row(*row)
+        Console(file=out).print(table)
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    print(f"{title}  (pT bins in GeV; * flagged)", file=out)
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)), file=out)
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)), file=out)

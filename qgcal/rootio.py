@@ -1,0 +1,211 @@
+"""Opening ROOT files defensively and reading branches in cluster-aligned chunks.
+
+Why not just ``uproot.open``: a truncated file often still opens and even reads
+some branches (see shared/notes/test-data.md), so the header's recorded end of
+file is compared with the size on disk first. Every failure becomes an
+:class:`InputError` naming the file, tree, branch and the config key that asked
+for it.
+
+Why per-branch reads: configured names are looked up as branches, never passed
+to uproot as expressions, so nothing from a config is ever evaluated.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import awkward as ak
+import numpy as np
+import uproot
+
+from qgcal.config import BranchExpr
+from qgcal.errors import InputError, did_you_mean
+
+__all__ = ["check_root_file", "open_tree", "resolve_branches", "chunk_ranges", "read_chunk", "read_th1_bin"]
+
+_HEADER = struct.Struct(">4sii")
+
+
+def check_root_file(path: Path) -> None:
+    """Fail early on a missing, empty, non-ROOT or truncated file."""
+    if not path.exists():
+        raise InputError(f"{path}: input file not found; check the sample's 'files' in the config")
+    size = path.stat().st_size
+    if size == 0:
+        raise InputError(f"{path}: empty file (0 bytes); re-copy it or drop it from the sample")
+    with path.open("rb") as fh:
+        head = fh.read(_HEADER.size + 8)
+    if len(head) < _HEADER.size or head[:4] != b"root":
+        raise InputError(f"{path}: not a ROOT file (no 'root' magic bytes); check the sample's 'files'")
+    _, version, _begin = _HEADER.unpack_from(head)
+    if version >= 1_000_000:
+        if len(head) < 20:
+            raise InputError(f"{path}: truncated ROOT header ({size} bytes); re-copy the file")
+        (end,) = struct.unpack_from(">q", head, 12)
+    else:
+        (end,) = struct.unpack_from(">i", head, 12)
+    if end > size:
+        raise InputError(
+            f"{path}: truncated ROOT file: header records {end} bytes, {size} on disk "
+            f"({100.0 * size / end:.1f}%); re-copy or regenerate it"
+        )
+
+
+@dataclass
+class OpenTree:
+    """An open file and one of its trees; closes the file when done."""
+
+    path: Path
+    file: Any
+    tree: Any
+    tree_name: str
+
+    def close(self) -> None:
+        self.file.close()
+
+    def __enter__(self) -> OpenTree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_tree(path: Path, tree_name: str, *, config_key: str) -> OpenTree:
+    check_root_file(path)
+    try:
+        f = uproot.open(path)
+    except Exception as err:  # uproot raises OSError/ValueError/... for corrupt files
+        raise InputError(f"{path}: cannot open as ROOT ({type(err).__name__}: {_first_line(err)}); the file is corrupt") from None
+    try:
+        obj = f[tree_name]
+    except Exception:
+        keys = [k.split(";")[0] for k in f.keys(recursive=False)]
+        f.close()
+        raise InputError(
+            f"{path}: no tree {tree_name!r} (asked for by {config_key}){did_you_mean(tree_name, keys)}; "
+            f"the file has: {', '.join(sorted(set(keys))) or 'nothing'}"
+        ) from None
+    if not hasattr(obj, "num_entries"):
+        f.close()
+        raise InputError(f"{path}: {tree_name!r} is a {type(obj).__name__}, not a TTree (asked for by {config_key})")
+    return OpenTree(path=path, file=f, tree=obj, tree_name=tree_name)
+
+
+def resolve_branches(ot: OpenTree, wanted: Mapping[str, tuple[BranchExpr, str]]) -> dict[str, Any]:
+    """Map each logical name to its TBranch; ``wanted`` holds (expression, config key)."""
+    out: dict[str, Any] = {}
+    for logical, (expr, key) in wanted.items():
+        try:
+            out[logical] = ot.tree[expr.name]
+        except Exception:
+            names = set(ot.tree.keys()) | {b.name for b in ot.tree.branches}
+            raise InputError(
+                f"{ot.path}: tree {ot.tree_name!r} has no branch {expr.name!r} (asked for by {key})"
+                f"{did_you_mean(expr.name, names)}"
+            ) from None
+    return out
+
+
+def chunk_ranges(ot: OpenTree, branches: list[Any], step_size: str | int) -> list[tuple[int, int]]:
+    """Entry ranges of about ``step_size`` that start and stop on common basket boundaries.
+
+    Chunks that split a basket make every chunk decompress it again, which turns
+    chunked reading quadratic on files written with few baskets.
+    """
+    n = int(ot.tree.num_entries)
+    if n == 0:
+        return []
+    ids = {id(b) for b in branches}
+    if isinstance(step_size, int):
+        target = max(1, step_size)
+    else:
+        try:
+            target = int(ot.tree.num_entries_for(step_size, filter_branch=lambda b: id(b) in ids))
+        except Exception:  # uproot cannot estimate (e.g. unusual types): one basket at a time
+            target = 1
+        target = max(1, target)
+    try:
+        offsets = [int(x) for x in ot.tree.common_entry_offsets(filter_branch=lambda b: id(b) in ids)]
+    except Exception:
+        offsets = [0, n]
+    if offsets[0] != 0 or offsets[-1] != n:
+        offsets = sorted({0, n, *(o for o in offsets if 0 < o < n)})
+    ranges: list[tuple[int, int]] = []
+    start = 0
+    for off in offsets[1:]:
+        if off - start >= target or off == n:
+            ranges.append((start, off))
+            start = off
+    return ranges
+
+
+def read_chunk(
+    ot: OpenTree,
+    branches: Mapping[str, Any],
+    exprs: Mapping[str, BranchExpr],
+    start: int,
+    stop: int,
+) -> dict[str, ak.Array | np.ndarray]:
+    """Read each distinct branch once for [start, stop) and apply ``[i]`` element picks."""
+    raw: dict[str, Any] = {}
+    out: dict[str, ak.Array | np.ndarray] = {}
+    for logical, branch in branches.items():
+        expr = exprs[logical]
+        key = branch.object_path if hasattr(branch, "object_path") else expr.name
+        if key not in raw:
+            try:
+                raw[key] = branch.array(entry_start=start, entry_stop=stop, library="ak")
+            except (zlib.error, OSError, ValueError, Exception) as err:
+                raise InputError(
+                    f"{ot.path}: tree {ot.tree_name!r} branch {expr.name!r} entries {start}-{stop} "
+                    f"cannot be read ({type(err).__name__}: {_first_line(err)}); the file is corrupt"
+                ) from None
+        arr = raw[key]
+        if expr.index is not None:
+            counts = ak.num(arr, axis=1) if arr.ndim > 1 else None
+            if counts is None:
+                raise InputError(f"{ot.path}: branch {expr.name!r} is not a per-event vector; '{expr}' needs one")
+            if len(arr) and int(ak.min(counts)) <= expr.index:
+                raise InputError(
+                    f"{ot.path}: branch {expr.name!r} has events with fewer than {expr.index + 1} "
+                    f"elements; '{expr}' is out of range"
+                )
+            arr = arr[:, expr.index]
+        out[logical] = arr
+    return out
+
+
+def read_th1_bin(path: Path, hist_name: str, bin_number: int, *, config_key: str) -> float:
+    """Content of 1-based ROOT bin ``bin_number`` of a TH1 (e.g. the sum of weights)."""
+    check_root_file(path)
+    with uproot.open(path) as f:
+        try:
+            h = f[hist_name]
+        except Exception:
+            keys = [k.split(";")[0] for k in f.keys(recursive=False)]
+            raise InputError(
+                f"{path}: no histogram {hist_name!r} (asked for by {config_key}){did_you_mean(hist_name, keys)}"
+            ) from None
+        try:
+            values = h.values(flow=True)
+        except Exception:
+            raise InputError(f"{path}: {hist_name!r} is not a histogram (asked for by {config_key})") from None
+    if not 1 <= bin_number < len(values) - 1:
+        raise InputError(f"{path}: {hist_name!r} has no bin {bin_number} (asked for by {config_key})")
+    return float(values[bin_number])
+
+
+def iter_chunks(ot: OpenTree, branches: Mapping[str, Any], exprs: Mapping[str, BranchExpr],
+                step_size: str | int) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    for start, stop in chunk_ranges(ot, list(branches.values()), step_size):
+        yield start, stop, read_chunk(ot, branches, exprs, start, stop)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:200] if text else type(err).__name__

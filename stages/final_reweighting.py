@@ -1,0 +1,305 @@
+"""Pass 4 of 4, final_reweighting: merge, reweight, extract, and compute scale factors.
+
+Works on histograms only; never re-reads events. Per tagger and pT bin:
+1. merge per-file histograms in sorted-key order and normalise each MC slice
+   by lumi * xsec * filter_eff * kfactor / sum_of_weights(slice, all files);
+2. pass 1: w = p_F,quark / p_C,quark from MC truth, applied bin-wise to every
+   central histogram (MC and data): content x w, variance x w^2;
+3. pass 2: fractions from the reweighted MC yields, p_q and p_g = F^-1 (p_F, p_C)
+   for MC and data with the same MC matrix;
+4. working-point cuts from the extracted NOMINAL MC quark shape, frozen and
+   reused by every variation; SF_q and SF_g with analytic statistical errors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qgcal import __version__
+from qgcal.calibration import (
+    Binned,
+    apply_weights,
+    efficiencies,
+    extract,
+    fractions,
+    normalised,
+    quark_mask,
+    ratio_with_error,
+    reweighting_factors,
+    wp_cut_index,
+)
+from qgcal.config import Config
+from qgcal.errors import QgcalError
+from qgcal.histset import HistSet, add_into, empty_like, load_histset, merge, save_histset
+from qgcal.stages.pkl2predpkl import tagger_column
+from qgcal.stages.predpkl2hist import FLAVOUR_DATA, FLAVOUR_GLUON, FLAVOUR_OTHER, QUARK_FLAVOURS
+
+__all__ = ["merge_sample", "Extraction", "extract_all", "scale_factor_records", "NoDataError"]
+
+
+class NoDataError(QgcalError):
+    """The data sample has no selected events: no scale factor can be derived."""
+
+
+# ----------------------------------------------------------------------------- merging
+
+
+def merge_sample(cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]) -> tuple[HistSet, dict[str, Any]]:
+    """Merge per-file histograms of one sample; MC slices normalised to the luminosity."""
+    kind = cfg.samples[sample].kind
+    by_slice: dict[str, list[tuple[str, HistSet, dict[str, Any]]]] = {}
+    for key, path in sorted(artifacts):
+        hs, meta = load_histset(path)
+        slice_name = meta["carry"]["slice"]
+        by_slice.setdefault(slice_name, []).append((key, hs, meta))
+    if not by_slice:
+        raise QgcalError(f"sample {sample!r}: no histogram artifacts to merge")
+    info: dict[str, Any] = {"slices": {}}
+    total: HistSet | None = None
+    slice_defs = cfg.samples[sample].slice_map()
+    for slice_name in sorted(by_slice):
+        entries = by_slice[slice_name]
+        merged = merge((k, hs) for k, hs, _ in entries)
+        sumw = math.fsum(float(m["carry"]["sumw"]) for _, _, m in entries)
+        jets = sum(int(m["jets"]) for _, _, m in entries)
+        if kind == "mc":
+            sl = slice_defs[slice_name]
+            if not sumw > 0:
+                raise QgcalError(
+                    f"samples.{sample}.slices.{slice_name}: sum of weights is {sumw} over "
+                    f"{len(entries)} files; check sum_of_weights in the config"
+                )
+            scale = cfg.lumi_pb * sl.xsec_pb * sl.filter_eff * sl.kfactor / sumw
+        else:
+            scale = 1.0
+        info["slices"][slice_name] = {"files": len(entries), "sumw": sumw, "scale": scale, "jets": jets}
+        if total is None:
+            total = empty_like(merged)
+        add_into(total, merged, scale)
+    assert total is not None
+    return total, info
+
+
+# ----------------------------------------------------------------------------- extraction
+
+
+def _binned(h: Any, region: int, flavours: Sequence[int], ipt: int) -> Binned:
+    """Sum of the chosen flavours for one region and pT bin, as (values, variances)."""
+    vals = h.values()
+    vars_ = h.variances()
+    reg_ax, flav_ax = h.axes["region"], h.axes["flavour"]
+    ir = reg_ax.index(region)
+    idx = [flav_ax.index(f) for f in flavours]
+    return Binned(vals[ir, idx, ipt, :].sum(axis=0), vars_[ir, idx, ipt, :].sum(axis=0))
+
+
+ALL_MC = (*QUARK_FLAVOURS, FLAVOUR_GLUON, FLAVOUR_OTHER)
+
+
+@dataclass
+class Extraction:
+    """Everything derived for one tagger and pT bin (MC and data)."""
+
+    pt_low: float
+    pt_high: float
+    f_fq: float
+    f_cq: float
+    weights: np.ndarray
+    mc_forward: Binned
+    mc_central: Binned
+    data_forward: Binned
+    data_central: Binned
+    p_q_mc: np.ndarray
+    p_g_mc: np.ndarray
+    p_q_data: np.ndarray
+    p_g_data: np.ndarray
+    truth_q_mc: np.ndarray
+    truth_g_mc: np.ndarray
+    data_jets: tuple[float, float]
+    flags: list[str]
+
+    def fractions(self) -> Any:
+        from qgcal.calibration import Fractions
+
+        return Fractions(self.f_fq, self.f_cq)
+
+
+def extract_bin(cfg: Config, mc: Any, data: Any, ipt: int, reweight: str = "quark") -> Extraction:
+    flags: list[str] = []
+    fq = _binned(mc, 0, QUARK_FLAVOURS, ipt)
+    fg = _binned(mc, 0, (FLAVOUR_GLUON,), ipt)
+    f_all = _binned(mc, 0, ALL_MC, ipt)
+    cq = _binned(mc, 1, QUARK_FLAVOURS, ipt)
+    cg = _binned(mc, 1, (FLAVOUR_GLUON,), ipt)
+    c_all = _binned(mc, 1, ALL_MC, ipt)
+    d_f = _binned(data, 0, (FLAVOUR_DATA,), ipt)
+    d_c = _binned(data, 1, (FLAVOUR_DATA,), ipt)
+    if not (f_all.total > 0 and c_all.total > 0 and fq.total > 0 and cq.total > 0):
+        flags.append("empty_mc_bin")
+    if not (d_f.total > 0 and d_c.total > 0):
+        flags.append("empty_data_bin")
+    elif min(d_f.total, d_c.total) < cfg.calibration.min_data_jets:
+        flags.append("low_stats")
+    if reweight == "none":
+        w = np.ones_like(fq.values)
+    else:
+        ref_f, ref_c = (fq, cq) if reweight == "quark" else (fg, cg)
+        w, lost = reweighting_factors(ref_f, ref_c)
+        if lost and "empty_mc_bin" not in flags:
+            flags.append("reweighting_empty_bins")
+    cq_w, c_all_w, d_c_w = apply_weights(cq, w), apply_weights(c_all, w), apply_weights(d_c, w)
+    fr = fractions(fq, f_all, cq_w, c_all_w)
+    if not (math.isfinite(fr.det) and fr.det != 0):
+        flags.append("singular_fraction_matrix")
+        nan = np.full_like(fq.values, np.nan)
+        p_q_mc = p_g_mc = p_q_d = p_g_d = nan
+    else:
+        if abs(fr.det) < cfg.calibration.min_fraction_separation:
+            flags.append("ill_conditioned")
+        p_q_mc, p_g_mc = extract(fr, normalised(f_all), normalised(c_all_w))
+        p_q_d, p_g_d = extract(fr, normalised(d_f), normalised(d_c_w))
+    edges = mc.axes["pt"].edges
+    return Extraction(
+        pt_low=float(edges[ipt]), pt_high=float(edges[ipt + 1]), f_fq=fr.f_fq, f_cq=fr.f_cq, weights=w,
+        mc_forward=f_all, mc_central=c_all_w, data_forward=d_f, data_central=d_c_w,
+        p_q_mc=p_q_mc, p_g_mc=p_g_mc, p_q_data=p_q_d, p_g_data=p_g_d,
+        truth_q_mc=normalised(fq), truth_g_mc=normalised(fg),
+        data_jets=(d_f.total, d_c.total), flags=flags,
+    )
+
+
+def extract_all(cfg: Config, mc: HistSet, data: HistSet, reweight: str = "quark") -> dict[str, list[Extraction]]:
+    out: dict[str, list[Extraction]] = {}
+    for name in sorted(cfg.taggers):
+        col = tagger_column(name)
+        n_pt = len(cfg.pt_bins_gev) - 1
+        out[name] = [extract_bin(cfg, mc[col], data[col], i, reweight) for i in range(n_pt)]
+    return out
+
+
+# ----------------------------------------------------------------------------- scale factors
+
+
+def frozen_cuts(cfg: Config, nominal: Mapping[str, list[Extraction]]) -> dict[str, list[dict[str, Any]]]:
+    """Cut (bin-edge index and value) per tagger, pT bin and WP from nominal extracted MC."""
+    cuts: dict[str, list[dict[str, Any]]] = {}
+    for name, ex_bins in sorted(nominal.items()):
+        tagger = cfg.taggers[name]
+        edges = tagger.bins.bin_edges()
+        per_bin = []
+        for ex in ex_bins:
+            per_wp: dict[str, Any] = {}
+            for wp in cfg.working_points:
+                k = wp_cut_index(ex.p_q_mc, wp, tagger.quark_side)
+                per_wp[_wp_key(wp)] = None if k is None else {"index": k, "value": float(edges[k])}
+            per_bin.append(per_wp)
+        cuts[name] = per_bin
+    return cuts
+
+
+def _wp_key(wp: float) -> str:
+    return f"{wp:g}"
+
+
+def _num(x: float) -> float | None:
+    """JSON has no NaN: undefined numbers are written as null (and flagged)."""
+    return float(x) if math.isfinite(x) else None
+
+
+def scale_factor_records(cfg: Config, syst: str, extractions: Mapping[str, list[Extraction]],
+                         cuts: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for name in sorted(extractions):
+        tagger = cfg.taggers[name]
+        for ipt, ex in enumerate(extractions[name]):
+            for wp in cfg.working_points:
+                cut = cuts[name][ipt][_wp_key(wp)]
+                flags = list(ex.flags)
+                if cut is None:
+                    flags.append("wp_unreachable")
+                fr = ex.fractions()
+                bad = cut is None or "singular_fraction_matrix" in flags or "empty_mc_bin" in flags
+                eff_mc = eff_d = None
+                if not bad:
+                    mask = quark_mask(len(ex.weights), cut["index"], tagger.quark_side)
+                    eff_mc = efficiencies(fr, ex.mc_forward, ex.mc_central, mask)
+                    if "empty_data_bin" in flags:
+                        eff_d = None
+                    else:
+                        eff_d = efficiencies(fr, ex.data_forward, ex.data_central, mask)
+                for parton in ("quark", "gluon"):
+                    rec_flags = list(flags)
+                    for eff in (eff_mc, eff_d):
+                        if eff is not None:
+                            rec_flags.extend(eff.flags)
+                    if bad or eff_d is None or eff_mc is None:
+                        sf = stat = stat_d = stat_m = e_d = e_m = float("nan")
+                    else:
+                        if parton == "quark":
+                            e_d, v_d, e_m, v_m = eff_d.eps_q, eff_d.var_eps_q, eff_mc.eps_q, eff_mc.var_eps_q
+                        else:
+                            e_d, v_d, e_m, v_m = eff_d.rej_g, eff_d.var_rej_g, eff_mc.rej_g, eff_mc.var_rej_g
+                        sf, stat = ratio_with_error(e_d, v_d, e_m, v_m)
+                        _, stat_d = ratio_with_error(e_d, v_d, e_m, 0.0)
+                        _, stat_m = ratio_with_error(e_d, 0.0, e_m, v_m)
+                        if not math.isfinite(sf):
+                            rec_flags.append("unphysical_efficiency")
+                    if not math.isfinite(sf) and not rec_flags:
+                        rec_flags.append("undefined")
+                    records.append({
+                        "systematic": syst,
+                        "tagger": name,
+                        "working_point": wp,
+                        "parton": parton,
+                        "quantity": "quark_efficiency" if parton == "quark" else "gluon_rejection",
+                        "pt_low": ex.pt_low,
+                        "pt_high": ex.pt_high,
+                        "sf": _num(sf),
+                        "stat": _num(stat),
+                        "stat_data": _num(stat_d),
+                        "stat_mc": _num(stat_m),
+                        "eff_data": _num(e_d),
+                        "eff_mc": _num(e_m),
+                        "cut": None if cut is None else cut["value"],
+                        "quark_side": tagger.quark_side,
+                        "f_forward_quark": _num(ex.f_fq),
+                        "f_central_quark": _num(ex.f_cq),
+                        "flags": sorted(set(rec_flags)),
+                    })
+    return records
+
+
+def extraction_summary(extractions: Mapping[str, list[Extraction]]) -> dict[str, Any]:
+    """The extracted shapes and fractions, for plots and reports (JSON, NaN as null)."""
+    def arr(a: np.ndarray) -> list[float | None]:
+        return [_num(float(x)) for x in a]
+
+    out: dict[str, Any] = {}
+    for name, bins in sorted(extractions.items()):
+        out[name] = [{
+            "pt_low": ex.pt_low, "pt_high": ex.pt_high, "f_forward_quark": _num(ex.f_fq),
+            "f_central_quark": _num(ex.f_cq), "reweighting": arr(ex.weights),
+            "p_q_mc": arr(ex.p_q_mc), "p_g_mc": arr(ex.p_g_mc), "p_q_data": arr(ex.p_q_data),
+            "p_g_data": arr(ex.p_g_data), "truth_q_mc": arr(ex.truth_q_mc), "truth_g_mc": arr(ex.truth_g_mc),
+            "data_jets": [float(x) for x in ex.data_jets], "flags": sorted(set(ex.flags)),
+        } for ex in bins]
+    return out
+
+
+def check_data(syst: str, data_info: Mapping[str, Any], data_sample: str) -> None:
+    jets = sum(s["jets"] for s in data_info["slices"].values())
+    if jets == 0:
+        raise NoDataError(
+            f"data sample {data_sample!r} has no events after selection; check the selection cuts "
+            f"and the data files (systematic {syst!r})"
+        )
+
+
+def save_merged(path: Path, hs: HistSet, info: Mapping[str, Any]) -> None:
+    save_histset(path, hs, {"merge": dict(info), "qgcal": __version__})

@@ -1,0 +1,124 @@
+"""Pass 3 of 4, predpkl2hist: fill one set of weighted histograms per input file.
+
+Per tagger: region (forward/central) x flavour (data, light, charm, bottom,
+gluon, other) x jet pT x tagger value, Weight storage, filled with the RAW
+event weight (slice normalisation happens at merge). Tagger values outside the
+binning are folded into the first/last bin so that every selected jet counts
+in the normalised shapes; NaN values are dropped and counted.
+
+boost-histogram fills entries sequentially into each bin, so the per-file
+result does not depend on how the jet table was chunked into row groups.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import hist
+import numpy as np
+
+from qgcal.artifacts import config_hash, iter_parquet_batches, library_versions, read_parquet_provenance
+from qgcal.config import Config
+from qgcal.errors import ArtifactError
+from qgcal.histset import HistSet, save_histset
+from qgcal.stages.pkl2predpkl import tagger_column
+
+__all__ = ["expected_provenance", "run_file", "book", "FLAVOURS", "flavour_codes"]
+
+PASS = "predpkl2hist"
+FLAVOUR_DATA, FLAVOUR_LIGHT, FLAVOUR_CHARM, FLAVOUR_BOTTOM, FLAVOUR_GLUON, FLAVOUR_OTHER = 0, 1, 4, 5, 21, 99
+FLAVOURS = (FLAVOUR_DATA, FLAVOUR_LIGHT, FLAVOUR_CHARM, FLAVOUR_BOTTOM, FLAVOUR_GLUON, FLAVOUR_OTHER)
+QUARK_FLAVOURS = (FLAVOUR_LIGHT, FLAVOUR_CHARM, FLAVOUR_BOTTOM)
+
+
+def flavour_codes(cfg: Config, labels: np.ndarray, is_data: bool) -> np.ndarray:
+    """Map parton labels to histogram categories (labels are already |.| if configured)."""
+    if is_data:
+        return np.zeros(len(labels), dtype=np.int64)
+    out = np.full(len(labels), FLAVOUR_OTHER, dtype=np.int64)
+    quark = np.isin(labels, cfg.truth.quark)
+    out[quark] = FLAVOUR_LIGHT
+    out[quark & (np.abs(labels) == 4)] = FLAVOUR_CHARM
+    out[quark & (np.abs(labels) == 5)] = FLAVOUR_BOTTOM
+    out[np.isin(labels, cfg.truth.gluon)] = FLAVOUR_GLUON
+    return out
+
+
+def lead_pt_axis(cfg: Config) -> Any:
+    lo, hi = cfg.pt_bins_gev[0], cfg.pt_bins_gev[-1]
+    span = hi - lo
+    return hist.axis.Regular(60, max(0.0, lo - 0.2 * span), hi + 0.2 * span, name="lead_pt")
+
+
+def book(cfg: Config) -> HistSet:
+    """Empty histograms for one file (also the template of every merge)."""
+    hs: HistSet = {}
+    for name, tagger in sorted(cfg.taggers.items()):
+        hs[tagger_column(name)] = hist.Hist(
+            hist.axis.IntCategory([0, 1], name="region"),
+            hist.axis.IntCategory(list(FLAVOURS), name="flavour"),
+            hist.axis.Variable(cfg.pt_bins_gev, name="pt"),
+            hist.axis.Variable(tagger.bins.bin_edges(), name="score", flow=False),
+            storage=hist.storage.Weight(),
+        )
+    hs["lead_pt"] = hist.Hist(
+        hist.axis.IntCategory(list(FLAVOURS), name="flavour"), lead_pt_axis(cfg),
+        storage=hist.storage.Weight(),
+    )
+    return hs
+
+
+def pass_config(cfg: Config) -> dict[str, Any]:
+    return {
+        "pt_bins_gev": cfg.pt_bins_gev,
+        "taggers": {n: t.bins.bin_edges() for n, t in sorted(cfg.taggers.items())},
+        "truth": cfg.truth.model_dump(),
+    }
+
+
+def expected_provenance(cfg: Config, upstream: Path) -> dict[str, Any]:
+    up = read_parquet_provenance(upstream)
+    return {
+        "pass": PASS,
+        "config_hash": config_hash(pass_config(cfg)),
+        "inputs": {"pkl2predpkl": config_hash(up) if up else "missing"},
+    }
+
+
+def _fold(values: np.ndarray, edges: list[float]) -> np.ndarray:
+    """Clip into [first edge, last edge) so under/overflow land in the edge bins."""
+    hi = np.nextafter(edges[-1], -np.inf)
+    return np.clip(values, edges[0], hi)
+
+
+def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool,
+             carry: dict[str, Any]) -> int:
+    """Fill and save; ``carry`` (sumw, cut flow) goes into the artifact's metadata."""
+    if not upstream.is_file():
+        raise ArtifactError(f"{upstream}: pkl2predpkl artifact missing; rerun pkl2predpkl")
+    provenance = expected_provenance(cfg, upstream)
+    hs = book(cfg)
+    n_nan = {name: 0 for name in cfg.taggers}
+    n_jets = 0
+    for table in iter_parquet_batches(upstream):
+        region = table.column("region").to_numpy().astype(np.int64)
+        pt = table.column("pt").to_numpy().astype(np.float64)
+        weight = table.column("weight").to_numpy()
+        flav = flavour_codes(cfg, table.column("parton_label").to_numpy(), is_data)
+        for name, tagger in cfg.taggers.items():
+            score = table.column(tagger_column(name)).to_numpy()
+            ok = ~np.isnan(score)
+            n_nan[name] += int((~ok).sum())
+            hs[tagger_column(name)].fill(
+                region=region[ok], flavour=flav[ok], pt=pt[ok],
+                score=_fold(score[ok], tagger.bins.bin_edges()), weight=weight[ok],
+            )
+        fwd = region == 0  # one row per event: the leading-jet pT spectrum
+        hs["lead_pt"].fill(flavour=flav[fwd], lead_pt=table.column("lead_pt").to_numpy()[fwd].astype(np.float64),
+                           weight=weight[fwd])
+        n_jets += table.num_rows
+    meta = dict(provenance)
+    meta.update({"carry": carry, "jets": n_jets, "nan_scores": n_nan, "versions": library_versions()})
+    save_histset(out_path, hs, meta)
+    return n_jets

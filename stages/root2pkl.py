@@ -1,0 +1,287 @@
+"""Pass 1 of 4, root2pkl: read one ROOT file in chunks, select dijet events, write a jet table.
+
+The name is historical (the scripts this replaces wrote pickles); the artifact
+is Parquet, one row group per input chunk, two rows per selected event (the
+forward and the central jet). MC weights are the RAW event weights here: the
+slice normalisation lumi * xsec * filter_eff / sum_of_weights needs the sum over
+all files of a slice, so it is applied when histograms are merged, which keeps
+every per-file artifact independent of every other file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import awkward as ak
+import numpy as np
+import pyarrow as pa
+
+from qgcal.artifacts import (
+    ParquetArtifactWriter,
+    config_hash,
+    file_fingerprint,
+    library_versions,
+)
+from qgcal.config import Config, parse_branch_expr
+from qgcal.errors import InputError
+from qgcal.plan import FileTask, jet_variables
+from qgcal.rootio import OpenTree, chunk_ranges, open_tree, read_chunk, read_th1_bin, resolve_branches
+
+__all__ = ["expected_provenance", "run_file", "Root2PklResult", "REGION_FORWARD", "REGION_CENTRAL"]
+
+PASS = "root2pkl"
+REGION_FORWARD = 0
+REGION_CENTRAL = 1
+
+
+@dataclass(frozen=True)
+class Root2PklResult:
+    events_read: int
+    events_selected: int
+    sumw: float
+
+
+def pass_config(cfg: Config, task: FileTask) -> dict[str, Any]:
+    """The config fields this pass's output depends on (hashed into provenance)."""
+    sample = cfg.samples[task.sample]
+    return {
+        "tree": task.tree,
+        "branches": sorted(task.branches),
+        "weight": [list(task.weight_multiply), list(task.weight_divide)],
+        "event_weight": cfg.event_weight if task.kind == "mc" else [],
+        "units": cfg.units.model_dump(),
+        "selection": cfg.selection.model_dump(),
+        "truth": cfg.truth.model_dump() if task.kind == "mc" else None,
+        "sum_of_weights": sample.sum_of_weights.model_dump() if sample.sum_of_weights else None,
+        "variables": jet_variables(cfg),
+    }
+
+
+def expected_provenance(cfg: Config, task: FileTask) -> dict[str, Any]:
+    return {
+        "pass": PASS,
+        "config_hash": config_hash(pass_config(cfg, task)),
+        "inputs": {task.path: file_fingerprint(Path(task.path))},
+    }
+
+
+def _schema(variables: dict[str, np.dtype]) -> pa.Schema:
+    fields = [
+        pa.field("run", pa.int64()),
+        pa.field("event", pa.int64()),
+        pa.field("region", pa.int8()),
+        pa.field("pt", pa.float32()),
+        pa.field("eta", pa.float32()),
+        pa.field("lead_pt", pa.float32()),
+        pa.field("parton_label", pa.int32()),
+        pa.field("weight", pa.float64()),
+    ]
+    fields += [pa.field(name, pa.from_numpy_dtype(dt)) for name, dt in variables.items()]
+    return pa.schema(fields)
+
+
+def _flat(arr: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(content, offsets) of a jagged array, as numpy."""
+    counts = ak.to_numpy(ak.num(arr, axis=1)).astype(np.int64)
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    content = ak.to_numpy(ak.flatten(arr, axis=1))
+    return content, offsets
+
+
+def _event_values(arr: Any, name: str, path: str) -> np.ndarray:
+    if isinstance(arr, ak.Array) and arr.ndim > 1:
+        raise InputError(f"{path}: branch for {name!r} is per-jet but a per-event value is needed")
+    return np.asarray(ak.to_numpy(arr) if isinstance(arr, ak.Array) else arr)
+
+
+def _jet_values(arr: Any, name: str, path: str) -> tuple[np.ndarray, np.ndarray]:
+    if not (isinstance(arr, ak.Array) and arr.ndim == 2):
+        raise InputError(f"{path}: branch for {name!r} must be a per-jet vector (one entry per jet)")
+    return _flat(arr)
+
+
+def select_chunk(cfg: Config, task: FileTask, data: dict[str, Any],
+                 variables: list[str]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """Apply the dijet selection to one chunk; return per-jet columns and a cut flow."""
+    sel = cfg.selection
+    scale = cfg.energy_scale()
+    path = task.path
+    pt_c, offsets = _jet_values(data["jet_pt"], "jet_pt", path)
+    n_ev = len(offsets) - 1
+    counts = np.diff(offsets)
+    flow: dict[str, int] = {"read": n_ev}
+    keep = counts >= 2
+    flow["two_jets"] = int(keep.sum())
+
+    # leading two jets by pT (ntuples are usually sorted, JER-smeared trees need not be)
+    pt_gev = pt_c.astype(np.float64) * scale
+    jets = ak.unflatten(pt_gev, counts)
+    order = ak.argsort(jets, axis=1, ascending=False)
+    top2 = order[keep][:, :2]
+    i0 = ak.to_numpy(top2[:, 0]) + offsets[:-1][keep]
+    i1 = ak.to_numpy(top2[:, 1]) + offsets[:-1][keep]
+    ev_idx = np.nonzero(keep)[0]
+
+    def pick(name: str) -> tuple[np.ndarray, np.ndarray]:
+        content, offs = _jet_values(data[name], name, path)
+        if len(content) != len(pt_c) or not np.array_equal(offs, offsets):
+            raise InputError(f"{path}: branch for {name!r} has a different number of jets than jet_pt")
+        return content[i0], content[i1]
+
+    pt0, pt1 = pt_gev[i0], pt_gev[i1]
+    eta0, eta1 = pick("jet_eta")
+    m = np.ones(len(ev_idx), dtype=bool)
+
+    def cut(name: str, mask: np.ndarray) -> None:
+        nonlocal m
+        m &= mask
+        flow[name] = int(m.sum())
+
+    if sel.require_trigger:
+        cut("trigger", _event_values(data["trigger"], "trigger", path)[ev_idx].astype(bool))
+    cut("subleading_pt", pt1 > sel.subleading_pt_min_gev)
+    cut("leading_pt", pt0 < sel.leading_pt_max_gev)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cut("pt_balance", (pt0 / pt1) < sel.pt_balance_max)
+    cut("abs_eta", (np.abs(eta0) < sel.abs_eta_max) & (np.abs(eta1) < sel.abs_eta_max))
+
+    weight = np.ones(len(ev_idx), dtype=np.float64)
+    if task.kind == "mc":
+        for name in cfg.event_weight:
+            weight *= _event_values(data[name], name, path)[ev_idx].astype(np.float64)
+        for i, _ in enumerate(task.weight_multiply):
+            weight *= _event_values(data[f"__mult{i}"], f"weight factor {i}", path)[ev_idx]
+        for i, _ in enumerate(task.weight_divide):
+            den = _event_values(data[f"__div{i}"], f"weight divisor {i}", path)[ev_idx].astype(np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                weight = np.where(den != 0, weight / den, 0.0)
+        if sel.abs_weight_max is not None:
+            cut("abs_weight", np.abs(weight) < sel.abs_weight_max)
+    if sel.require_cleaning:
+        c0, c1 = pick("jet_cleaning")
+        cut("cleaning", c0.astype(bool) & c1.astype(bool))
+    if sel.min_ntracks is not None:
+        n0, n1 = pick(sel.ntracks_variable)
+        cut("ntracks", (n0 >= sel.min_ntracks) & (n1 >= sel.min_ntracks))
+    label0 = label1 = np.zeros(len(ev_idx), dtype=np.int32)
+    if task.kind == "mc":
+        l0, l1 = pick(cfg.truth.label)
+        label0, label1 = l0.astype(np.int32), l1.astype(np.int32)
+        if cfg.truth.use_abs:
+            label0, label1 = np.abs(label0), np.abs(label1)
+        if cfg.truth.require_positive:
+            cut("truth_label", (label0 > 0) & (label1 > 0))
+
+    # forward = the jet with larger |eta|
+    fwd_is_0 = np.abs(eta0[m]) >= np.abs(eta1[m])
+    sel_ev = ev_idx[m]
+    n = len(sel_ev)
+    out: dict[str, np.ndarray] = {}
+    run = _event_values(data["run"], "run", path)[sel_ev].astype(np.int64)
+    event = _event_values(data["event"], "event", path)[sel_ev].astype(np.int64)
+    out["run"] = np.repeat(run, 2)
+    out["event"] = np.repeat(event, 2)
+    out["region"] = np.tile(np.array([REGION_FORWARD, REGION_CENTRAL], dtype=np.int8), n)
+
+    def interleave(a0: np.ndarray, a1: np.ndarray) -> np.ndarray:
+        a0m, a1m = a0[m], a1[m]
+        fwd = np.where(fwd_is_0, a0m, a1m)
+        cen = np.where(fwd_is_0, a1m, a0m)
+        res = np.empty(2 * n, dtype=np.result_type(a0m, a1m))
+        res[0::2] = fwd
+        res[1::2] = cen
+        return res
+
+    out["pt"] = interleave(pt0, pt1).astype(np.float32)
+    out["eta"] = interleave(eta0, eta1).astype(np.float32)
+    out["lead_pt"] = np.repeat(pt0[m], 2).astype(np.float32)
+    out["parton_label"] = interleave(label0, label1).astype(np.int32)
+    out["weight"] = np.repeat(weight[m], 2)
+    for var in variables:
+        v0, v1 = pick(var)
+        out[var] = interleave(v0, v1)
+    flow["selected"] = n
+    return out, flow
+
+
+def sum_of_weights(cfg: Config, task: FileTask) -> float:
+    sample = cfg.samples[task.sample]
+    sw = sample.sum_of_weights
+    if task.kind != "mc" or sw is None:
+        return 0.0
+    if sw.source == "histogram":
+        assert sw.histogram is not None and sw.bin is not None
+        return read_th1_bin(Path(task.path), sw.histogram, sw.bin,
+                            config_key=f"samples.{task.sample}.sum_of_weights.histogram")
+    if sw.source == "value":
+        n_files = len(cfg.resolve_files(sample.slice_map()[task.slice].files))
+        return float(sw.value or 0.0) / n_files  # split evenly: the merge sums it back
+    return float("nan")  # summed from the branch while reading
+
+
+def run_file(cfg: Config, task: FileTask, out_path: Path) -> Root2PklResult:
+    """Process one file; the artifact appears only when everything succeeded."""
+    wanted = {logical: (parse_branch_expr(expr), key) for logical, expr, key in task.branches}
+    for i, expr in enumerate(task.weight_multiply):
+        wanted[f"__mult{i}"] = (parse_branch_expr(expr), f"variations.{task.variation}.multiply")
+    for i, expr in enumerate(task.weight_divide):
+        wanted[f"__div{i}"] = (parse_branch_expr(expr), f"variations.{task.variation}.divide")
+    if task.sumw_branch:
+        wanted["__sumw"] = (parse_branch_expr(task.sumw_branch), f"samples.{task.sample}.sum_of_weights.branch")
+    variables = jet_variables(cfg)
+    provenance = expected_provenance(cfg, task)
+    sumw = sum_of_weights(cfg, task)
+    with open_tree(Path(task.path), task.tree, config_key=_tree_key(cfg, task)) as ot:
+        branches = resolve_branches(ot, wanted)
+        exprs = {k: v[0] for k, v in wanted.items()}
+        return _stream(cfg, task, ot, branches, exprs, variables, out_path, provenance, sumw)
+
+
+def _stream(cfg: Config, task: FileTask, ot: OpenTree, branches: dict[str, Any], exprs: dict[str, Any],
+            variables: list[str], out_path: Path, provenance: dict[str, Any], sumw: float) -> Root2PklResult:
+    writer: ParquetArtifactWriter | None = None
+    flow_total: dict[str, int] = {}
+    branch_sumw = 0.0
+    try:
+        for start, stop in chunk_ranges(ot, list(branches.values()), cfg.reading.step_size):
+            data = read_chunk(ot, branches, exprs, start, stop)
+            if "__sumw" in data:
+                branch_sumw += float(np.sum(_event_values(data["__sumw"], "sum_of_weights", task.path), dtype=np.float64))
+            cols, flow = select_chunk(cfg, task, data, variables)
+            for k, v in flow.items():
+                flow_total[k] = flow_total.get(k, 0) + v
+            if writer is None:
+                writer = ParquetArtifactWriter(out_path, _schema({v: cols[v].dtype for v in variables}))
+            writer.write(cols)
+        if writer is None:  # empty tree: still a valid (empty) artifact
+            writer = ParquetArtifactWriter(out_path, _schema({v: np.dtype(np.float64) for v in variables}))
+        if task.sumw_branch:
+            sumw = branch_sumw
+        prov = dict(provenance)
+        prov.update({
+            "task": {"sample": task.sample, "slice": task.slice, "kind": task.kind, "tree": task.tree,
+                     "variation": task.variation},
+            "cutflow": flow_total,
+            "sumw": sumw,
+            "events_read": int(ot.tree.num_entries),
+            "versions": library_versions(),
+        })
+        writer.commit(prov)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return Root2PklResult(int(ot.tree.num_entries), flow_total.get("selected", 0), sumw)
+
+
+def _tree_key(cfg: Config, task: FileTask) -> str:
+    if task.variation != "nominal":
+        var = cfg.variations.get(task.variation)
+        if var is not None and getattr(var, "kind", "") == "tree":
+            return f"variations.{task.variation}.tree"
+    if cfg.samples[task.sample].tree:
+        return f"samples.{task.sample}.tree"
+    return "tree"

@@ -1,0 +1,102 @@
+"""Config validation: key path, what was expected, what was found; unknown keys rejected."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from qgcal.config import parse_config
+from qgcal.errors import ConfigError
+from conftest import DEMO
+
+BASE = yaml.safe_load(DEMO.read_text())
+
+
+def _err(mutate) -> str:
+    doc = copy.deepcopy(BASE)
+    mutate(doc)
+    with pytest.raises(ConfigError) as info:
+        parse_config(doc, source="c.yaml")
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_demo_config_is_valid():
+    cfg = parse_config(copy.deepcopy(BASE))
+    assert cfg.pt_bins_gev == [500, 600, 800, 1000, 1200, 1500, 2000]
+    assert set(cfg.variation_names()) >= {"nominal", "JES_up", "trk_eff", "pdf_1"}
+
+
+def test_unknown_key_suggests_the_closest():
+    msg = _err(lambda d: d["selection"].__setitem__("subleading_pt_mim_gev", 400))
+    assert "selection.subleading_pt_mim_gev: unknown key" in msg
+    assert "did you mean 'subleading_pt_min_gev'" in msg
+
+
+def test_unknown_key_inside_a_variation():
+    msg = _err(lambda d: d["variations"]["JES_up"].__setitem__("treee", "x"))
+    assert "variations.JES_up.treee: unknown key" in msg and "'tree'" in msg
+
+
+def test_wrong_type_names_path_expected_and_found():
+    msg = _err(lambda d: d["samples"]["pythia"]["slices"]["JZ4"].__setitem__("xsec_pb", -3))
+    assert "samples.pythia.slices.JZ4.xsec_pb" in msg and "greater than 0" in msg and "-3" in msg
+
+
+def test_non_increasing_bins():
+    msg = _err(lambda d: d.__setitem__("pt_bins_gev", [500, 400, 800]))
+    assert "pt_bins_gev" in msg and "increase" in msg
+
+
+def test_working_point_out_of_range():
+    msg = _err(lambda d: d.__setitem__("working_points", [0.5, 1.2]))
+    assert "working_points" in msg and "1.2" in msg
+
+
+def test_tagger_variable_must_be_a_branch():
+    msg = _err(lambda d: d["taggers"]["ntrk"].__setitem__("variable", "nTrack"))
+    assert "taggers.ntrk" in msg and "did you mean 'nTracks'" in msg
+
+
+def test_unsafe_names_are_rejected():
+    msg = _err(lambda d: d["variations"].__setitem__("../../etc", {"kind": "tree", "tree": "x"}))
+    assert "../../etc" in msg
+
+
+def test_bad_branch_expression():
+    msg = _err(lambda d: d["variations"]["pdf_1"].__setitem__("multiply", ["pdf_weight[x]"]))
+    assert "pdf_weight[x]" in msg
+
+
+def test_variation_kind_must_be_known():
+    msg = _err(lambda d: d["variations"].__setitem__("odd", {"kind": "magic"}))
+    assert "variations.odd" in msg and "magic" in msg
+
+
+def test_invalid_yaml_reports_line(tmp_path):
+    from qgcal.config import load_config
+
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\nsamples: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+"):
+        load_config(p)
+
+
+def test_atlas_config_is_valid():
+    from conftest import REPO
+
+    cfg = parse_config(yaml.safe_load((REPO / "configs" / "atlas.yaml").read_text()), source="atlas.yaml")
+    assert cfg.units.energy == "MeV" and cfg.energy_scale() == 1e-3
+    assert set(cfg.samples["pythia"].slices) == {f"JZ{i}" for i in range(3, 9)}
+
+
+def test_config_reference_is_current():
+    from conftest import REPO
+    from qgcal.config_docs import render_markdown
+
+    assert (REPO / "docs" / "config.md").read_text() == render_markdown(), (
+        "docs/config.md is stale: python -m qgcal.config_docs > docs/config.md"
+    )

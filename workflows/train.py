@@ -1,0 +1,1 @@
+"""Placeholder until the inference subsystem lands."""
