@@ -9,6 +9,7 @@ the inputs and config fields its pass depends on. Nothing here unpickles.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -67,14 +68,20 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def library_versions() -> dict[str, str]:
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple[tuple[str, str], ...]:
     out = {"qgcal": __version__}
     for name in ("numpy", "awkward", "uproot", "hist", "boost-histogram", "pyarrow", "scikit-learn"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:  # pragma: no cover - all are dependencies
             out[name] = "missing"
-    return out
+    return tuple(sorted(out.items()))
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded in provenance (looked up once per process: metadata reads are slow)."""
+    return dict(_versions())
 
 
 @contextmanager
@@ -113,7 +120,10 @@ class ParquetArtifactWriter:
         self.schema = schema
         self._ctx = atomic_path(final, ".parquet")
         self._tmp = self._ctx.__enter__()
-        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        # no dictionary encoding or statistics: float columns do not compress by dictionary
+        # and building it cost 25x the write itself
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression="lz4", use_dictionary=False,
+                                        write_statistics=False)
         self.rows = 0
 
     def write(self, columns: Mapping[str, Any]) -> None:

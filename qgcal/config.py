@@ -247,8 +247,18 @@ Tagger = Annotated[Union[BranchTagger, ModelTagger], Field(discriminator="kind")
 
 
 class _Variation(_Model):
-    group: str = Field("other", description="uncertainty group (JES, JER, tracking, PDF, ...)")
+    group: str = Field("other", description="uncertainty group (JES, JER, tracking, PDF, parton shower, ...)")
     affects: Literal["mc", "data", "both"] = Field("mc", description="which samples change")
+    direction: Literal["up", "down", "single"] = Field(
+        "single", description="up/down half of a pair (see 'pair'), or a one-sided variation (symmetrised)"
+    )
+    pair: str | None = Field(None, description="name of the opposite variation of an up/down pair")
+    set: str | None = Field(
+        None, description="replica set this variation belongs to (set by a 'name[a..b]' range expansion)"
+    )
+    set_combine: Literal["std", "envelope"] = Field(
+        "std", description="how a replica set combines: standard deviation or envelope of the shifts"
+    )
     description: str = Field("", description="free text")
 
 
@@ -289,9 +299,54 @@ class WeightVariation(_Variation):
         return self
 
 
+class SampleVariation(_Variation):
+    """Another MC sample altogether (parton shower, hadronisation, matrix element)."""
+
+    kind: Literal["sample"] = "sample"
+    sample: str = Field(description="name of the MC sample replacing nominal_mc")
+
+
+class ReweightingVariation(_Variation):
+    """Pass-1 reweighting with other factors (the 'gluon reweighting' uncertainty); reuses nominal MC."""
+
+    kind: Literal["reweighting"] = "reweighting"
+    use: Literal["gluon", "none"] = Field("gluon", description="gluon-derived factors, or no reweighting")
+
+
 Variation = Annotated[
-    Union[TreeVariation, BranchVariation, WeightVariation], Field(discriminator="kind")
+    Union[TreeVariation, BranchVariation, WeightVariation, SampleVariation, ReweightingVariation],
+    Field(discriminator="kind"),
 ]
+
+AnyVariation = Union[TreeVariation, BranchVariation, WeightVariation, SampleVariation, ReweightingVariation]
+
+_RANGE = re.compile(r"^(?P<name>[^\[\]\s]+)\[(?P<a>\d+)\.\.(?P<b>\d+)\]$")
+
+
+def expand_ranges(variations: Any) -> Any:
+    """``multiply: ["pdf_weight[1..N]"]`` becomes N variations ``<name>_<i>`` forming one set."""
+    if not isinstance(variations, Mapping):
+        return variations
+    out: dict[str, Any] = {}
+    for name, var in variations.items():
+        exprs = var.get("multiply") if isinstance(var, Mapping) and var.get("kind") == "weight" else None
+        ranged = [e for e in (exprs or []) if isinstance(e, str) and _RANGE.match(e)]
+        if not ranged:
+            out[name] = var
+            continue
+        if len(ranged) > 1:
+            raise ValueError(f"variations.{name}: only one 'name[a..b]' range per variation")
+        m = _RANGE.match(ranged[0])
+        assert m is not None
+        lo, hi = int(m.group("a")), int(m.group("b"))
+        if hi < lo or hi - lo > 999:
+            raise ValueError(f"variations.{name}: bad range {ranged[0]!r}")
+        for i in range(lo, hi + 1):
+            item = dict(var)
+            item["multiply"] = [f"{m.group('name')}[{i}]" if e == ranged[0] else e for e in exprs or []]
+            item["set"] = name
+            out[f"{name}_{i}"] = item
+    return out
 
 
 # ----------------------------------------------------------------------------- run settings
@@ -300,8 +355,31 @@ Variation = Annotated[
 class Executor(_Model):
     """How per-file work is parallelised."""
 
-    kind: Literal["process", "serial"] = Field("process", description="process pool or in-process")
-    workers: int = Field(2, ge=1, le=1024, description="worker processes")
+    kind: Literal["process", "serial", "dask", "dask-local"] = Field(
+        "process", description="process pool, in-process, a Dask scheduler, or a Dask LocalCluster"
+    )
+    workers: int = Field(2, ge=1, le=1024, description="worker processes (dask-local: workers)")
+    scheduler: str | None = Field(None, description="Dask scheduler address (kind=dask), e.g. tcp://host:8786")
+    retries: int = Field(2, ge=0, le=20, description="retries of a file whose worker died (crash, OOM)")
+
+
+class Slurm(_Model):
+    """Slurm array jobs: one array task per (variation, file shard), then a final job."""
+
+    partition: str | None = Field(None, description="--partition")
+    account: str | None = Field(None, description="--account")
+    qos: str | None = Field(None, description="--qos")
+    time: str = Field("02:00:00", description="--time of each array task")
+    final_time: str = Field("01:00:00", description="--time of the final (merge + combine) job")
+    cpus_per_task: int = Field(2, ge=1, description="--cpus-per-task (also the task's --workers)")
+    mem: str | None = Field("4G", description="--mem")
+    constraint: str | None = Field(None, description="--constraint (e.g. cpu, gpu)")
+    gres: str | None = Field(None, description="--gres (e.g. gpu:1 for GPU inference nodes)")
+    array_throttle: int | None = Field(None, ge=1, description="at most this many array tasks at once (%N)")
+    shard_size: int = Field(1, ge=1, description="input files per array task")
+    extra_sbatch: list[str] = Field([], description="extra '#SBATCH ...' option lines, e.g. --mail-type=END")
+    setup: list[str] = Field([], description="shell lines run first (module load, source venv/bin/activate)")
+    workdir: str | None = Field(None, description="scratch directory for job logs (default <output>/slurm)")
 
 
 class Reading(_Model):
@@ -369,6 +447,8 @@ class Config(_Model):
     working_points: list[float] = Field([0.5, 0.6, 0.7, 0.8], description="quark efficiencies in (0,1)")
     variations: dict[str, Variation] = Field({}, description="systematic variations by name")
     executor: Executor = Field(default_factory=Executor, description="parallelism")
+    slurm: Slurm = Field(default_factory=Slurm, description="Slurm array jobs (qgcal slurm)")
+    bootstrap: int = Field(0, ge=0, le=1000, description="Poisson bootstrap replicas for statistical errors (0: analytic)")
     reading: Reading = Field(default_factory=Reading, description="chunked reading")
     inference: InferenceConfig = Field(default_factory=InferenceConfig, description="model taggers")
     calibration: Calibration = Field(default_factory=Calibration, description="numerics")
@@ -376,6 +456,11 @@ class Config(_Model):
 
     # Set by the loader, not by YAML: where relative paths are anchored.
     base_dir: str = Field(".", description="directory relative paths are resolved against", exclude=True)
+
+    @field_validator("variations", mode="before")
+    @classmethod
+    def _expand(cls, v: Any) -> Any:
+        return expand_ranges(v)
 
     @field_validator("pt_bins_gev")
     @classmethod
@@ -449,6 +534,20 @@ class Config(_Model):
         if self.truth.label not in self.branches:
             raise ValueError(f"truth.label: {self.truth.label!r} is not a key of 'branches'")
         for vname, var in self.variations.items():
+            if var.pair is not None:
+                other = self.variations.get(var.pair)
+                if other is None:
+                    raise ValueError(f"variations.{vname}.pair: no variation named {var.pair!r}"
+                                     f"{did_you_mean(var.pair, self.variations)}")
+                if other.pair != vname or {var.direction, other.direction} != {"up", "down"}:
+                    raise ValueError(f"variations.{vname}.pair: {var.pair!r} must name {vname!r} back, "
+                                     "and one of the two must be direction: up, the other down")
+            elif var.direction != "single":
+                raise ValueError(f"variations.{vname}: direction {var.direction!r} needs 'pair'")
+            if isinstance(var, SampleVariation):
+                if var.sample not in samples or samples[var.sample].kind != "mc":
+                    raise ValueError(f"variations.{vname}.sample: no MC sample named {var.sample!r}"
+                                     f"{did_you_mean(var.sample, samples)}")
             if isinstance(var, BranchVariation):
                 for logical in var.replace:
                     if logical not in self.branches:
@@ -485,7 +584,7 @@ class Config(_Model):
     def variation_names(self) -> list[str]:
         return ["nominal", *self.variations]
 
-    def variation(self, name: str) -> TreeVariation | BranchVariation | WeightVariation | None:
+    def variation(self, name: str) -> AnyVariation | None:
         """None for nominal; ConfigError naming the valid names for an unknown one."""
         if name == "nominal":
             return None
@@ -522,9 +621,10 @@ def _safe_name(name: str) -> str:
     return name
 
 
-_TAGS = {"variations": {"tree", "branch", "weight"}, "taggers": {"branch", "model"}}
+_TAGS = {"variations": {"tree", "branch", "weight", "sample", "reweighting"}, "taggers": {"branch", "model"}}
 _TAG_MODELS: dict[str, dict[str, type[BaseModel]]] = {
-    "variations": {"tree": TreeVariation, "branch": BranchVariation, "weight": WeightVariation},
+    "variations": {"tree": TreeVariation, "branch": BranchVariation, "weight": WeightVariation,
+                   "sample": SampleVariation, "reweighting": ReweightingVariation},
     "taggers": {"branch": BranchTagger, "model": ModelTagger},
 }
 

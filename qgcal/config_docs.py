@@ -23,9 +23,12 @@ from qgcal.config import (
     ModelTagger,
     Plots,
     Reading,
+    ReweightingVariation,
     Sample,
     Selection,
+    SampleVariation,
     Slice,
+    Slurm,
     SumOfWeights,
     TreeVariation,
     Truth,
@@ -50,7 +53,10 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("variations.<name> (kind: tree)", TreeVariation),
     ("variations.<name> (kind: branch)", BranchVariation),
     ("variations.<name> (kind: weight)", WeightVariation),
+    ("variations.<name> (kind: sample)", SampleVariation),
+    ("variations.<name> (kind: reweighting)", ReweightingVariation),
     ("executor", Executor),
+    ("slurm", Slurm),
     ("reading", Reading),
     ("inference", InferenceConfig),
     ("calibration", Calibration),
@@ -80,7 +86,7 @@ This file is generated from the schema: `python -m qgcal.config_docs > docs/conf
 def _type_name(annotation: Any) -> str:
     text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
     if "discriminator='kind'" in text:
-        inner = "BranchTagger or ModelTagger" if "Tagger" in text else "TreeVariation or BranchVariation or WeightVariation"
+        inner = "BranchTagger or ModelTagger" if "Tagger" in text else "TreeVariation or BranchVariation or WeightVariation or SampleVariation or ReweightingVariation"
         return f"dict[str, {inner}] (by `kind`)"
     for junk in ("typing.", "qgcal.config.", "qgcal.inference.config.", "<class '", "'>"):
         text = text.replace(junk, "")

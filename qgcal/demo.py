@@ -7,6 +7,8 @@ step can be rerun by hand with ``qgcal run --config DIR/config.yaml``.
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -40,9 +42,11 @@ def run_demo(out: Path, *, events: int = 200_000, files: int = 2, seed: int = 1,
     if sample_dir.exists():
         shutil.rmtree(sample_dir)
     log.info("generating %d events per sample into %s", events, sample_dir)
-    generate_sample(sample_dir, events=events, files=files, seed=seed, data_shift=data_shift)
+    generated = generate_sample(sample_dir, events=events, files=files, seed=seed, data_shift=data_shift)
+    lumi = json.loads(generated.truth.read_text())["luminosity_pb"]
     config_path = out / "config.yaml"
-    config_path.write_text(demo_config_text(), encoding="utf-8")
+    text = re.sub(r"(?m)^lumi_pb: .*$", f"lumi_pb: {lumi!r}", demo_config_text(), count=1)
+    config_path.write_text(text, encoding="utf-8")
     cfg = load_config(config_path)
     if any(isinstance(t, ModelTagger) for t in cfg.taggers.values()):
         from qgcal.workflows.train import train_from_config

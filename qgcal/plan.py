@@ -19,11 +19,13 @@ from qgcal.config import (
     BranchVariation,
     Config,
     ModelTagger,
+    ReweightingVariation,
+    SampleVariation,
     TreeVariation,
     WeightVariation,
 )
 
-__all__ = ["FileTask", "plan_tasks", "artifact_path", "STAGES", "EXT"]
+__all__ = ["FileTask", "plan_tasks", "artifact_path", "mc_sample_for", "reweighting_for", "STAGES", "EXT"]
 
 STAGES = ("root2pkl", "pkl2predpkl", "predpkl2hist")
 EXT = {"root2pkl": ".parquet", "pkl2predpkl": ".parquet", "predpkl2hist": ".npz"}
@@ -97,11 +99,16 @@ def jet_variables(cfg: Config) -> list[str]:
     return list(out)
 
 
-def variation_applies(cfg: Config, variation: str, kind: str) -> bool:
+def mc_sample_for(cfg: Config, variation: str) -> str:
+    """The MC sample a systematic uses: nominal_mc unless a sample variation replaces it."""
     var = cfg.variation(variation)
-    if var is None:
-        return False
-    return var.affects == "both" or var.affects == kind
+    return var.sample if isinstance(var, SampleVariation) else cfg.nominal_mc
+
+
+def reweighting_for(cfg: Config, variation: str) -> str:
+    """Which pass-1 factors a systematic uses: 'quark' (nominal), 'gluon' or 'none'."""
+    var = cfg.variation(variation)
+    return var.use if isinstance(var, ReweightingVariation) else "quark"
 
 
 def plan_tasks(cfg: Config, variation: str, *, include_data: bool = True,
@@ -113,10 +120,13 @@ def plan_tasks(cfg: Config, variation: str, *, include_data: bool = True,
     if include_data:
         samples.append(cfg.data)
     if include_mc:
-        samples.append(mc_sample or cfg.nominal_mc)
+        samples.append(mc_sample or mc_sample_for(cfg, variation))
     for sname in samples:
         sample = cfg.samples[sname]
-        applies = var is not None and (var.affects == "both" or var.affects == sample.kind)
+        # sample and reweighting variations change no per-file work: their files are the
+        # other sample's (or nominal's) nominal processing, shared with everyone
+        reads = isinstance(var, (TreeVariation, BranchVariation, WeightVariation))
+        applies = reads and var is not None and (var.affects == "both" or var.affects == sample.kind)
         namespace = variation if applies else "nominal"
         tree = sample.tree or cfg.tree
         branches = dict(cfg.branches)

@@ -78,7 +78,9 @@ class OpenTree:
 def open_tree(path: Path, tree_name: str, *, config_key: str) -> OpenTree:
     check_root_file(path)
     try:
-        f = uproot.open(path)
+        # plain file reads (no fsspec event loop; unlike memmap, read pages do not count as RSS)
+        # and no array cache (it would keep up to 100 MB of chunks alive: memory not bounded by the chunk)
+        f = uproot.open(path, handler=uproot.source.file.MultithreadedFileSource, array_cache=None)
     except Exception as err:  # uproot raises OSError/ValueError/... for corrupt files
         raise InputError(f"{path}: cannot open as ROOT ({type(err).__name__}: {_first_line(err)}); the file is corrupt") from None
     try:
@@ -180,21 +182,20 @@ def read_chunk(
     return out
 
 
-def read_th1_bin(path: Path, hist_name: str, bin_number: int, *, config_key: str) -> float:
+def read_th1_bin(ot: OpenTree, hist_name: str, bin_number: int, *, config_key: str) -> float:
     """Content of 1-based ROOT bin ``bin_number`` of a TH1 (e.g. the sum of weights)."""
-    check_root_file(path)
-    with uproot.open(path) as f:
-        try:
-            h = f[hist_name]
-        except Exception:
-            keys = [k.split(";")[0] for k in f.keys(recursive=False)]
-            raise InputError(
-                f"{path}: no histogram {hist_name!r} (asked for by {config_key}){did_you_mean(hist_name, keys)}"
-            ) from None
-        try:
-            values = h.values(flow=True)
-        except Exception:
-            raise InputError(f"{path}: {hist_name!r} is not a histogram (asked for by {config_key})") from None
+    f, path = ot.file, ot.path
+    try:
+        h = f[hist_name]
+    except Exception:
+        keys = [k.split(";")[0] for k in f.keys(recursive=False)]
+        raise InputError(
+            f"{path}: no histogram {hist_name!r} (asked for by {config_key}){did_you_mean(hist_name, keys)}"
+        ) from None
+    try:
+        values = h.values(flow=True)
+    except Exception:
+        raise InputError(f"{path}: {hist_name!r} is not a histogram (asked for by {config_key})") from None
     if not 1 <= bin_number < len(values) - 1:
         raise InputError(f"{path}: {hist_name!r} has no bin {bin_number} (asked for by {config_key})")
     return float(values[bin_number])

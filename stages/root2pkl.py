@@ -83,12 +83,19 @@ def _schema(variables: dict[str, np.dtype]) -> pa.Schema:
 
 
 def _flat(arr: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(content, offsets) of a jagged array, as numpy."""
+    """(content, offsets) of a jagged array as numpy, without copies where possible."""
+    layout = arr.layout
+    if isinstance(layout, ak.contents.ListOffsetArray) and isinstance(layout.content, ak.contents.NumpyArray):
+        offsets = np.asarray(layout.offsets.data).astype(np.int64, copy=False)
+        content = np.asarray(layout.content.data)
+        if offsets[0] != 0:
+            content = content[offsets[0]:offsets[-1]]
+            offsets = offsets - offsets[0]
+        return content, offsets
     counts = ak.to_numpy(ak.num(arr, axis=1)).astype(np.int64)
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    content = ak.to_numpy(ak.flatten(arr, axis=1))
-    return content, offsets
+    return ak.to_numpy(ak.flatten(arr, axis=1)), offsets
 
 
 def _event_values(arr: Any, name: str, path: str) -> np.ndarray:
@@ -101,6 +108,26 @@ def _jet_values(arr: Any, name: str, path: str) -> tuple[np.ndarray, np.ndarray]
     if not (isinstance(arr, ak.Array) and arr.ndim == 2):
         raise InputError(f"{path}: branch for {name!r} must be a per-jet vector (one entry per jet)")
     return _flat(arr)
+
+
+def leading_two(pt: np.ndarray, offsets: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the leading and sub-leading jet of each kept event.
+
+    Ntuples are usually pT-ordered: then they are the first two jets, found
+    without sorting. Otherwise (JER-smeared trees) the jets are sorted per event.
+    """
+    starts = offsets[:-1][keep]
+    if len(pt) > 1:
+        drop = pt[1:] > pt[:-1]
+        drop[offsets[1:-1][(offsets[1:-1] > 0) & (offsets[1:-1] < len(pt))] - 1] = False
+        ordered = not drop.any()
+    else:
+        ordered = True
+    if ordered:
+        return starts, starts + 1
+    counts = np.diff(offsets)
+    order = ak.argsort(ak.unflatten(pt, counts), axis=1, ascending=False)[keep][:, :2]
+    return ak.to_numpy(order[:, 0]) + starts, ak.to_numpy(order[:, 1]) + starts
 
 
 def select_chunk(cfg: Config, task: FileTask, data: dict[str, Any],
@@ -116,18 +143,13 @@ def select_chunk(cfg: Config, task: FileTask, data: dict[str, Any],
     keep = counts >= 2
     flow["two_jets"] = int(keep.sum())
 
-    # leading two jets by pT (ntuples are usually sorted, JER-smeared trees need not be)
     pt_gev = pt_c.astype(np.float64) * scale
-    jets = ak.unflatten(pt_gev, counts)
-    order = ak.argsort(jets, axis=1, ascending=False)
-    top2 = order[keep][:, :2]
-    i0 = ak.to_numpy(top2[:, 0]) + offsets[:-1][keep]
-    i1 = ak.to_numpy(top2[:, 1]) + offsets[:-1][keep]
+    i0, i1 = leading_two(pt_gev, offsets, keep)
     ev_idx = np.nonzero(keep)[0]
 
     def pick(name: str) -> tuple[np.ndarray, np.ndarray]:
         content, offs = _jet_values(data[name], name, path)
-        if len(content) != len(pt_c) or not np.array_equal(offs, offsets):
+        if len(content) != len(pt_c) or (offs is not offsets and not np.array_equal(offs, offsets)):
             raise InputError(f"{path}: branch for {name!r} has a different number of jets than jet_pt")
         return content[i0], content[i1]
 
@@ -148,6 +170,10 @@ def select_chunk(cfg: Config, task: FileTask, data: dict[str, Any],
         cut("pt_balance", (pt0 / pt1) < sel.pt_balance_max)
     cut("abs_eta", (np.abs(eta0) < sel.abs_eta_max) & (np.abs(eta1) < sel.abs_eta_max))
 
+    # the kinematic cuts remove most events: carry on with the survivors only
+    ev_idx, i0, i1, pt0, pt1, eta0, eta1 = (a[m] for a in (ev_idx, i0, i1, pt0, pt1, eta0, eta1))
+    m = np.ones(len(ev_idx), dtype=bool)
+
     weight = np.ones(len(ev_idx), dtype=np.float64)
     if task.kind == "mc":
         for name in cfg.event_weight:
@@ -166,7 +192,6 @@ def select_chunk(cfg: Config, task: FileTask, data: dict[str, Any],
     if sel.min_ntracks is not None:
         n0, n1 = pick(sel.ntracks_variable)
         cut("ntracks", (n0 >= sel.min_ntracks) & (n1 >= sel.min_ntracks))
-    label0 = label1 = np.zeros(len(ev_idx), dtype=np.int32)
     if task.kind == "mc":
         l0, l1 = pick(cfg.truth.label)
         label0, label1 = l0.astype(np.int32), l1.astype(np.int32)
@@ -175,46 +200,45 @@ def select_chunk(cfg: Config, task: FileTask, data: dict[str, Any],
         if cfg.truth.require_positive:
             cut("truth_label", (label0 > 0) & (label1 > 0))
 
-    # forward = the jet with larger |eta|
+    # forward = the jet with larger |eta|; one flat-index gather per column, rows
+    # alternating forward, central
     fwd_is_0 = np.abs(eta0[m]) >= np.abs(eta1[m])
+    j0, j1 = i0[m], i1[m]
     sel_ev = ev_idx[m]
     n = len(sel_ev)
+    jet_idx = np.empty(2 * n, dtype=np.int64)
+    jet_idx[0::2] = np.where(fwd_is_0, j0, j1)
+    jet_idx[1::2] = np.where(fwd_is_0, j1, j0)
     out: dict[str, np.ndarray] = {}
     run = _event_values(data["run"], "run", path)[sel_ev].astype(np.int64)
     event = _event_values(data["event"], "event", path)[sel_ev].astype(np.int64)
     out["run"] = np.repeat(run, 2)
     out["event"] = np.repeat(event, 2)
     out["region"] = np.tile(np.array([REGION_FORWARD, REGION_CENTRAL], dtype=np.int8), n)
-
-    def interleave(a0: np.ndarray, a1: np.ndarray) -> np.ndarray:
-        a0m, a1m = a0[m], a1[m]
-        fwd = np.where(fwd_is_0, a0m, a1m)
-        cen = np.where(fwd_is_0, a1m, a0m)
-        res = np.empty(2 * n, dtype=np.result_type(a0m, a1m))
-        res[0::2] = fwd
-        res[1::2] = cen
-        return res
-
-    out["pt"] = interleave(pt0, pt1).astype(np.float32)
-    out["eta"] = interleave(eta0, eta1).astype(np.float32)
+    out["pt"] = pt_gev[jet_idx].astype(np.float32)
+    out["eta"] = _jet_values(data["jet_eta"], "jet_eta", path)[0][jet_idx].astype(np.float32)
     out["lead_pt"] = np.repeat(pt0[m], 2).astype(np.float32)
-    out["parton_label"] = interleave(label0, label1).astype(np.int32)
+    if task.kind == "mc":
+        labels = _jet_values(data[cfg.truth.label], cfg.truth.label, path)[0][jet_idx].astype(np.int32)
+        out["parton_label"] = np.abs(labels) if cfg.truth.use_abs else labels
+    else:
+        out["parton_label"] = np.zeros(2 * n, dtype=np.int32)
     out["weight"] = np.repeat(weight[m], 2)
     for var in variables:
-        v0, v1 = pick(var)
-        out[var] = interleave(v0, v1)
+        content, _ = _jet_values(data[var], var, path)
+        out[var] = content[jet_idx]
     flow["selected"] = n
     return out, flow
 
 
-def sum_of_weights(cfg: Config, task: FileTask) -> float:
+def sum_of_weights(cfg: Config, task: FileTask, ot: OpenTree) -> float:
     sample = cfg.samples[task.sample]
     sw = sample.sum_of_weights
     if task.kind != "mc" or sw is None:
         return 0.0
     if sw.source == "histogram":
         assert sw.histogram is not None and sw.bin is not None
-        return read_th1_bin(Path(task.path), sw.histogram, sw.bin,
+        return read_th1_bin(ot, sw.histogram, sw.bin,
                             config_key=f"samples.{task.sample}.sum_of_weights.histogram")
     if sw.source == "value":
         n_files = len(cfg.resolve_files(sample.slice_map()[task.slice].files))
@@ -233,8 +257,8 @@ def run_file(cfg: Config, task: FileTask, out_path: Path) -> Root2PklResult:
         wanted["__sumw"] = (parse_branch_expr(task.sumw_branch), f"samples.{task.sample}.sum_of_weights.branch")
     variables = jet_variables(cfg)
     provenance = expected_provenance(cfg, task)
-    sumw = sum_of_weights(cfg, task)
     with open_tree(Path(task.path), task.tree, config_key=_tree_key(cfg, task)) as ot:
+        sumw = sum_of_weights(cfg, task, ot)
         branches = resolve_branches(ot, wanted)
         exprs = {k: v[0] for k, v in wanted.items()}
         return _stream(cfg, task, ot, branches, exprs, variables, out_path, provenance, sumw)

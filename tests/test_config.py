@@ -27,7 +27,8 @@ def _err(mutate) -> str:
 def test_demo_config_is_valid():
     cfg = parse_config(copy.deepcopy(BASE))
     assert cfg.pt_bins_gev == [500, 600, 800, 1000, 1200, 1500, 2000]
-    assert set(cfg.variation_names()) >= {"nominal", "JES_up", "trk_eff", "pdf_1"}
+    assert set(cfg.variation_names()) >= {"nominal", "JES_up", "trk_eff", "pdf_1", "pdf_3", "herwig", "gluon_rw"}
+    assert cfg.variations["pdf_2"].multiply == ["pdf_weight[2]"] and cfg.variations["pdf_2"].set == "pdf"
 
 
 def test_unknown_key_suggests_the_closest():
@@ -67,7 +68,7 @@ def test_unsafe_names_are_rejected():
 
 
 def test_bad_branch_expression():
-    msg = _err(lambda d: d["variations"]["pdf_1"].__setitem__("multiply", ["pdf_weight[x]"]))
+    msg = _err(lambda d: d["variations"]["pdf"].__setitem__("multiply", ["pdf_weight[x]"]))
     assert "pdf_weight[x]" in msg
 
 
@@ -100,3 +101,16 @@ def test_config_reference_is_current():
     assert (REPO / "docs" / "config.md").read_text() == render_markdown(), (
         "docs/config.md is stale: python -m qgcal.config_docs > docs/config.md"
     )
+
+
+def test_pair_must_point_back():
+    def mutate(d):
+        d["variations"]["JES_down"]["pair"] = "JER_up"
+
+    msg = _err(mutate)
+    assert "variations.JES_up.pair" in msg or "variations.JES_down.pair" in msg
+
+
+def test_sample_variation_needs_an_mc_sample():
+    msg = _err(lambda d: d["variations"]["herwig"].__setitem__("sample", "herwg"))
+    assert "variations.herwig.sample" in msg and "did you mean 'herwig'" in msg

@@ -22,7 +22,7 @@ from qgcal.artifacts import write_json_atomic
 from qgcal.config import Config
 from qgcal.errors import InputError, RunLockedError
 from qgcal.executors import make_executor
-from qgcal.plan import STAGES, FileTask, artifact_path, plan_tasks
+from qgcal.plan import STAGES, FileTask, artifact_path, mc_sample_for, plan_tasks, reweighting_for
 from qgcal.progress import PassProgress, log
 from qgcal.stages import final_reweighting as fr
 from qgcal.stages.pkl2predpkl import InferenceOverrides
@@ -99,9 +99,11 @@ def run_file_passes(cfg: Config, tasks: list[FileTask], executor: Executor, *, f
     return done
 
 
-def finalise(cfg: Config, syst: str, *, mc_sample: str | None = None, reweight: str = "quark") -> RunResult:
+def finalise(cfg: Config, syst: str) -> RunResult:
     """final_reweighting for one systematic from the per-file histogram artifacts."""
     out = cfg.output_path
+    mc_sample = mc_sample_for(cfg, syst)
+    reweight = reweighting_for(cfg, syst)
     data_tasks = plan_tasks(cfg, syst, include_mc=False)
     mc_tasks = plan_tasks(cfg, syst, include_data=False, mc_sample=mc_sample)
     nominal_mc_tasks = plan_tasks(cfg, "nominal", include_data=False)
@@ -111,15 +113,16 @@ def finalise(cfg: Config, syst: str, *, mc_sample: str | None = None, reweight: 
 
     data_h, data_info = fr.merge_sample(cfg, cfg.data, arts(data_tasks))
     fr.check_data(syst, data_info, cfg.data)
-    mc_h, mc_info = fr.merge_sample(cfg, mc_sample or cfg.nominal_mc, arts(mc_tasks))
-    if syst == "nominal" and mc_sample is None:
+    mc_h, mc_info = fr.merge_sample(cfg, mc_sample, arts(mc_tasks))
+    if mc_tasks == nominal_mc_tasks:
         nom_h = mc_h
     else:
         nom_h, _ = fr.merge_sample(cfg, cfg.nominal_mc, arts(nominal_mc_tasks))
 
     stage_dir = out / (data_tasks[0].variation if data_tasks else "nominal") / "final_reweighting"
     fr.save_merged(stage_dir / f"merged_{cfg.data}.npz", data_h, data_info)
-    fr.save_merged(out / syst / "final_reweighting" / f"merged_{mc_sample or cfg.nominal_mc}.npz", mc_h, mc_info)
+    mc_dir = out / (mc_tasks[0].variation if mc_tasks else "nominal") / "final_reweighting"
+    fr.save_merged(mc_dir / f"merged_{mc_sample}.npz", mc_h, mc_info)
 
     nominal_ex = fr.extract_all(cfg, nom_h, data_h)
     cuts = fr.frozen_cuts(cfg, nominal_ex)
@@ -133,7 +136,7 @@ def finalise(cfg: Config, syst: str, *, mc_sample: str | None = None, reweight: 
         "qgcal_version": __version__,
         "config_name": cfg.name,
         "lumi_pb": cfg.lumi_pb,
-        "mc_sample": mc_sample or cfg.nominal_mc,
+        "mc_sample": mc_sample,
         "data_sample": cfg.data,
         "reweighting": reweight,
         "cuts_from": "nominal",

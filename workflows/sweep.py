@@ -1,8 +1,10 @@
-"""Several systematics in one go: the union of their file tasks through one pool, then each final pass.
+"""Several systematics in one go, locally or split into shards for array jobs.
 
-Data and nominal MC artifacts are shared by every variation, so each is made
-once. (Reading a (file, tree) once for all branch and weight variations that
-share it is the sweep issue's optimisation; here each variation reads its own.)
+The union of the systematics' file tasks (data and nominal MC shared, each made
+once) goes through one pool; then each systematic's final pass runs. The same
+sorted task list cut into fixed-size shards is what a Slurm array task or any
+other batch job processes (``run_shard``), so a split run and a local run do
+exactly the same per-file work and merge the same artifacts in the same order.
 """
 
 from __future__ import annotations
@@ -11,26 +13,88 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 
 from qgcal.config import Config
+from qgcal.errors import ArtifactError, ConfigError
 from qgcal.executors import make_executor
+from qgcal.plan import STAGES, FileTask, artifact_path
 from qgcal.stages.pkl2predpkl import InferenceOverrides
 from qgcal.workflows.single import RunResult, finalise, output_lock, run_file_passes, tasks_for
+from qgcal.workflows.tasks import pass_is_valid
 
-__all__ = ["run_many"]
+__all__ = ["run_many", "sweep_tasks", "shards", "run_shard", "finalise_many", "missing_artifacts"]
+
+
+def sweep_tasks(cfg: Config, systs: Sequence[str]) -> list[FileTask]:
+    """Every file task the systematics need, deduplicated and sorted (a stable order)."""
+    for s in systs:
+        cfg.variation(s)
+    tasks: dict[str, FileTask] = {}
+    for s in systs:
+        for t in tasks_for(cfg, s):
+            tasks.setdefault(f"{t.variation}@{t.key}", t)
+    return [tasks[k] for k in sorted(tasks)]
+
+
+def shards(tasks: Sequence[FileTask], shard_size: int) -> list[list[FileTask]]:
+    if shard_size < 1:
+        raise ConfigError(f"shard size must be >= 1, found {shard_size}")
+    return [list(tasks[i : i + shard_size]) for i in range(0, len(tasks), shard_size)]
+
+
+def run_shard(cfg: Config, systs: Sequence[str], index: int, shard_size: int, *,
+              workers: int | None = None, executor: str | Executor | None = None, force: bool = False,
+              overrides: InferenceOverrides | None = None) -> list[FileTask]:
+    """The per-file passes of shard ``index`` only; writes only that shard's artifacts.
+
+    No output lock: array tasks run concurrently and each writes different files
+    (atomically), and artifacts that are already valid are skipped, so a
+    resubmitted task is idempotent.
+    """
+    parts = shards(sweep_tasks(cfg, systs), shard_size)
+    if not 0 <= index < len(parts):
+        raise ConfigError(f"--task-index {index} out of range: this sweep has {len(parts)} shards of {shard_size}")
+    mine = parts[index]
+    ex = make_executor(executor or cfg.executor.kind, workers if workers is not None else cfg.executor.workers)
+    try:
+        run_file_passes(cfg, mine, ex, force=force, overrides=overrides)
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+    return mine
+
+
+def missing_artifacts(cfg: Config, tasks: Sequence[FileTask]) -> list[tuple[FileTask, str]]:
+    """(task, stage) pairs whose artifact is missing or stale."""
+    out = []
+    for t in tasks:
+        for stage in STAGES:
+            if not pass_is_valid(cfg, t, stage):
+                out.append((t, stage))
+                break
+    return out
+
+
+def finalise_many(cfg: Config, systs: Sequence[str]) -> dict[str, RunResult]:
+    """The final pass of every systematic; every per-file artifact must be valid."""
+    tasks = sweep_tasks(cfg, systs)
+    missing = missing_artifacts(cfg, tasks)
+    if missing:
+        t, stage = missing[0]
+        raise ArtifactError(
+            f"{len(missing)} file tasks are not done (first: {stage} of {t.path} for {t.variation}, "
+            f"expected {artifact_path(cfg.output_path, t, stage)}); run them first"
+        )
+    with output_lock(cfg.output_path):
+        return {s: finalise(cfg, s) for s in systs}
 
 
 def run_many(cfg: Config, systs: Sequence[str], *, workers: int | None = None,
              executor: str | Executor | None = None, force: bool = False,
              overrides: InferenceOverrides | None = None) -> dict[str, RunResult]:
-    for s in systs:
-        cfg.variation(s)
+    """Per-file passes for all systematics through one pool, then each final pass."""
+    tasks = sweep_tasks(cfg, systs)
     with output_lock(cfg.output_path):
-        tasks = {}
-        for s in systs:
-            for t in tasks_for(cfg, s):
-                tasks.setdefault(t.key + "@" + t.variation, t)
         ex = make_executor(executor or cfg.executor.kind, workers if workers is not None else cfg.executor.workers)
         try:
-            run_file_passes(cfg, [tasks[k] for k in sorted(tasks)], ex, force=force, overrides=overrides)
+            run_file_passes(cfg, tasks, ex, force=force, overrides=overrides)
         finally:
             ex.shutdown(wait=True, cancel_futures=True)
         return {s: finalise(cfg, s) for s in systs}

@@ -1,0 +1,66 @@
+"""``qgcal sweep``: nominal and every variation (or a shard of them, for array jobs)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from qgcal.cli.run import add_inference_options, overrides_from
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "sweep", help="run nominal and every (or the named) variation, sharing data and nominal MC",
+        description="All file tasks of the chosen systematics go through one pool (data and nominal MC are "
+        "processed once), then each systematic's final pass runs. With --task-index, only that shard of "
+        "the sorted file tasks is processed (what a Slurm array task does); --finalise-only runs only the "
+        "final passes and fails, naming the first one, if a file task is not done.",
+    )
+    p.add_argument("--config", "-c", required=True, type=Path, help="YAML config")
+    p.add_argument("--syst", nargs="+", metavar="NAME", help="systematics (default: nominal and all variations)")
+    p.add_argument("--workers", "-j", type=int, help="worker processes (default: executor.workers)")
+    p.add_argument("--executor", choices=["process", "serial", "dask", "dask-local"], help="override executor.kind")
+    p.add_argument("--scheduler", help="Dask scheduler address (with --executor dask)")
+    p.add_argument("--force", action="store_true", help="redo every pass even where artifacts are valid")
+    g = p.add_argument_group("batch")
+    g.add_argument("--task-index", type=int, help="process only this shard of the file tasks (0-based)")
+    g.add_argument("--shard-size", type=int, help="file tasks per shard (default: slurm.shard_size)")
+    g.add_argument("--finalise-only", action="store_true", help="only the final passes")
+    add_inference_options(p)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from qgcal.config import load_config
+    from qgcal.report import print_sf_table
+    from qgcal.workflows.sweep import finalise_many, run_many, run_shard
+
+    cfg = load_config(args.config)
+    systs = args.syst or cfg.variation_names()
+    if "nominal" not in systs:
+        systs = ["nominal", *systs]
+    executor = _executor(args, cfg)
+    if args.task_index is not None:
+        done = run_shard(cfg, systs, args.task_index, args.shard_size or cfg.slurm.shard_size,
+                         workers=args.workers, executor=executor, force=args.force, overrides=overrides_from(args))
+        print(f"shard {args.task_index}: {len(done)} file tasks done")
+        return 0
+    if args.finalise_only:
+        results = finalise_many(cfg, systs)
+    else:
+        results = run_many(cfg, systs, workers=args.workers, executor=executor, force=args.force,
+                           overrides=overrides_from(args))
+    print_sf_table(results["nominal"].records, title=f"{cfg.name}: nominal", wp=cfg.working_points[0])
+    print(f"results: {cfg.output_path / 'results'} ({len(results)} systematics)")
+    return 0
+
+
+def _executor(args: argparse.Namespace, cfg: Any) -> Any:
+    kind = args.executor or cfg.executor.kind
+    if kind in {"dask", "dask-local"}:
+        from qgcal.executors import dask_executor
+
+        return dask_executor(kind, scheduler=args.scheduler or cfg.executor.scheduler,
+                             workers=args.workers or cfg.executor.workers)
+    return kind
