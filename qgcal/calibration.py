@@ -59,7 +59,7 @@ def normalised(h: Binned) -> FloatArray:
     return h.values / total
 
 
-def reweighting_factors(forward: Binned, central: Binned, *, tolerance: float = 1e-3) -> tuple[FloatArray, bool]:
+def reweighting_factors(forward: Binned, central: Binned, *, tolerance: float = 1e-2) -> tuple[FloatArray, bool]:
     """w = p_F / p_C per tagger bin (pass 1); 1 where the central shape is empty.
 
     Returns the factors and whether more than ``tolerance`` of the forward shape

@@ -28,20 +28,19 @@ def setup_matplotlib() -> Any:
 def plot_extractions(cfg: Config, syst: str, extractions: Mapping[str, Sequence[Any]], out_dir: Path) -> list[Path]:
     """One PNG per tagger: rows = pT bins, columns = quark, gluon."""
     plt = setup_matplotlib()
-    import mplhep
-
     written = []
     for name, bins in sorted(extractions.items()):
         edges = np.asarray(cfg.taggers[name].bins.bin_edges())
         n = len(bins)
         fig, axes = plt.subplots(n, 2, figsize=(11, 3.2 * n), squeeze=False)
+        fig.subplots_adjust(left=0.09, right=0.98, bottom=0.04, top=0.96, hspace=0.45, wspace=0.25)
         for i, ex in enumerate(bins):
             for j, (parton, mc, data) in enumerate(
                 (("quark", ex.p_q_mc, ex.p_q_data), ("gluon", ex.p_g_mc, ex.p_g_data))
             ):
                 ax = axes[i][j]
                 if not np.isnan(mc).all():
-                    mplhep.histplot(mc, edges, ax=ax, label=f"MC extracted {parton}", color="C0")
+                    ax.stairs(mc, edges, label=f"MC extracted {parton}", color="C0")
                 if not np.isnan(data).all():
                     centres = 0.5 * (edges[1:] + edges[:-1])
                     ax.plot(centres, data, "ko", markersize=3, label=f"data extracted {parton}")
@@ -56,7 +55,6 @@ def plot_extractions(cfg: Config, syst: str, extractions: Mapping[str, Sequence[
                 else:
                     ax.text(0.5, 0.5, "undefined (see flags)", transform=ax.transAxes, ha="center")
         fig.suptitle(f"{cfg.name}: {name}, {syst}")
-        fig.tight_layout()
         path = out_dir / f"extracted_{name}.png"
         with atomic_path(path, ".png") as tmp:
             fig.savefig(tmp, format="png", dpi=70)

@@ -24,12 +24,12 @@ from qgcal.artifacts import (
     file_fingerprint,
     library_versions,
 )
-from qgcal.config import Config, parse_branch_expr
+from qgcal.config import BranchExpr, Config, parse_branch_expr
 from qgcal.errors import InputError
 from qgcal.plan import FileTask, jet_variables
 from qgcal.rootio import OpenTree, chunk_ranges, open_tree, read_chunk, read_th1_bin, resolve_branches
 
-__all__ = ["expected_provenance", "run_file", "Root2PklResult", "REGION_FORWARD", "REGION_CENTRAL"]
+__all__ = ["expected_provenance", "run_file", "run_files", "Root2PklResult", "REGION_FORWARD", "REGION_CENTRAL"]
 
 PASS = "root2pkl"
 REGION_FORWARD = 0
@@ -246,8 +246,8 @@ def sum_of_weights(cfg: Config, task: FileTask, ot: OpenTree) -> float:
     return float("nan")  # summed from the branch while reading
 
 
-def run_file(cfg: Config, task: FileTask, out_path: Path) -> Root2PklResult:
-    """Process one file; the artifact appears only when everything succeeded."""
+def _wanted(task: FileTask) -> dict[str, tuple[BranchExpr, str]]:
+    """Logical name -> (branch expression, config key that asked for it) for one task."""
     wanted = {logical: (parse_branch_expr(expr), key) for logical, expr, key in task.branches}
     for i, expr in enumerate(task.weight_multiply):
         wanted[f"__mult{i}"] = (parse_branch_expr(expr), f"variations.{task.variation}.multiply")
@@ -255,50 +255,90 @@ def run_file(cfg: Config, task: FileTask, out_path: Path) -> Root2PklResult:
         wanted[f"__div{i}"] = (parse_branch_expr(expr), f"variations.{task.variation}.divide")
     if task.sumw_branch:
         wanted["__sumw"] = (parse_branch_expr(task.sumw_branch), f"samples.{task.sample}.sum_of_weights.branch")
+    return wanted
+
+
+def run_file(cfg: Config, task: FileTask, out_path: Path) -> Root2PklResult:
+    """Process one file; the artifact appears only when everything succeeded."""
+    return run_files(cfg, [task], [out_path])[0]
+
+
+def run_files(cfg: Config, tasks: list[FileTask], out_paths: list[Path]) -> list[Root2PklResult]:
+    """One read of a (file, tree) feeding every task that shares it (branch/weight variations).
+
+    Each distinct branch is read once per chunk; each task then selects with its
+    own branch mapping and weights and writes its own artifact, identical to what
+    a separate read would have written.
+    """
+    path, tree = tasks[0].path, tasks[0].tree
+    if any(t.path != path or t.tree != tree for t in tasks):
+        raise ValueError("run_files: all tasks must share one file and tree")
+    per_task = [_wanted(t) for t in tasks]
+    union: dict[str, tuple[BranchExpr, str]] = {}
+    for wanted in per_task:
+        for expr, key in wanted.values():
+            union.setdefault(str(expr), (expr, key))
     variables = jet_variables(cfg)
-    provenance = expected_provenance(cfg, task)
-    with open_tree(Path(task.path), task.tree, config_key=_tree_key(cfg, task)) as ot:
-        sumw = sum_of_weights(cfg, task, ot)
-        branches = resolve_branches(ot, wanted)
-        exprs = {k: v[0] for k, v in wanted.items()}
-        return _stream(cfg, task, ot, branches, exprs, variables, out_path, provenance, sumw)
+    provenances = [expected_provenance(cfg, t) for t in tasks]
+    with open_tree(Path(path), tree, config_key=_tree_key(cfg, tasks[0])) as ot:
+        sumws = [sum_of_weights(cfg, t, ot) for t in tasks]
+        branches = resolve_branches(ot, union)
+        exprs = {k: v[0] for k, v in union.items()}
+        streams = [_Stream(cfg, t, p, prov, sumw) for t, p, prov, sumw in zip(tasks, out_paths, provenances, sumws)]
+        try:
+            for start, stop in chunk_ranges(ot, list(branches.values()), cfg.reading.step_size):
+                raw = read_chunk(ot, branches, exprs, start, stop)
+                for stream, wanted in zip(streams, per_task):
+                    stream.add({logical: raw[str(expr)] for logical, (expr, _) in wanted.items()}, variables)
+            return [s.commit(int(ot.tree.num_entries), variables) for s in streams]
+        except BaseException:
+            for s in streams:
+                s.abort()
+            raise
 
 
-def _stream(cfg: Config, task: FileTask, ot: OpenTree, branches: dict[str, Any], exprs: dict[str, Any],
-            variables: list[str], out_path: Path, provenance: dict[str, Any], sumw: float) -> Root2PklResult:
-    writer: ParquetArtifactWriter | None = None
-    flow_total: dict[str, int] = {}
-    branch_sumw = 0.0
-    try:
-        for start, stop in chunk_ranges(ot, list(branches.values()), cfg.reading.step_size):
-            data = read_chunk(ot, branches, exprs, start, stop)
-            if "__sumw" in data:
-                branch_sumw += float(np.sum(_event_values(data["__sumw"], "sum_of_weights", task.path), dtype=np.float64))
-            cols, flow = select_chunk(cfg, task, data, variables)
-            for k, v in flow.items():
-                flow_total[k] = flow_total.get(k, 0) + v
-            if writer is None:
-                writer = ParquetArtifactWriter(out_path, _schema({v: cols[v].dtype for v in variables}))
-            writer.write(cols)
-        if writer is None:  # empty tree: still a valid (empty) artifact
-            writer = ParquetArtifactWriter(out_path, _schema({v: np.dtype(np.float64) for v in variables}))
-        if task.sumw_branch:
-            sumw = branch_sumw
-        prov = dict(provenance)
+class _Stream:
+    """One task's output while the shared chunks go by."""
+
+    def __init__(self, cfg: Config, task: FileTask, out_path: Path, provenance: dict[str, Any], sumw: float):
+        self.cfg, self.task, self.out_path, self.provenance, self.sumw = cfg, task, out_path, provenance, sumw
+        self.writer: ParquetArtifactWriter | None = None
+        self.flow: dict[str, int] = {}
+        self.branch_sumw = 0.0
+
+    def add(self, data: dict[str, Any], variables: list[str]) -> None:
+        if "__sumw" in data:
+            values = _event_values(data["__sumw"], "sum_of_weights", self.task.path)
+            self.branch_sumw += float(np.sum(values, dtype=np.float64))
+        cols, flow = select_chunk(self.cfg, self.task, data, variables)
+        for k, v in flow.items():
+            self.flow[k] = self.flow.get(k, 0) + v
+        if self.writer is None:
+            self.writer = ParquetArtifactWriter(self.out_path, _schema({v: cols[v].dtype for v in variables}))
+        self.writer.write(cols)
+
+    def commit(self, events_read: int, variables: list[str]) -> Root2PklResult:
+        if self.writer is None:  # empty tree: still a valid (empty) artifact
+            self.writer = ParquetArtifactWriter(self.out_path, _schema({v: np.dtype(np.float64) for v in variables}))
+        task = self.task
+        sumw = self.branch_sumw if task.sumw_branch else self.sumw
+        prov = dict(self.provenance)
         prov.update({
             "task": {"sample": task.sample, "slice": task.slice, "kind": task.kind, "tree": task.tree,
                      "variation": task.variation},
-            "cutflow": flow_total,
+            "cutflow": self.flow,
             "sumw": sumw,
-            "events_read": int(ot.tree.num_entries),
+            "events_read": events_read,
             "versions": library_versions(),
         })
-        writer.commit(prov)
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
-    return Root2PklResult(int(ot.tree.num_entries), flow_total.get("selected", 0), sumw)
+        self.writer.commit(prov)
+        self.writer = None
+        return Root2PklResult(events_read, self.flow.get("selected", 0), sumw)
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
 
 
 def _tree_key(cfg: Config, task: FileTask) -> str:

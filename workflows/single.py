@@ -26,7 +26,7 @@ from qgcal.plan import STAGES, FileTask, artifact_path, mc_sample_for, plan_task
 from qgcal.progress import PassProgress, log
 from qgcal.stages import final_reweighting as fr
 from qgcal.stages.pkl2predpkl import InferenceOverrides
-from qgcal.workflows.tasks import pass_is_valid, run_pass
+from qgcal.workflows.tasks import group_by_read, pass_is_valid, run_pass, run_root2pkl_group
 
 __all__ = ["run_systematic", "RunResult", "output_lock", "run_file_passes", "finalise"]
 
@@ -81,9 +81,13 @@ def run_file_passes(cfg: Config, tasks: list[FileTask], executor: Executor, *, f
         todo = tasks if force else [t for t in tasks if not pass_is_valid(cfg, t, stage)]
         done[stage] = len(todo)
         with PassProgress(stage, len(todo), skipped=len(tasks) - len(todo)) as progress:
-            futures: dict[Future[Any], FileTask] = {
-                executor.submit(run_pass, cfg, t, stage, True, overrides): t for t in todo
-            }
+            futures: dict[Future[Any], list[FileTask]] = {}
+            if stage == "root2pkl":  # one read per (file, tree) for all variations sharing it
+                for group in group_by_read(todo):
+                    futures[executor.submit(run_root2pkl_group, cfg, group, True)] = group
+            else:
+                for t in todo:
+                    futures[executor.submit(run_pass, cfg, t, stage, True, overrides)] = [t]
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
@@ -94,8 +98,9 @@ def run_file_passes(cfg: Config, tasks: list[FileTask], executor: Executor, *, f
                             p.cancel()
                         wait(pending)  # let running files finish and keep their artifacts
                         raise err
-                    outcome = fut.result()
-                    progress.advance(outcome.events, Path(futures[fut].path).name)
+                    result = fut.result()
+                    for outcome in result if isinstance(result, list) else [result]:
+                        progress.advance(outcome.events, Path(futures[fut][0].path).name)
     return done
 
 

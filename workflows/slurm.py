@@ -31,11 +31,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from qgcal import __version__
 from qgcal.artifacts import write_json_atomic
 from qgcal.config import Config, Slurm
 from qgcal.errors import ConfigError, QgcalError
-from qgcal.plan import STAGES
+from qgcal.plan import STAGES, FileTask
 from qgcal.workflows.sweep import missing_artifacts, shards, sweep_tasks
 
 __all__ = [
@@ -81,8 +83,10 @@ def slurm_options(cfg: Config, **overrides: Any) -> Slurm:
             data[key] = value
     try:
         opts = Slurm.model_validate(data)
-    except ValueError as err:
-        raise ConfigError(f"slurm: {str(err).splitlines()[-1].strip()}") from None
+    except ValidationError as err:
+        msgs = [f"slurm.{'.'.join(map(str, e['loc']))}: {e['msg']} (found {e.get('input')!r})"
+                for e in err.errors()]
+        raise ConfigError("; ".join(msgs) + " (from the config's slurm: section or the CLI option)") from None
     for key in ("partition", "account", "qos", "time", "final_time", "mem", "constraint", "gres", "workdir"):
         _one_line(f"slurm.{key}", getattr(opts, key))
     for i, line in enumerate(opts.extra_sbatch):
@@ -183,8 +187,13 @@ def load_submission(path: Path) -> Submission:
         raise QgcalError(f"{path}: not a qgcal submission record ({err}); submit again") from None
 
 
-def shard_map(cfg: Config, systs: Sequence[str], shard_size: int) -> list[list[str]]:
-    return [[f"{t.variation}@{t.key}" for t in part] for part in shards(sweep_tasks(cfg, systs), shard_size)]
+def _key(t: FileTask) -> str:
+    return f"{t.variation}@{t.key}"
+
+
+def shard_map(tasks: Sequence[FileTask], shard_size: int) -> list[list[str]]:
+    """The ``variation@sample/slice/path`` keys of each shard (recorded, then checked on reuse)."""
+    return [[_key(t) for t in part] for part in shards(tasks, shard_size)]
 
 
 # ----------------------------------------------------------------------------- scripts
@@ -365,13 +374,17 @@ def submit(cfg: Config, config_path: Path, opts: Slurm, *, systs: Sequence[str] 
     if not tasks:
         raise ConfigError("samples: this sweep has no input files; nothing to submit")
     sub = Submission(config=str(config_path.resolve()), output=str(cfg.output_path), systs=names,
-                     shard_size=opts.shard_size, shards=shard_map(cfg, names, opts.shard_size),
+                     shard_size=opts.shard_size, shards=shard_map(tasks, opts.shard_size),
                      command=list(command or default_command()), task_args=list(task_args), combine=combine)
     p = plan(cfg, sub, opts, range(len(sub.shards)), tag="")
     if dry_run:
         return sub, p, None
-    if sub.path.is_file():
-        _refuse_if_active(load_submission(sub.path), "submit again")
+    try:
+        previous = load_submission(sub.path) if sub.path.is_file() else None
+    except QgcalError:
+        previous = None  # an unreadable record tracks nothing; it is replaced
+    if previous is not None:
+        _refuse_if_active(previous, "submit again")
     _check_array_size(len(sub.shards), len(tasks), opts.shard_size)
     return sub, p, _submit_round(p, sub, "submit")
 
@@ -487,8 +500,8 @@ def _refuse_if_active(sub: Submission, what: str) -> None:
 # ----------------------------------------------------------------------------- status / resubmit
 
 
-def _check_shard_map(cfg: Config, sub: Submission) -> None:
-    current = shard_map(cfg, sub.systs, sub.shard_size)
+def _check_shard_map(sub: Submission, tasks: Sequence[FileTask]) -> None:
+    current = shard_map(tasks, sub.shard_size)
     if current != sub.shards:
         first = next((i for i, (a, b) in enumerate(zip(current, sub.shards)) if a != b),
                      min(len(current), len(sub.shards)))
@@ -498,9 +511,10 @@ def _check_shard_map(cfg: Config, sub: Submission) -> None:
 
 def status(cfg: Config, sub: Submission, *, query: bool = True) -> dict[str, Any]:
     """Job states of every round, the artifacts each shard still lacks, and whether results exist."""
-    _check_shard_map(cfg, sub)
+    all_tasks = sweep_tasks(cfg, sub.systs)
+    _check_shard_map(sub, all_tasks)
     states = job_states(sub) if query and shutil.which("squeue") else {}
-    tasks = {f"{t.variation}@{t.key}": t for t in sweep_tasks(cfg, sub.systs)}
+    tasks = {_key(t): t for t in all_tasks}
     rounds = []
     latest: dict[int, tuple[str, JobState]] = {}
     logs: dict[str, str] = {}
@@ -538,11 +552,13 @@ def status(cfg: Config, sub: Submission, *, query: bool = True) -> dict[str, Any
         results["combined"] = (cfg.output_path / "results" / "combined" / "scale_factors.json").is_file()
     missing = [r["index"] for r in shard_rows if r["missing"]]
     last_final = rounds[-1]["final_state"] if rounds else None
+    active = _active(sub, states)
     return {"submission": str(sub.path), "config": sub.config, "systs": sub.systs,
             "shard_size": sub.shard_size, "n_shards": len(sub.shards), "rounds": rounds,
             "shards": shard_rows, "missing_shards": missing, "results": results,
-            "active": _active(sub, states),
-            "done": not missing and last_final == "COMPLETED" and all(results.values())}
+            "active": active,
+            "done": not missing and not active and all(results.values())
+            and last_final in {"COMPLETED", "UNKNOWN"}}
 
 
 def resubmit(cfg: Config, sub: Submission, opts: Slurm, *, only_failed: bool = True,
@@ -552,13 +568,14 @@ def resubmit(cfg: Config, sub: Submission, opts: Slurm, *, only_failed: bool = T
     With nothing missing, only a final job is submitted, unless the last one completed.
     Refuses while jobs of the submission are still queued (they would race the new ones).
     """
-    _check_shard_map(cfg, sub)
+    all_tasks = sweep_tasks(cfg, sub.systs)
+    _check_shard_map(sub, all_tasks)
     if not dry_run:
         _refuse_if_active(sub, "resubmit")
     if task_args is not None:
         sub.task_args = list(task_args)
     if only_failed:
-        tasks = {f"{t.variation}@{t.key}": t for t in sweep_tasks(cfg, sub.systs)}
+        tasks = {_key(t): t for t in all_tasks}
         indices = [i for i, keys in enumerate(sub.shards) if missing_artifacts(cfg, [tasks[k] for k in keys])]
     else:
         indices = list(range(len(sub.shards)))

@@ -16,7 +16,7 @@ from qgcal.histset import read_histset_meta
 from qgcal.plan import FileTask, artifact_path
 from qgcal.stages import pkl2predpkl, predpkl2hist, root2pkl
 
-__all__ = ["TaskOutcome", "run_pass", "pass_is_valid"]
+__all__ = ["TaskOutcome", "run_pass", "run_root2pkl_group", "pass_is_valid", "group_by_read"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,22 @@ def _carry(cfg: Config, task: FileTask) -> dict[str, object]:
         "sumw": prov.get("sumw", 0.0),
         "cutflow": prov.get("cutflow", {}),
     }
+
+
+def group_by_read(tasks: list[FileTask]) -> list[list[FileTask]]:
+    """Tasks sharing a (file, tree): branch and weight variations read it once together."""
+    groups: dict[tuple[str, str], list[FileTask]] = {}
+    for t in tasks:
+        groups.setdefault((t.path, t.tree), []).append(t)
+    return [groups[k] for k in sorted(groups)]
+
+
+def run_root2pkl_group(cfg: Config, tasks: list[FileTask], force: bool = False) -> list[TaskOutcome]:
+    """root2pkl for every task of one (file, tree) group, with a single read of the file."""
+    todo = [t for t in tasks if force or not pass_is_valid(cfg, t, "root2pkl")]
+    outcomes = [TaskOutcome(t.key, "root2pkl", 0, True) for t in tasks if t not in todo]
+    if todo:
+        results = root2pkl.run_files(cfg, todo, [artifact_path(cfg.output_path, t, "root2pkl") for t in todo])
+        outcomes += [TaskOutcome(t.key, "root2pkl", r.events_read if i == 0 else 0, False)
+                     for i, (t, r) in enumerate(zip(todo, results))]
+    return outcomes
