@@ -58,8 +58,9 @@ def axis_from_json(d: Mapping[str, Any]) -> Any:
     raise ArtifactError(f"unknown axis type {kind!r} in histogram file")
 
 
-def _to_arrays(hs: HistSet, meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {}
+def _to_arrays(hs: HistSet, meta: Mapping[str, Any],
+               extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {f"extra.{k}": np.ascontiguousarray(v) for k, v in sorted((extra or {}).items())}
     described = {}
     for name in sorted(hs):
         h = hs[name]
@@ -72,9 +73,13 @@ def _to_arrays(hs: HistSet, meta: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def save_histset(path: Path, hs: HistSet, meta: Mapping[str, Any]) -> None:
-    """Write atomically; the zip members get fixed timestamps so bytes are reproducible."""
-    arrays = _to_arrays(hs, meta)
+def save_histset(path: Path, hs: HistSet, meta: Mapping[str, Any],
+                 extra: Mapping[str, np.ndarray] | None = None) -> None:
+    """Write atomically; the zip members get fixed timestamps so bytes are reproducible.
+
+    ``extra`` holds plain arrays stored beside the histograms (bootstrap replicas).
+    """
+    arrays = _to_arrays(hs, meta, extra)
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # np.savez writes zip entries with a fixed date
     with atomic_path(path, ".npz") as tmp:
@@ -97,6 +102,15 @@ def load_histset(path: Path) -> tuple[HistSet, dict[str, Any]]:
     except Exception as err:
         raise ArtifactError(f"{path}: unreadable histogram artifact ({type(err).__name__}); rerun with --force") from None
     return out, doc["meta"]
+
+
+def load_extra(path: Path) -> dict[str, np.ndarray]:
+    """The plain arrays saved beside the histograms (empty when there are none)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return {k[len("extra."):]: npz[k] for k in npz.files if k.startswith("extra.")}
+    except Exception as err:
+        raise ArtifactError(f"{path}: unreadable histogram artifact ({type(err).__name__}); rerun with --force") from None
 
 
 def read_histset_meta(path: Path) -> dict[str, Any] | None:

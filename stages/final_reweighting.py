@@ -35,8 +35,9 @@ from qgcal.calibration import (
     wp_cut_index,
 )
 from qgcal.config import Config
-from qgcal.errors import QgcalError
-from qgcal.histset import HistSet, add_into, empty_like, load_histset, merge, save_histset
+from qgcal.errors import ArtifactError, QgcalError
+from qgcal.bootstrap import QUANTUM_BITS
+from qgcal.histset import HistSet, add_into, empty_like, load_extra, load_histset, merge, read_histset_meta, save_histset
 from qgcal.stages.pkl2predpkl import tagger_column
 from qgcal.stages.predpkl2hist import FLAVOUR_DATA, FLAVOUR_GLUON, FLAVOUR_OTHER, QUARK_FLAVOURS
 
@@ -86,6 +87,61 @@ def merge_sample(cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]
     return total, info
 
 
+def merge_replicas(cfg: Config, artifacts: Sequence[tuple[str, Path]], info: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Bootstrap replica arrays: exact int64 sums per slice, then scaled and added in slice order."""
+    if not cfg.bootstrap:
+        return {}
+    per_slice: dict[str, dict[str, np.ndarray]] = {}
+    for _, path in sorted(artifacts):
+        slice_name = (read_histset_meta(path) or {}).get("carry", {}).get("slice")
+        for key, arr in load_extra(path).items():
+            if not key.startswith("replicas."):
+                continue
+            acc = per_slice.setdefault(slice_name, {})
+            name = key[len("replicas."):]
+            acc[name] = acc[name] + arr if name in acc else arr.astype(np.int64, copy=True)
+    out: dict[str, np.ndarray] = {}
+    quantum = 2.0 ** -QUANTUM_BITS
+    for slice_name in sorted(per_slice):
+        scale = float(info["slices"][slice_name]["scale"]) * quantum
+        for name, arr in per_slice[slice_name].items():
+            out[name] = out[name] + scale * arr if name in out else scale * arr.astype(np.float64)
+    missing = set(cfg.taggers) - set(out)
+    if missing:
+        raise ArtifactError(f"bootstrap replicas missing for {sorted(missing)}; rerun predpkl2hist with --force")
+    return out
+
+
+def bootstrap_stat(cfg: Config, mc: Mapping[str, np.ndarray], data: Mapping[str, np.ndarray],
+                   cuts: Mapping[str, list[dict[str, Any]]], reweight: str) -> dict[tuple[str, int, str, str], float]:
+    """Standard deviation of each scale factor over the replicas (cuts frozen from nominal)."""
+    out: dict[tuple[str, int, str, str], float] = {}
+    n_rep = cfg.bootstrap
+    for name in sorted(cfg.taggers):
+        tagger = cfg.taggers[name]
+        for ipt in range(len(cfg.pt_bins_gev) - 1):
+            samples: dict[tuple[str, str], list[float]] = {}
+            for r in range(n_rep):
+                ex = extract_inputs(cfg, inputs_from_replica(mc[name], data[name], ipt, r, cfg.pt_bins_gev), reweight)
+                if not (math.isfinite(ex.f_fq - ex.f_cq) and ex.f_fq != ex.f_cq):
+                    continue
+                fr_ = ex.fractions()
+                for wp in cfg.working_points:
+                    cut = cuts[name][ipt][_wp_key(wp)]
+                    if cut is None:
+                        continue
+                    mask = quark_mask(len(ex.weights), cut["index"], tagger.quark_side)
+                    e_m = efficiencies(fr_, ex.mc_forward, ex.mc_central, mask)
+                    e_d = efficiencies(fr_, ex.data_forward, ex.data_central, mask)
+                    for parton, num, den in (("quark", e_d.eps_q, e_m.eps_q), ("gluon", e_d.rej_g, e_m.rej_g)):
+                        if den > 0 and math.isfinite(num) and math.isfinite(den):
+                            samples.setdefault((_wp_key(wp), parton), []).append(num / den)
+            for (wp_key, parton), values in samples.items():
+                if len(values) >= max(2, n_rep // 2):
+                    out[(name, ipt, wp_key, parton)] = float(np.std(np.asarray(values), ddof=1))
+    return out
+
+
 # ----------------------------------------------------------------------------- extraction
 
 
@@ -130,16 +186,55 @@ class Extraction:
         return Fractions(self.f_fq, self.f_cq)
 
 
+@dataclass(frozen=True)
+class BinInputs:
+    """The histograms one pT bin's extraction needs (MC by truth class, data), as Binned."""
+
+    fq: Binned
+    fg: Binned
+    f_all: Binned
+    cq: Binned
+    cg: Binned
+    c_all: Binned
+    d_f: Binned
+    d_c: Binned
+    pt_low: float
+    pt_high: float
+
+
+def inputs_from_hists(mc: Any, data: Any, ipt: int) -> BinInputs:
+    edges = mc.axes["pt"].edges
+    return BinInputs(
+        fq=_binned(mc, 0, QUARK_FLAVOURS, ipt), fg=_binned(mc, 0, (FLAVOUR_GLUON,), ipt),
+        f_all=_binned(mc, 0, ALL_MC, ipt), cq=_binned(mc, 1, QUARK_FLAVOURS, ipt),
+        cg=_binned(mc, 1, (FLAVOUR_GLUON,), ipt), c_all=_binned(mc, 1, ALL_MC, ipt),
+        d_f=_binned(data, 0, (FLAVOUR_DATA,), ipt), d_c=_binned(data, 1, (FLAVOUR_DATA,), ipt),
+        pt_low=float(edges[ipt]), pt_high=float(edges[ipt + 1]),
+    )
+
+
+def inputs_from_replica(mc: np.ndarray, data: np.ndarray, ipt: int, r: int, pt_edges: Sequence[float]) -> BinInputs:
+    """One bootstrap replica: arrays (region, class[data, quark, gluon, other], pT, score, replica)."""
+    def b(arr: np.ndarray, region: int, classes: Sequence[int]) -> Binned:
+        v = arr[region, list(classes), ipt, :, r].sum(axis=0)
+        return Binned(v, np.zeros_like(v))
+
+    return BinInputs(
+        fq=b(mc, 0, (1,)), fg=b(mc, 0, (2,)), f_all=b(mc, 0, (1, 2, 3)),
+        cq=b(mc, 1, (1,)), cg=b(mc, 1, (2,)), c_all=b(mc, 1, (1, 2, 3)),
+        d_f=b(data, 0, (0,)), d_c=b(data, 1, (0,)),
+        pt_low=float(pt_edges[ipt]), pt_high=float(pt_edges[ipt + 1]),
+    )
+
+
 def extract_bin(cfg: Config, mc: Any, data: Any, ipt: int, reweight: str = "quark") -> Extraction:
+    return extract_inputs(cfg, inputs_from_hists(mc, data, ipt), reweight)
+
+
+def extract_inputs(cfg: Config, x: BinInputs, reweight: str = "quark") -> Extraction:
+    """Pass 1 (reweighting) and pass 2 (matrix method) for one pT bin."""
     flags: list[str] = []
-    fq = _binned(mc, 0, QUARK_FLAVOURS, ipt)
-    fg = _binned(mc, 0, (FLAVOUR_GLUON,), ipt)
-    f_all = _binned(mc, 0, ALL_MC, ipt)
-    cq = _binned(mc, 1, QUARK_FLAVOURS, ipt)
-    cg = _binned(mc, 1, (FLAVOUR_GLUON,), ipt)
-    c_all = _binned(mc, 1, ALL_MC, ipt)
-    d_f = _binned(data, 0, (FLAVOUR_DATA,), ipt)
-    d_c = _binned(data, 1, (FLAVOUR_DATA,), ipt)
+    fq, fg, f_all, cq, cg, c_all, d_f, d_c = x.fq, x.fg, x.f_all, x.cq, x.cg, x.c_all, x.d_f, x.d_c
     if not (f_all.total > 0 and c_all.total > 0 and fq.total > 0 and cq.total > 0):
         flags.append("empty_mc_bin")
     if not (d_f.total > 0 and d_c.total > 0):
@@ -164,9 +259,8 @@ def extract_bin(cfg: Config, mc: Any, data: Any, ipt: int, reweight: str = "quar
             flags.append("ill_conditioned")
         p_q_mc, p_g_mc = extract(fr, normalised(f_all), normalised(c_all_w))
         p_q_d, p_g_d = extract(fr, normalised(d_f), normalised(d_c_w))
-    edges = mc.axes["pt"].edges
     return Extraction(
-        pt_low=float(edges[ipt]), pt_high=float(edges[ipt + 1]), f_fq=fr.f_fq, f_cq=fr.f_cq, weights=w,
+        pt_low=x.pt_low, pt_high=x.pt_high, f_fq=fr.f_fq, f_cq=fr.f_cq, weights=w,
         mc_forward=f_all, mc_central=c_all_w, data_forward=d_f, data_central=d_c_w,
         p_q_mc=p_q_mc, p_g_mc=p_g_mc, p_q_data=p_q_d, p_g_data=p_g_d,
         truth_q_mc=normalised(fq), truth_g_mc=normalised(fg),
@@ -213,7 +307,8 @@ def _num(x: float) -> float | None:
 
 
 def scale_factor_records(cfg: Config, syst: str, extractions: Mapping[str, list[Extraction]],
-                         cuts: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+                         cuts: Mapping[str, list[dict[str, Any]]],
+                         boot: Mapping[tuple[str, int, str, str], float] | None = None) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     for name in sorted(extractions):
         tagger = cfg.taggers[name]
@@ -252,6 +347,11 @@ def scale_factor_records(cfg: Config, syst: str, extractions: Mapping[str, list[
                             rec_flags.append("unphysical_efficiency")
                     if not math.isfinite(sf) and not rec_flags:
                         rec_flags.append("undefined")
+                    stat_analytic = stat
+                    if boot is not None:
+                        stat = boot.get((name, ipt, _wp_key(wp), parton), float("nan"))
+                        if math.isfinite(sf) and not math.isfinite(stat):
+                            rec_flags.append("bootstrap_unstable")
                     records.append({
                         "systematic": syst,
                         "tagger": name,
@@ -262,6 +362,8 @@ def scale_factor_records(cfg: Config, syst: str, extractions: Mapping[str, list[
                         "pt_high": ex.pt_high,
                         "sf": _num(sf),
                         "stat": _num(stat),
+                        "stat_method": "bootstrap" if boot is not None else "analytic",
+                        "stat_analytic": _num(stat_analytic),
                         "stat_data": _num(stat_d),
                         "stat_mc": _num(stat_m),
                         "eff_data": _num(e_d),
@@ -301,5 +403,7 @@ def check_data(syst: str, data_info: Mapping[str, Any], data_sample: str) -> Non
         )
 
 
-def save_merged(path: Path, hs: HistSet, info: Mapping[str, Any]) -> None:
-    save_histset(path, hs, {"merge": dict(info), "qgcal": __version__})
+def save_merged(path: Path, hs: HistSet, info: Mapping[str, Any],
+                replicas: Mapping[str, np.ndarray] | None = None) -> None:
+    save_histset(path, hs, {"merge": dict(info), "qgcal": __version__},
+                 extra={f"replicas.{k}": v for k, v in (replicas or {}).items()})

@@ -21,6 +21,7 @@ import numpy as np
 from qgcal.artifacts import config_hash, iter_parquet_batches, library_versions, read_parquet_provenance
 from qgcal.config import Config
 from qgcal.errors import ArtifactError
+from qgcal.bootstrap import poisson_replicas, quantise, replica_bincount
 from qgcal.histset import HistSet, save_histset
 from qgcal.stages.pkl2predpkl import tagger_column
 
@@ -71,6 +72,7 @@ def book(cfg: Config) -> HistSet:
 
 def pass_config(cfg: Config) -> dict[str, Any]:
     return {
+        "bootstrap": cfg.bootstrap,
         "pt_bins_gev": cfg.pt_bins_gev,
         "taggers": {n: t.bins.bin_edges() for n, t in sorted(cfg.taggers.items())},
         "truth": cfg.truth.model_dump(),
@@ -92,6 +94,45 @@ def _fold(values: np.ndarray, edges: list[float]) -> np.ndarray:
     return np.clip(values, edges[0], hi)
 
 
+# bootstrap replica classes: data, quark (all flavours), gluon, other
+REPLICA_CLASSES = 4
+
+
+def replica_class(flav: np.ndarray) -> np.ndarray:
+    out = np.full(len(flav), 3, dtype=np.int64)
+    out[flav == FLAVOUR_DATA] = 0
+    out[np.isin(flav, QUARK_FLAVOURS)] = 1
+    out[flav == FLAVOUR_GLUON] = 2
+    return out
+
+
+def replica_shape(cfg: Config, tagger: str) -> tuple[int, int, int, int, int]:
+    """(region, class, pT bin, score bin, replica) of a replica array."""
+    n_score = len(cfg.taggers[tagger].bins.bin_edges()) - 1
+    return (2, REPLICA_CLASSES, len(cfg.pt_bins_gev) - 1, n_score, cfg.bootstrap)
+
+
+def _fill_replicas(cfg: Config, reps: dict[str, np.ndarray], table: Any, region: np.ndarray, pt: np.ndarray,
+                   weight: np.ndarray, flav: np.ndarray, sample: str) -> None:
+    """Add this row group's jets to the exact (int64) replica arrays of every tagger."""
+    n = cfg.bootstrap
+    events = table.column("event").to_numpy()
+    runs = table.column("run").to_numpy()
+    poisson = poisson_replicas(sample, runs, events, n)
+    qweight = quantise(weight)
+    pt_idx = np.searchsorted(np.asarray(cfg.pt_bins_gev), pt, side="right") - 1
+    cls = replica_class(flav)
+    for name, tagger in cfg.taggers.items():
+        shape = replica_shape(cfg, name)
+        edges = np.asarray(tagger.bins.bin_edges())
+        score = table.column(tagger_column(name)).to_numpy()
+        ok = ~np.isnan(score) & (pt_idx >= 0) & (pt_idx < shape[2])
+        s_idx = np.clip(np.searchsorted(edges, _fold(score[ok], list(edges)), side="right") - 1, 0, shape[3] - 1)
+        flat = np.ravel_multi_index((region[ok], cls[ok], pt_idx[ok], s_idx), shape[:4])
+        counts = replica_bincount(flat, qweight[ok], poisson[ok], int(np.prod(shape[:4])))
+        reps[name] += counts.reshape(shape)
+
+
 def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool,
              carry: dict[str, Any]) -> int:
     """Fill and save; ``carry`` (sumw, cut flow) goes into the artifact's metadata."""
@@ -99,6 +140,7 @@ def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool,
         raise ArtifactError(f"{upstream}: pkl2predpkl artifact missing; rerun pkl2predpkl")
     provenance = expected_provenance(cfg, upstream)
     hs = book(cfg)
+    reps = {name: np.zeros(replica_shape(cfg, name), dtype=np.int64) for name in cfg.taggers} if cfg.bootstrap else {}
     n_nan = {name: 0 for name in cfg.taggers}
     n_jets = 0
     for table in iter_parquet_batches(upstream):
@@ -117,8 +159,10 @@ def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool,
         fwd = region == 0  # one row per event: the leading-jet pT spectrum
         hs["lead_pt"].fill(flavour=flav[fwd], lead_pt=table.column("lead_pt").to_numpy()[fwd].astype(np.float64),
                            weight=weight[fwd])
+        if reps:
+            _fill_replicas(cfg, reps, table, region, pt, weight, flav, carry["sample"])
         n_jets += table.num_rows
     meta = dict(provenance)
     meta.update({"carry": carry, "jets": n_jets, "nan_scores": n_nan, "versions": library_versions()})
-    save_histset(out_path, hs, meta)
+    save_histset(out_path, hs, meta, extra={f"replicas.{k}": v for k, v in reps.items()})
     return n_jets

@@ -124,15 +124,18 @@ def finalise(cfg: Config, syst: str) -> RunResult:
     else:
         nom_h, _ = fr.merge_sample(cfg, cfg.nominal_mc, arts(nominal_mc_tasks))
 
+    data_reps = fr.merge_replicas(cfg, arts(data_tasks), data_info)
+    mc_reps = fr.merge_replicas(cfg, arts(mc_tasks), mc_info)
     stage_dir = out / (data_tasks[0].variation if data_tasks else "nominal") / "final_reweighting"
-    fr.save_merged(stage_dir / f"merged_{cfg.data}.npz", data_h, data_info)
+    fr.save_merged(stage_dir / f"merged_{cfg.data}.npz", data_h, data_info, data_reps)
     mc_dir = out / (mc_tasks[0].variation if mc_tasks else "nominal") / "final_reweighting"
-    fr.save_merged(mc_dir / f"merged_{mc_sample}.npz", mc_h, mc_info)
+    fr.save_merged(mc_dir / f"merged_{mc_sample}.npz", mc_h, mc_info, mc_reps)
 
     nominal_ex = fr.extract_all(cfg, nom_h, data_h)
     cuts = fr.frozen_cuts(cfg, nominal_ex)
     ex = nominal_ex if nom_h is mc_h and reweight == "quark" else fr.extract_all(cfg, mc_h, data_h, reweight)
-    records = fr.scale_factor_records(cfg, syst, ex, cuts)
+    boot = fr.bootstrap_stat(cfg, mc_reps, data_reps, cuts, reweight) if cfg.bootstrap else None
+    records = fr.scale_factor_records(cfg, syst, ex, cuts, boot)
 
     results = out / "results" / syst
     flagged = sum(1 for r in records if r["flags"])
@@ -144,6 +147,7 @@ def finalise(cfg: Config, syst: str) -> RunResult:
         "mc_sample": mc_sample,
         "data_sample": cfg.data,
         "reweighting": reweight,
+        "stat_method": f"bootstrap ({cfg.bootstrap} Poisson replicas)" if cfg.bootstrap else "analytic",
         "cuts_from": "nominal",
         "merge": {"data": data_info, "mc": mc_info},
         "n_records": len(records),
