@@ -388,6 +388,9 @@ class Reading(_Model):
     step_size: str | int = Field(
         "100 MB", description="chunk size: entries (int) or memory ('100 MB'); chunks follow clusters"
     )
+    skip_bad_files: bool = Field(
+        False, description="skip unreadable input files (recorded with the events lost) instead of stopping"
+    )
 
 
 class Calibration(_Model):

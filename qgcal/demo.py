@@ -53,4 +53,7 @@ def run_demo(out: Path, *, events: int = 200_000, files: int = 2, seed: int = 1,
 
         train_from_config(cfg, workers=workers)
     results = run_many(cfg, cfg.variation_names(), workers=workers)
+    from qgcal.outputs import publish
+
+    publish(cfg, config_path=str(config_path))
     return DemoResult(config_path, cfg, results)

@@ -1,24 +1,31 @@
 """Executors: anything with ``submit`` that returns ``concurrent.futures.Future``s.
 
 A serial executor for debugging and ``--workers 1``, a process pool by default
-(one pool reused for every pass of a run: starting workers costs ~1 s), and any
-object with ``submit`` (a Dask client's executor) passed in as is.
+(one pool reused for every pass of a run: starting workers costs ~1 s), a Dask
+``distributed`` client's executor (an existing scheduler, or a LocalCluster
+started for the run), and any object with ``submit`` passed in as is.
 Workers start with the ``forkserver`` method, preloading qgcal's heavy imports
 once, so starting a pool is cheap and no thread state of the parent is forked.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
-from qgcal.errors import ConfigError
+from qgcal.errors import ConfigError, QgcalError
 
-__all__ = ["SerialExecutor", "make_executor", "EXECUTORS"]
+__all__ = ["EXECUTORS", "DaskExecutor", "SerialExecutor", "dask_executor", "make_executor"]
 
-EXECUTORS = ("process", "serial")
+EXECUTORS = ("process", "serial", "dask", "dask-local")
+DASK_KINDS = ("dask", "dask-local")
+# How long to wait for a Dask scheduler (or a LocalCluster's workers) before giving up.
+DASK_CONNECT_TIMEOUT_S = 30.0
+_log = logging.getLogger("qgcal")
 _PRELOAD = ["qgcal.workflows.tasks"]
 
 
@@ -34,12 +41,14 @@ class SerialExecutor(Executor):
         return fut
 
 
-def make_executor(kind: str | Executor, workers: int) -> Executor:
-    """Name-or-instance normaliser: 'process', 'serial', or an Executor-like object."""
+def make_executor(kind: str | Executor, workers: int, *, scheduler: str | None = None) -> Executor:
+    """Name-or-instance normaliser: 'process', 'serial', 'dask', 'dask-local' or an Executor-like object."""
     if not isinstance(kind, str):
         if not hasattr(kind, "submit"):
             raise ConfigError(f"executor {kind!r} has no submit(); pass 'process', 'serial' or an Executor")
         return kind
+    if kind in DASK_KINDS:
+        return dask_executor(kind, scheduler=scheduler, workers=workers)
     if kind == "serial" or (kind == "process" and workers <= 1):
         return SerialExecutor()
     if kind == "process":
@@ -47,3 +56,91 @@ def make_executor(kind: str | Executor, workers: int) -> Executor:
         ctx.set_forkserver_preload(_PRELOAD)
         return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     raise ConfigError(f"executor {kind!r} is not known; valid: {', '.join(EXECUTORS)}")
+
+
+class DaskExecutor(Executor):
+    """A Dask ``distributed`` client's ``concurrent.futures`` executor that owns its client.
+
+    ``submit`` returns plain ``concurrent.futures.Future``s (``Client.get_executor()``),
+    so the workflows treat it like the process pool. ``shutdown`` (called by
+    ``run_many`` with ``cancel_futures=True``, or by ``with``) cancels what has
+    not run when asked, waits, then closes the client and, for ``dask-local``,
+    the LocalCluster it started: no scheduler or worker process outlives the run.
+    """
+
+    def __init__(self, client: Any, cluster: Any | None = None) -> None:
+        self.client = client
+        self.cluster = cluster
+        # pure=False: every submit is a new task (no key sharing between identical calls)
+        self._executor = client.get_executor(pure=False)
+        self._futures: weakref.WeakSet[Future[Any]] = weakref.WeakSet()
+        self._closed = False
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        fut: Future[Any] = self._executor.submit(fn, *args, **kwargs)
+        self._futures.add(fut)
+        return fut
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if cancel_futures:
+                for fut in list(self._futures):
+                    fut.cancel()  # also cancels the task on the cluster
+            self._executor.shutdown(wait=wait)
+        finally:
+            try:
+                self.client.close()
+            finally:
+                if self.cluster is not None:
+                    self.cluster.close()
+
+
+def dask_executor(kind: str, *, scheduler: str | None, workers: int) -> DaskExecutor:
+    """A :class:`DaskExecutor`: ``dask`` connects to ``scheduler``; ``dask-local`` starts a LocalCluster.
+
+    The LocalCluster has ``workers`` single-threaded worker processes (the per-file
+    work holds the GIL) and no dashboard. Workers of a remote scheduler must have
+    the same qgcal installed and see the input and output paths.
+    """
+    try:
+        import distributed
+    except ImportError:
+        raise ConfigError(
+            f"executor {kind!r} needs Dask distributed; install it with pip install 'qgcal[dask]'"
+        ) from None
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # the scheduler's and workers' INFO chatter (start, connect, close) is not the user's business
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+    if kind == "dask":
+        if not scheduler:
+            raise ConfigError(
+                "executor 'dask' needs a scheduler address: pass --scheduler tcp://HOST:8786 or set "
+                "executor.scheduler (or use --executor dask-local for a LocalCluster on this machine)"
+            )
+        try:
+            client = distributed.Client(scheduler, timeout=DASK_CONNECT_TIMEOUT_S, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as err:
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise QgcalError(
+                f"could not reach the Dask scheduler at {scheduler!r} ({reason}); start one "
+                "(dask scheduler) or fix --scheduler / executor.scheduler"
+            ) from None
+        _log.info("dask: using the scheduler at %s", scheduler)
+        return DaskExecutor(client)
+    if kind == "dask-local":
+        if workers < 1:
+            raise ConfigError(f"--workers must be >= 1 for dask-local, found {workers}")
+        cluster = distributed.LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+        )
+        try:
+            client = distributed.Client(cluster, timeout=DASK_CONNECT_TIMEOUT_S, set_as_default=False)
+        except BaseException:
+            cluster.close()
+            raise
+        _log.info("dask-local: a LocalCluster of %d workers at %s", workers, cluster.scheduler_address)
+        return DaskExecutor(client, cluster)
+    raise ConfigError(f"executor {kind!r} is not a Dask executor; valid: {', '.join(DASK_KINDS)}")

@@ -55,3 +55,14 @@ def print_sf_table(records: Sequence[Mapping[str, Any]], *, title: str = "scale 
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)), file=out)
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)), file=out)
+
+
+def skipped_summary(skipped: Sequence[Mapping[str, Any]]) -> str:
+    """The final summary line about files skipped as bad ('' when none)."""
+    if not skipped:
+        return ""
+    files = sorted({r["file"] for r in skipped})
+    lost = sum(int(r["events_lost"] or 0) for r in {r["file"]: r for r in skipped}.values())
+    unknown = any(r["events_lost"] is None for r in skipped)
+    return (f"WARNING: {len(files)} input file(s) skipped as bad, {lost}{'+' if unknown else ''} events lost: "
+            + ", ".join(files))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 from collections.abc import Iterator
-from concurrent.futures import FIRST_EXCEPTION, Executor, Future, wait
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +20,13 @@ from typing import Any
 from qgcal import __version__
 from qgcal.artifacts import write_json_atomic
 from qgcal.config import Config
-from qgcal.errors import InputError, RunLockedError
+from qgcal.errors import ArtifactError, InputError, RunLockedError
 from qgcal.executors import make_executor
 from qgcal.plan import STAGES, FileTask, artifact_path, mc_sample_for, plan_tasks, reweighting_for
 from qgcal.progress import PassProgress, log
 from qgcal.stages import final_reweighting as fr
 from qgcal.stages.pkl2predpkl import InferenceOverrides
+from qgcal.workflows.runner import Job, Runner, read_skip_record
 from qgcal.workflows.tasks import group_by_read, pass_is_valid, run_pass, run_root2pkl_group
 
 __all__ = ["run_systematic", "RunResult", "output_lock", "run_file_passes", "finalise"]
@@ -37,6 +38,7 @@ class RunResult:
     results_dir: Path
     records: list[dict[str, Any]]
     files_processed: dict[str, int] = field(default_factory=dict)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
 @contextmanager
@@ -73,34 +75,33 @@ def tasks_for(cfg: Config, syst: str) -> list[FileTask]:
     return [tasks[k] for k in sorted(tasks)]
 
 
-def run_file_passes(cfg: Config, tasks: list[FileTask], executor: Executor, *, force: bool = False,
+def make_runner(cfg: Config, executor: str | Executor | None, workers: int | None, *,
+                skip_bad_files: bool = False) -> Runner:
+    """A Runner whose executor is rebuilt from the config if a worker crash breaks it."""
+    if executor is not None and not isinstance(executor, str):
+        given = executor
+        return Runner(cfg, lambda: given, skip_bad_files=skip_bad_files)
+    kind = executor or cfg.executor.kind
+    n = workers if workers is not None else cfg.executor.workers
+    return Runner(cfg, lambda: make_executor(kind, n, scheduler=cfg.executor.scheduler),
+                  skip_bad_files=skip_bad_files)
+
+
+def run_file_passes(cfg: Config, tasks: list[FileTask], runner: Runner, *, force: bool = False,
                     overrides: InferenceOverrides | None = None) -> dict[str, int]:
     """Run root2pkl, pkl2predpkl and predpkl2hist over ``tasks``; returns files processed per pass."""
     done: dict[str, int] = {}
     for stage in STAGES:
         todo = tasks if force else [t for t in tasks if not pass_is_valid(cfg, t, stage)]
+        if stage != "root2pkl":  # files skipped as bad have nothing to carry on with
+            todo = [t for t in todo if artifact_path(cfg.output_path, t, "root2pkl").is_file()]
         done[stage] = len(todo)
+        if stage == "root2pkl":  # one read per (file, tree) for all variations sharing it
+            jobs = [Job(run_root2pkl_group, (cfg, group, True), group) for group in group_by_read(todo)]
+        else:
+            jobs = [Job(run_pass, (cfg, t, stage, True, overrides), [t]) for t in todo]
         with PassProgress(stage, len(todo), skipped=len(tasks) - len(todo)) as progress:
-            futures: dict[Future[Any], list[FileTask]] = {}
-            if stage == "root2pkl":  # one read per (file, tree) for all variations sharing it
-                for group in group_by_read(todo):
-                    futures[executor.submit(run_root2pkl_group, cfg, group, True)] = group
-            else:
-                for t in todo:
-                    futures[executor.submit(run_pass, cfg, t, stage, True, overrides)] = [t]
-            pending = set(futures)
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
-                for fut in finished:
-                    err = fut.exception()
-                    if err is not None:
-                        for p in pending:
-                            p.cancel()
-                        wait(pending)  # let running files finish and keep their artifacts
-                        raise err
-                    result = fut.result()
-                    for outcome in result if isinstance(result, list) else [result]:
-                        progress.advance(outcome.events, Path(futures[fut][0].path).name)
+            runner.run(stage, jobs, progress)
     return done
 
 
@@ -113,8 +114,22 @@ def finalise(cfg: Config, syst: str) -> RunResult:
     mc_tasks = plan_tasks(cfg, syst, include_data=False, mc_sample=mc_sample)
     nominal_mc_tasks = plan_tasks(cfg, "nominal", include_data=False)
 
+    skipped: list[dict[str, Any]] = []
+
     def arts(tasks: list[FileTask]) -> list[tuple[str, Path]]:
-        return [(t.key, artifact_path(out, t, "predpkl2hist")) for t in tasks]
+        """Histogram artifacts; a missing one is an error unless the file was skipped as bad."""
+        found = []
+        for t in tasks:
+            path = artifact_path(out, t, "predpkl2hist")
+            record = None if path.is_file() else read_skip_record(cfg, t)
+            if record is not None:
+                skipped.append(record)
+                continue
+            if not path.is_file():
+                raise ArtifactError(f"{path}: histogram artifact missing for {t.path} ({t.variation}); "
+                                    "run the per-file passes first (qgcal run / qgcal sweep)")
+            found.append((t.key, path))
+        return found
 
     data_h, data_info = fr.merge_sample(cfg, cfg.data, arts(data_tasks))
     fr.check_data(syst, data_info, cfg.data)
@@ -150,6 +165,8 @@ def finalise(cfg: Config, syst: str) -> RunResult:
         "stat_method": f"bootstrap ({cfg.bootstrap} Poisson replicas)" if cfg.bootstrap else "analytic",
         "cuts_from": "nominal",
         "merge": {"data": data_info, "mc": mc_info},
+        "skipped_files": sorted(skipped, key=lambda r: (r["sample"], r["file"], r["variation"])),
+        "events_lost": sum(int(r["events_lost"] or 0) for r in skipped),
         "n_records": len(records),
         "n_flagged": flagged,
         "null_means": "undefined (NaN); the record's flags say why",
@@ -161,25 +178,30 @@ def finalise(cfg: Config, syst: str) -> RunResult:
         from qgcal.plotting import plot_extractions
 
         plot_extractions(cfg, syst, ex, results / "plots")
+    if skipped:
+        log.warning("%s: %d input file(s) skipped as bad, %d events lost (%s); listed in %s", syst, len(skipped),
+                    metadata["events_lost"], ", ".join(sorted({Path(r["file"]).name for r in skipped})),
+                    results / "scale_factors.json")
     if flagged:
         reasons = sorted({f for r in records for f in r["flags"]})
         log.warning("%s: %d of %d scale factors flagged (%s); see %s", syst, flagged, len(records),
                     ", ".join(reasons), results / "scale_factors.json")
-    return RunResult(syst, results, records)
+    return RunResult(syst, results, records, skipped=metadata["skipped_files"])
 
 
 def run_systematic(cfg: Config, syst: str, *, workers: int | None = None, executor: str | Executor | None = None,
-                   force: bool = False, overrides: InferenceOverrides | None = None) -> RunResult:
+                   force: bool = False, overrides: InferenceOverrides | None = None,
+                   skip_bad_files: bool | None = None) -> RunResult:
     """``qgcal run --syst``: passes for the files this systematic needs, then final_reweighting."""
     cfg.variation(syst)  # unknown names fail before any work
+    skip = cfg.reading.skip_bad_files if skip_bad_files is None else skip_bad_files
     with output_lock(cfg.output_path):
         tasks = tasks_for(cfg, syst)
-        n_workers = workers if workers is not None else cfg.executor.workers
-        ex = make_executor(executor or cfg.executor.kind, n_workers)
+        runner = make_runner(cfg, executor, workers, skip_bad_files=skip)
         try:
-            processed = run_file_passes(cfg, tasks, ex, force=force, overrides=overrides)
+            processed = run_file_passes(cfg, tasks, runner, force=force, overrides=overrides)
         finally:
-            ex.shutdown(wait=True, cancel_futures=True)
+            runner.shutdown()
         result = finalise(cfg, syst)
         result.files_processed = processed
         return result

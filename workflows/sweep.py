@@ -14,10 +14,10 @@ from concurrent.futures import Executor
 
 from qgcal.config import Config
 from qgcal.errors import ArtifactError, ConfigError
-from qgcal.executors import make_executor
 from qgcal.plan import STAGES, FileTask, artifact_path
 from qgcal.stages.pkl2predpkl import InferenceOverrides
-from qgcal.workflows.single import RunResult, finalise, output_lock, run_file_passes, tasks_for
+from qgcal.workflows.runner import read_skip_record
+from qgcal.workflows.single import RunResult, finalise, make_runner, output_lock, run_file_passes, tasks_for
 from qgcal.workflows.tasks import pass_is_valid
 
 __all__ = ["run_many", "sweep_tasks", "shards", "run_shard", "finalise_many", "missing_artifacts"]
@@ -42,7 +42,7 @@ def shards(tasks: Sequence[FileTask], shard_size: int) -> list[list[FileTask]]:
 
 def run_shard(cfg: Config, systs: Sequence[str], index: int, shard_size: int, *,
               workers: int | None = None, executor: str | Executor | None = None, force: bool = False,
-              overrides: InferenceOverrides | None = None) -> list[FileTask]:
+              overrides: InferenceOverrides | None = None, skip_bad_files: bool | None = None) -> list[FileTask]:
     """The per-file passes of shard ``index`` only; writes only that shard's artifacts.
 
     No output lock: array tasks run concurrently and each writes different files
@@ -53,18 +53,21 @@ def run_shard(cfg: Config, systs: Sequence[str], index: int, shard_size: int, *,
     if not 0 <= index < len(parts):
         raise ConfigError(f"--task-index {index} out of range: this sweep has {len(parts)} shards of {shard_size}")
     mine = parts[index]
-    ex = make_executor(executor or cfg.executor.kind, workers if workers is not None else cfg.executor.workers)
+    skip = cfg.reading.skip_bad_files if skip_bad_files is None else skip_bad_files
+    runner = make_runner(cfg, executor, workers, skip_bad_files=skip)
     try:
-        run_file_passes(cfg, mine, ex, force=force, overrides=overrides)
+        run_file_passes(cfg, mine, runner, force=force, overrides=overrides)
     finally:
-        ex.shutdown(wait=True, cancel_futures=True)
+        runner.shutdown()
     return mine
 
 
 def missing_artifacts(cfg: Config, tasks: Sequence[FileTask]) -> list[tuple[FileTask, str]]:
-    """(task, stage) pairs whose artifact is missing or stale."""
+    """(task, stage) pairs whose artifact is missing or stale (files skipped as bad excepted)."""
     out = []
     for t in tasks:
+        if read_skip_record(cfg, t) is not None and not artifact_path(cfg.output_path, t, "root2pkl").is_file():
+            continue
         for stage in STAGES:
             if not pass_is_valid(cfg, t, stage):
                 out.append((t, stage))
@@ -88,13 +91,14 @@ def finalise_many(cfg: Config, systs: Sequence[str]) -> dict[str, RunResult]:
 
 def run_many(cfg: Config, systs: Sequence[str], *, workers: int | None = None,
              executor: str | Executor | None = None, force: bool = False,
-             overrides: InferenceOverrides | None = None) -> dict[str, RunResult]:
+             overrides: InferenceOverrides | None = None, skip_bad_files: bool | None = None) -> dict[str, RunResult]:
     """Per-file passes for all systematics through one pool, then each final pass."""
     tasks = sweep_tasks(cfg, systs)
+    skip = cfg.reading.skip_bad_files if skip_bad_files is None else skip_bad_files
     with output_lock(cfg.output_path):
-        ex = make_executor(executor or cfg.executor.kind, workers if workers is not None else cfg.executor.workers)
+        runner = make_runner(cfg, executor, workers, skip_bad_files=skip)
         try:
-            run_file_passes(cfg, tasks, ex, force=force, overrides=overrides)
+            run_file_passes(cfg, tasks, runner, force=force, overrides=overrides)
         finally:
-            ex.shutdown(wait=True, cancel_futures=True)
+            runner.shutdown()
         return {s: finalise(cfg, s) for s in systs}

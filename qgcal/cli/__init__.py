@@ -17,7 +17,7 @@ from qgcal.errors import QgcalError
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = ("generate", "run", "sweep", "train", "serve", "demo", "validate")
+COMMANDS = ("generate", "run", "sweep", "combine", "report", "status", "slurm", "train", "serve", "demo", "validate")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,11 +30,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from qgcal.cli import demo, generate, run, serve, sweep, train, validate
+    from qgcal.cli import combine, demo, generate, report, run, serve, slurm, status, sweep, train, validate
 
     generate.register(sub)
     run.register(sub)
     sweep.register(sub)
+    combine.register(sub)
+    report.register(sub)
+    status.register(sub)
+    slurm.register(sub)
     train.register(sub)
     serve.register(sub)
     demo.register(sub)

@@ -36,5 +36,6 @@ def _run(args: argparse.Namespace) -> int:
         print_sf_table(r.records, title=f"{syst} (cuts frozen from nominal), WP 0.6", wp=0.6)
         shifts.append(syst)
     print(f"\nconfig: {res.config_path}   results: {res.config.output_path / 'results'}")
+    print(f"report: {res.config.output_path / 'results' / 'combined' / 'report.md'}")
     print(f"rerun a step: qgcal run --config {res.config_path} --syst {shifts[0] if shifts else 'nominal'}")
     return 0

@@ -26,6 +26,9 @@ def register(sub: Any) -> None:
     p.add_argument("--workers", "-j", type=int, help="worker processes (default: executor.workers)")
     p.add_argument("--executor", choices=["process", "serial"], help="override executor.kind")
     p.add_argument("--force", action="store_true", help="redo every pass even where artifacts are valid")
+    p.add_argument("--skip-bad-files", action="store_true", default=None,
+                   help="skip unreadable input files (recorded, with the events lost, in the results) "
+                        "instead of stopping (config: reading.skip_bad_files)")
     add_inference_options(p)
     p.set_defaults(func=_run)
 
@@ -38,12 +41,15 @@ def overrides_from(args: argparse.Namespace) -> Any:
 
 def _run(args: argparse.Namespace) -> int:
     from qgcal.config import load_config
-    from qgcal.report import print_sf_table
+    from qgcal.report import print_sf_table, skipped_summary
     from qgcal.workflows.single import run_systematic
 
     cfg = load_config(args.config)
     result = run_systematic(cfg, args.syst, workers=args.workers, executor=args.executor,
-                            force=args.force, overrides=overrides_from(args))
+                            force=args.force, overrides=overrides_from(args),
+                            skip_bad_files=args.skip_bad_files)
     print_sf_table(result.records, title=f"{cfg.name}: {args.syst}")
     print(f"results: {result.results_dir / 'scale_factors.json'}")
+    if result.skipped:
+        print(skipped_summary(result.skipped))
     return 0

@@ -10,24 +10,32 @@ from typing import Any
 
 from qgcal.cli.run import add_inference_options
 
-_OVERRIDES = (  # CLI option -> slurm: key (None: keep the config's value)
-    ("partition", str, "--partition"), ("account", str, "--account"), ("qos", str, "--qos"),
-    ("time", str, "--time of each array task"), ("final_time", str, "--time of the final job"),
-    ("cpus_per_task", int, "--cpus-per-task (also each task's --workers)"), ("mem", str, "--mem"),
-    ("constraint", str, "--constraint"), ("gres", str, "--gres of the array tasks (e.g. gpu:1)"),
-    ("array_throttle", int, "at most N array tasks at once (%%N)"),
-    ("workdir", str, "--chdir of the jobs; logs go to WORKDIR/logs (default <output>/slurm)"),
+_OVERRIDES = (  # key of slurm:, type, metavar, help (None: keep the config's value)
+    ("partition", str, "NAME", "--partition of both jobs"),
+    ("account", str, "NAME", "--account (allocation charged)"),
+    ("qos", str, "NAME", "--qos"),
+    ("time", str, "TIME", "--time of each array task, e.g. 02:00:00"),
+    ("final_time", str, "TIME", "--time of the final job"),
+    ("cpus_per_task", int, "N", "--cpus-per-task, also each task's --workers"),
+    ("mem", str, "SIZE", "--mem per job, e.g. 8G"),
+    ("constraint", str, "FEATURES", "--constraint, e.g. cpu"),
+    ("gres", str, "GRES", "--gres of the array tasks only, e.g. gpu:1"),
+    ("array_throttle", int, "N", "at most N array tasks at once (--array=...%%N)"),
+    ("workdir", str, "DIR", "--chdir of the jobs; logs go to DIR/logs (default <output>/slurm)"),
 )
 
 
 def _site_options(p: argparse.ArgumentParser, *, shard_size: bool) -> None:
     g = p.add_argument_group("site (override the config's slurm: section)")
-    for key, typ, help_ in _OVERRIDES:
-        g.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, help=help_)
+    for key, typ, metavar, help_ in _OVERRIDES:
+        g.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, metavar=metavar,
+                       help=f"{help_} (slurm.{key})")
     if shard_size:
-        g.add_argument("--shard-size", dest="shard_size", type=int, help="file tasks per array task")
+        g.add_argument("--shard-size", dest="shard_size", type=int, metavar="N",
+                       help="file tasks per array task (slurm.shard_size)")
     g.add_argument("--sbatch", dest="extra_sbatch", action="append", metavar="OPTION",
-                   help="an extra #SBATCH option, e.g. --mail-type=END (repeatable; added to slurm.extra_sbatch)")
+                   help="an extra #SBATCH option, written with '=': --sbatch=--mail-type=END "
+                   "(repeatable; added to slurm.extra_sbatch)")
     g.add_argument("--setup", dest="setup", action="append", metavar="LINE",
                    help="a shell line run first in each job, e.g. 'module load python' (repeatable)")
 
@@ -73,11 +81,20 @@ def register(sub: Any) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = [k for k, _, _ in _OVERRIDES] + ["shard_size", "extra_sbatch", "setup"]
+    keys = [k for k, _, _, _ in _OVERRIDES] + ["shard_size", "extra_sbatch", "setup"]
     return {k: getattr(args, k, None) for k in keys}
 
 
 def _task_args(args: argparse.Namespace) -> list[str] | None:
+    """Inference overrides passed on to every array task (checked here, not in 1000 tasks)."""
+    from qgcal.errors import ConfigError
+    from qgcal.inference.config import validate_url
+
+    if getattr(args, "triton_url", None):
+        try:
+            validate_url(args.triton_url)
+        except ValueError as err:
+            raise ConfigError(f"--triton-url: {err}") from None
     out: list[str] = []
     for opt in ("backend", "device", "triton_url"):
         value = getattr(args, opt, None)

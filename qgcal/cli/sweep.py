@@ -23,6 +23,9 @@ def register(sub: Any) -> None:
     p.add_argument("--executor", choices=["process", "serial", "dask", "dask-local"], help="override executor.kind")
     p.add_argument("--scheduler", help="Dask scheduler address (with --executor dask)")
     p.add_argument("--force", action="store_true", help="redo every pass even where artifacts are valid")
+    p.add_argument("--skip-bad-files", action="store_true", default=None,
+                   help="skip unreadable input files (recorded, with the events lost, in the results) "
+                        "instead of stopping (config: reading.skip_bad_files)")
     g = p.add_argument_group("batch")
     g.add_argument("--task-index", type=int, help="process only this shard of the file tasks (0-based)")
     g.add_argument("--shard-size", type=int, help="file tasks per shard (default: slurm.shard_size)")
@@ -33,26 +36,32 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from qgcal.config import load_config
-    from qgcal.report import print_sf_table
+    from qgcal.report import print_sf_table, skipped_summary
     from qgcal.workflows.sweep import finalise_many, run_many, run_shard
 
     cfg = load_config(args.config)
     systs = args.syst or cfg.variation_names()
     if "nominal" not in systs:
         systs = ["nominal", *systs]
+    if args.finalise_only:
+        results = finalise_many(cfg, systs)
+        print_sf_table(results["nominal"].records, title=f"{cfg.name}: nominal", wp=cfg.working_points[0])
+        print(f"results: {cfg.output_path / 'results'} ({len(results)} systematics)")
+        return 0
     executor = _executor(args, cfg)
     if args.task_index is not None:
         done = run_shard(cfg, systs, args.task_index, args.shard_size or cfg.slurm.shard_size,
-                         workers=args.workers, executor=executor, force=args.force, overrides=overrides_from(args))
+                         workers=args.workers, executor=executor, force=args.force, overrides=overrides_from(args),
+                            skip_bad_files=args.skip_bad_files)
         print(f"shard {args.task_index}: {len(done)} file tasks done")
         return 0
-    if args.finalise_only:
-        results = finalise_many(cfg, systs)
-    else:
-        results = run_many(cfg, systs, workers=args.workers, executor=executor, force=args.force,
-                           overrides=overrides_from(args))
+    results = run_many(cfg, systs, workers=args.workers, executor=executor, force=args.force,
+                       overrides=overrides_from(args), skip_bad_files=args.skip_bad_files)
     print_sf_table(results["nominal"].records, title=f"{cfg.name}: nominal", wp=cfg.working_points[0])
     print(f"results: {cfg.output_path / 'results'} ({len(results)} systematics)")
+    skipped = [r for res in results.values() for r in res.skipped]
+    if skipped:
+        print(skipped_summary(skipped))
     return 0
 
 

@@ -1,0 +1,81 @@
+"""``qgcal combine``: every systematic's shift, grouped and total uncertainties, and the outputs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "combine", help="combine all systematics into uncertainties; write correctionlib, ROOT, plots, report",
+        description="Reads <output>/results/<syst>/scale_factors.json of nominal and every configured variation "
+        "(run 'qgcal sweep' first), computes each variation's shift (cuts frozen from nominal), the per-group "
+        "and total uncertainties, and writes <output>/results/combined/: scale_factors.json, corrections.json "
+        "(correctionlib), scale_factors.root (TH1D), plots/*.png and report.md. See docs/outputs.md.",
+    )
+    p.add_argument("--config", "-c", required=True, type=Path, help="YAML config")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the plots (default: plots.enabled of the config)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from qgcal.config import load_config
+    from qgcal.outputs import publish
+    from qgcal.workflows.single import output_lock
+
+    cfg = load_config(args.config)
+    with output_lock(cfg.output_path):
+        out = publish(cfg, plots=args.plots, config_path=str(args.config))
+    wp = cfg.working_points[0]
+    print_combined(out.combined.records, title=f"{cfg.name}: combined, WP {wp:g}", wp=wp)
+    print(f"results: {out.scale_factors.parent}  (report: {out.report})")
+    return 0
+
+
+def print_combined(records: Any, *, title: str, wp: float, file: Any = None) -> None:
+    """SF ± stat +up/-down (syst) for one WP: rows tagger x parton, columns pT bins (GeV); * flagged."""
+    import sys
+
+    out = file or sys.stdout
+    recs = [r for r in records if r["working_point"] == wp]
+    bins = sorted({(r["pt_low"], r["pt_high"]) for r in recs})
+    header = ["tagger", "parton"] + [f"{lo:g}-{hi:g}" for lo, hi in bins]
+    index = {(r["tagger"], r["parton"], r["pt_low"]): r for r in recs}
+    rows = []
+    for tagger in sorted({r["tagger"] for r in recs}):
+        for parton in ("quark", "gluon"):
+            row = [tagger, parton]
+            for lo, _ in bins:
+                r = index.get((tagger, parton, lo))
+                row.append(_cell(r) if r else "")
+            rows.append(row)
+    title = f"{title}  (SF ± stat +up/-down syst; * flagged)"
+    if out.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for h in header:
+            table.add_column(h)
+        for row in rows:
+            table.add_row(*row)
+        Console(file=out).print(table)
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    print(title, file=out)
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+
+
+def _cell(r: Any) -> str:
+    if r["sf"] is None:
+        return "n/a"
+    stat = "n/a" if r["stat"] is None else f"{r['stat']:.3f}"
+    if r["total_up"] is None or r["total_down"] is None:
+        syst = " syst n/a"
+    else:
+        syst = f" +{r['total_up']:.3f}/-{r['total_down']:.3f}"
+    return f"{r['sf']:.3f} ± {stat}{syst}" + (" *" if r["flags"] else "")

@@ -1,0 +1,127 @@
+"""``results/combined/report.md``: the summary table, every plot, the systematics and the flags.
+
+Plain Markdown with paths relative to the report, so the directory can be
+moved, zipped or rendered by any Markdown viewer (GitLab, GitHub, VS Code).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from qgcal.artifacts import atomic_path
+
+__all__ = ["format_value", "render_report", "write_report"]
+
+
+def format_value(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _sf_cell(r: Mapping[str, Any]) -> str:
+    if r["sf"] is None:
+        return "n/a"
+    return f"{r['sf']:.3f} ± {format_value(r['stat'])}"
+
+
+def _syst_cell(r: Mapping[str, Any]) -> str:
+    if r["total_up"] is None or r["total_down"] is None:
+        return "n/a"
+    return f"+{r['total_up']:.3f} / −{r['total_down']:.3f}"
+
+
+def _table(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    lines = ["| tagger | WP | parton | pT [GeV] | SF ± stat | syst (+up / −down) | flags |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(records, key=lambda r: (r["tagger"], r["working_point"], r["parton"] != "quark", r["pt_low"])):
+        flags = ", ".join(r["flags"]) if r["flags"] else ""
+        lines.append(f"| {r['tagger']} | {r['working_point']:g} | {r['parton']} | "
+                     f"{r['pt_low']:g}–{r['pt_high']:g} | {_sf_cell(r)} | {_syst_cell(r)} | {flags} |")
+    return lines
+
+
+def _group_table(records: Sequence[Mapping[str, Any]], groups: Sequence[str]) -> list[str]:
+    """Largest relative error per group over the defined, unflagged-or-not bins (a quick overview)."""
+    lines = ["| group | largest relative up | largest relative down |", "|---|---|---|"]
+    for g in groups:
+        ups, downs = [], []
+        for r in records:
+            grp = r["groups"].get(g)
+            if r["sf"] and grp and grp["up"] is not None and grp["down"] is not None:
+                ups.append(grp["up"] / abs(r["sf"]))
+                downs.append(grp["down"] / abs(r["sf"]))
+        lines.append(f"| {g} | {format_value(max(ups) * 100 if ups else None, 1)} % | "
+                     f"{format_value(max(downs) * 100 if downs else None, 1)} % |")
+    return lines
+
+
+def _systematics(metadata: Mapping[str, Any]) -> list[str]:
+    lines = ["| variation | group | kind | combined as |", "|---|---|---|---|"]
+    for name, s in sorted(metadata["systematics"].items(), key=lambda kv: (kv[1]["group"], kv[0])):
+        if s["set"]:
+            how = f"replica set `{s['set']}` ({s['set_combine']})"
+        elif s["pair"]:
+            how = f"{s['direction']} half of the pair with `{s['pair']}`"
+        else:
+            how = "single, symmetrised"
+        lines.append(f"| `{name}` | {s['group']} | {s['kind']} | {how} |")
+    return lines
+
+
+def _flags(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    counts = Counter(f for r in records for f in r["flags"])
+    if not counts:
+        return ["No record is flagged."]
+    head = (f"{sum(1 for r in records if r['flags'])} of {len(records)} records are flagged "
+            "(see docs/physics.md and docs/outputs.md for the meaning of each flag):")
+    lines = [head, "", "| flag | records |", "|---|---|"]
+    lines += [f"| `{f}` | {n} |" for f, n in sorted(counts.items())]
+    undefined = sorted({v for r in records for v in r.get("undefined_variations", [])})
+    if undefined:
+        lines += ["", "Variations with an undefined SF in some bin (their group and total are n/a there): "
+                  + ", ".join(f"`{v}`" for v in undefined) + "."]
+    return lines
+
+
+def render_report(title: str, metadata: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
+                  plots: Sequence[Path], report_dir: Path) -> str:
+    """The Markdown text; plot paths are written relative to ``report_dir``."""
+    groups = list(metadata["groups"])
+    rel = [p.relative_to(report_dir).as_posix() for p in sorted(plots)]
+    intro = (f"qgcal {metadata.get('qgcal_version', '')}. pT in GeV. SF ± statistical error; the systematic "
+             "error is the quadrature sum of the groups below (upward / downward, as magnitudes). "
+             "`n/a`: undefined, see flags. Machine-readable: [scale_factors.json](scale_factors.json), "
+             "[corrections.json](corrections.json) (correctionlib), [scale_factors.root](scale_factors.root).")
+    out = [f"# {title}: quark/gluon tagging scale factors", "", intro, "", "## Summary", ""]
+    out += _table(records)
+    out += ["", "## Uncertainty groups", ""] + _group_table(records, groups)
+    out += ["", "## Systematic variations", ""] + _systematics(metadata)
+    out += ["", "## Flags", ""] + _flags(records)
+    out += ["", "## Plots", ""]
+    sections = [("Scale factors vs pT", "sf_"), ("Uncertainty breakdown", "breakdown_"),
+                ("Quark fractions", "quark_fractions"), ("Extracted shapes (nominal)", "extracted_")]
+    listed: set[str] = set()
+    for heading, prefix in sections:
+        mine = [p for p in rel if Path(p).name.startswith(prefix)]
+        if not mine:
+            continue
+        out += [f"### {heading}", ""]
+        for p in mine:
+            out += [f"[{Path(p).name}]({p})", "", f"![{Path(p).stem}]({p})", ""]
+            listed.add(p)
+    if not rel:
+        out += ["No plots were drawn (plots.enabled: false in the config, or --no-plots).", ""]
+    others = [p for p in rel if p not in listed]
+    if others:
+        out += ["### Other", ""] + [f"- [{Path(p).name}]({p})" for p in others] + [""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def write_report(path: Path, title: str, metadata: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
+                 plots: Sequence[Path]) -> Path:
+    text = render_report(title, metadata, records, plots, path.parent)
+    with atomic_path(path, ".md") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,255 @@
+"""``qgcal status``: what is done, missing or stale, per systematic and pass, without running anything.
+
+For every systematic the files are those ``qgcal run --syst`` needs: data and
+the systematic's MC, plus the nominal MC its cuts are frozen from (shared
+artifacts, e.g. data under ``nominal/``, count in every systematic that needs
+them; the ``all`` row counts each file task once, as ``qgcal sweep`` runs them).
+
+Per file task and pass:
+
+* ``done``: the artifact exists and its provenance matches the input file and
+  the config (:func:`qgcal.workflows.tasks.pass_is_valid`), upstream included;
+* ``missing``: no artifact file;
+* ``stale``: the file exists but would be redone (input or config changed,
+  or an upstream artifact is not done).
+
+Results: ``results/<syst>/scale_factors.json`` is ``missing``, ``stale`` (older
+than one of its histogram artifacts, or one of them is not done) or ``done``;
+``results/combined`` is ``stale`` when the per-systematic results it was made
+from changed since (content hashes recorded in its metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from qgcal.config import Config
+from qgcal.plan import STAGES, FileTask, artifact_path, plan_tasks
+
+__all__ = [
+    "COMBINED_FILES",
+    "CombinedStatus",
+    "PassCounts",
+    "Status",
+    "SystStatus",
+    "collect_status",
+    "print_status",
+]
+
+State = Literal["done", "missing", "stale"]
+COMBINED_FILES = ("scale_factors.json", "corrections.json", "scale_factors.root", "report.md", "plots")
+
+
+@dataclass
+class PassCounts:
+    done: int = 0
+    missing: int = 0
+    stale: int = 0
+
+    def add(self, state: State) -> None:
+        setattr(self, state, getattr(self, state) + 1)
+
+    @property
+    def total(self) -> int:
+        return self.done + self.missing + self.stale
+
+    def text(self) -> str:
+        parts = [f"{self.done} done"]
+        parts += [f"{n} {label}" for n, label in ((self.missing, "missing"), (self.stale, "stale")) if n]
+        return ", ".join(parts)
+
+
+@dataclass
+class SystStatus:
+    name: str
+    group: str
+    kind: str
+    files: int
+    inputs_missing: int
+    passes: dict[str, PassCounts]
+    results: str  # done | missing | stale
+
+    @property
+    def complete(self) -> bool:
+        return self.results == "done" and all(c.done == c.total for c in self.passes.values())
+
+
+@dataclass
+class CombinedStatus:
+    state: str  # done | missing | stale
+    files: dict[str, bool] = field(default_factory=dict)
+    reason: str = ""
+
+
+@dataclass
+class Status:
+    output: Path
+    systematics: list[SystStatus]
+    total: SystStatus  # every file task once (the "all" row)
+    combined: CombinedStatus
+
+    @property
+    def complete(self) -> bool:
+        return all(s.complete for s in self.systematics) and self.combined.state == "done"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output),
+            "systematics": [_row_dict(s) for s in self.systematics],
+            "all": _row_dict(self.total),
+            "combined": asdict(self.combined),
+            "complete": self.complete,
+        }
+
+
+def _row_dict(s: SystStatus) -> dict[str, Any]:
+    return {**asdict(s), "passes": {k: asdict(v) for k, v in s.passes.items()}}
+
+
+# ----------------------------------------------------------------------------- collecting
+
+
+def needed_tasks(cfg: Config, syst: str) -> list[FileTask]:
+    """What ``qgcal run --syst`` processes (as ``workflows.single.tasks_for``, without the input check)."""
+    tasks = {f"{t.variation}@{t.key}": t for t in plan_tasks(cfg, syst)}
+    if syst != "nominal":
+        for t in plan_tasks(cfg, "nominal", include_data=False):
+            tasks.setdefault(f"{t.variation}@{t.key}", t)
+    return [tasks[k] for k in sorted(tasks)]
+
+
+class _Checker:
+    """Per (task, pass) state, each computed once (data are shared by every systematic)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.cache: dict[tuple[FileTask, str], State] = {}
+
+    def state(self, task: FileTask, stage: str) -> State:
+        key = (task, stage)
+        if key not in self.cache:
+            self.cache[key] = self._state(task, stage)
+        return self.cache[key]
+
+    def _state(self, task: FileTask, stage: str) -> State:
+        from qgcal.workflows.tasks import pass_is_valid
+
+        if not artifact_path(self.cfg.output_path, task, stage).is_file():
+            return "missing"
+        if not Path(task.path).is_file():
+            return "stale"  # the input is gone: the artifact cannot be trusted
+        i = STAGES.index(stage)
+        if i > 0 and self.state(task, STAGES[i - 1]) != "done":
+            return "stale"
+        return "done" if pass_is_valid(self.cfg, task, stage) else "stale"
+
+
+def _results_state(cfg: Config, syst: str, tasks: Sequence[FileTask], checker: _Checker) -> str:
+    path = cfg.output_path / "results" / syst / "scale_factors.json"
+    if not path.is_file():
+        return "missing"
+    mtime = path.stat().st_mtime_ns
+    for t in tasks:
+        if checker.state(t, STAGES[-1]) != "done":
+            return "stale"
+        if artifact_path(cfg.output_path, t, STAGES[-1]).stat().st_mtime_ns > mtime:
+            return "stale"
+    return "done"
+
+
+def _combined_state(cfg: Config) -> CombinedStatus:
+    from qgcal.artifacts import sha256_file
+
+    d = cfg.output_path / "results" / "combined"
+    files = {name: (d / name).exists() for name in COMBINED_FILES}
+    sf = d / "scale_factors.json"
+    if not sf.is_file():
+        return CombinedStatus("missing", files, "run 'qgcal combine'")
+    try:
+        inputs = json.loads(sf.read_text(encoding="utf-8"))["metadata"]["inputs"]
+    except (ValueError, KeyError, TypeError):
+        return CombinedStatus("stale", files, "unreadable scale_factors.json")
+    for syst in cfg.variation_names():
+        p = cfg.output_path / "results" / syst / "scale_factors.json"
+        rec = inputs.get(syst)
+        if rec is None or not p.is_file() or sha256_file(p) != rec.get("sha256"):
+            return CombinedStatus("stale", files, f"results/{syst} changed since the combination")
+    if not all(files.values()):
+        return CombinedStatus("stale", files, "some outputs are missing; rerun 'qgcal combine'")
+    return CombinedStatus("done", files)
+
+
+def _row(name: str, group: str, kind: str, tasks: Sequence[FileTask], checker: _Checker, results: str) -> SystStatus:
+    passes = {stage: PassCounts() for stage in STAGES}
+    for t in tasks:
+        for stage in STAGES:
+            passes[stage].add(checker.state(t, stage))
+    missing_inputs = sum(1 for t in {t.path for t in tasks} if not Path(t).is_file())
+    return SystStatus(name, group, kind, len(tasks), missing_inputs, passes, results)
+
+
+def collect_status(cfg: Config, systs: Iterable[str] | None = None) -> Status:
+    """The status of every (or the named) systematic, an ``all`` row, and results/combined."""
+    names = list(systs) if systs is not None else cfg.variation_names()
+    for s in names:
+        cfg.variation(s)  # unknown names: one-line error listing the valid ones
+    checker = _Checker(cfg)
+    rows = []
+    union: dict[str, FileTask] = {}
+    for s in names:
+        tasks = needed_tasks(cfg, s)
+        for t in tasks:
+            union.setdefault(f"{t.variation}@{t.key}", t)
+        var = cfg.variations.get(s)
+        rows.append(_row(s, var.group if var else "-", var.kind if var else "-", tasks, checker,
+                         _results_state(cfg, s, tasks, checker)))
+    everything = [union[k] for k in sorted(union)]
+    done = sum(1 for r in rows if r.results == "done")
+    total = _row("all", "-", "-", everything, checker, f"{done}/{len(rows)} done")
+    return Status(cfg.output_path, rows, total, _combined_state(cfg))
+
+
+# ----------------------------------------------------------------------------- printing
+
+
+def _table_rows(status: Status) -> tuple[list[str], list[list[str]]]:
+    header = ["systematic", "group", "kind", "files", *STAGES, "results"]
+    rows = []
+    for s in [*status.systematics, status.total]:
+        files = f"{s.files}" + (f" ({s.inputs_missing} inputs missing)" if s.inputs_missing else "")
+        rows.append([s.name, s.group, s.kind, files, *(s.passes[k].text() for k in STAGES), s.results])
+    return header, rows
+
+
+def print_status(status: Status, file: TextIO | None = None) -> None:
+    """A rich table on a terminal, aligned plain text otherwise."""
+    out = file or sys.stdout
+    header, rows = _table_rows(status)
+    c = status.combined
+    present = ", ".join(k for k, v in c.files.items() if v) or "nothing"
+    combined_line = f"results/combined: {c.state}" + (f" ({c.reason})" if c.reason else "") + f"; present: {present}"
+    title = f"qgcal status: {status.output}"
+    if out.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for h in header:
+            table.add_column(h)
+        for row in rows:
+            table.add_row(*row)
+        console = Console(file=out)
+        console.print(table)
+        console.print(combined_line)
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print(title, file=out)
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), file=out)
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip(), file=out)
+    print(combined_line, file=out)
