@@ -4,6 +4,10 @@ Everything here works on (values, variances) arrays over the tagger bins of one
 pT bin. Zero handling is explicit: an undefined number is NaN and comes with a
 flag, never a silent 0 or inf.
 
+Overflow (a reweighting factor or F^-1 so large that a product leaves the
+float range) is not an exception either: numpy's warnings are silenced here
+and the non-finite result is flagged downstream like any other undefined number.
+
 Statistical errors are propagated analytically (first order): the extracted
 efficiency is linear in the forward and central fractions below the cut,
 eps = a * e_F + b * e_C with (a, b) a row of F^-1, and each e is a ratio of
@@ -14,6 +18,7 @@ statistical error is ignored here; the bootstrap of the sweep issue covers it).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -56,7 +61,8 @@ def normalised(h: Binned) -> FloatArray:
     total = h.total
     if not total > 0:
         return np.full_like(h.values, np.nan, dtype=np.float64)
-    return h.values / total
+    with np.errstate(all="ignore"):
+        return h.values / total
 
 
 def reweighting_factors(forward: Binned, central: Binned, *, tolerance: float = 1e-2) -> tuple[FloatArray, bool]:
@@ -73,14 +79,16 @@ def reweighting_factors(forward: Binned, central: Binned, *, tolerance: float = 
     if np.isnan(p_f).any() or np.isnan(p_c).any():
         return w, True
     ok = p_c > 0
-    w[ok] = p_f[ok] / p_c[ok]
+    with np.errstate(all="ignore"):
+        w[ok] = p_f[ok] / p_c[ok]
     lost = float(np.sum(p_f[~ok])) > tolerance
     return w, lost
 
 
 def apply_weights(h: Binned, w: FloatArray) -> Binned:
     """Bin-wise reweighting: identical to weighting every jet by w(its bin) and refilling."""
-    return Binned(h.values * w, h.variances * w * w)
+    with np.errstate(all="ignore"):
+        return Binned(h.values * w, h.variances * w * w)
 
 
 @dataclass(frozen=True)
@@ -97,7 +105,8 @@ class Fractions:
     def inverse(self) -> FloatArray:
         """F^-1 for F = [[f_Fq, 1-f_Fq], [f_Cq, 1-f_Cq]]."""
         d = self.det
-        return np.array([[1.0 - self.f_cq, -(1.0 - self.f_fq)], [-self.f_cq, self.f_fq]]) / d
+        with np.errstate(all="ignore"):
+            return np.array([[1.0 - self.f_cq, -(1.0 - self.f_fq)], [-self.f_cq, self.f_fq]]) / d
 
 
 def fractions(fq: Binned, f_total: Binned, cq: Binned, c_total: Binned) -> Fractions:
@@ -110,8 +119,9 @@ def fractions(fq: Binned, f_total: Binned, cq: Binned, c_total: Binned) -> Fract
 def extract(fr: Fractions, p_f: FloatArray, p_c: FloatArray) -> tuple[FloatArray, FloatArray]:
     """(p_q, p_g) = F^-1 (p_F, p_C), bin by bin."""
     inv = fr.inverse()
-    p_q = inv[0, 0] * p_f + inv[0, 1] * p_c
-    p_g = inv[1, 0] * p_f + inv[1, 1] * p_c
+    with np.errstate(all="ignore"):
+        p_q = inv[0, 0] * p_f + inv[0, 1] * p_c
+        p_g = inv[1, 0] * p_f + inv[1, 1] * p_c
     return p_q, p_g
 
 
@@ -149,7 +159,10 @@ def side_fraction(h: Binned, mask: FloatArray) -> tuple[float, float]:
     tot = a + b
     if not tot > 0:
         return float("nan"), float("nan")
-    return a / tot, (b * b * va + a * a * vb) / tot**4
+    fa, fb = a / tot, b / tot  # (B^2 V_A + A^2 V_B) / (A+B)^4, without (A+B)^4 leaving the float range
+    with np.errstate(all="ignore"):
+        var = (np.float64(fb) * fb * va + np.float64(fa) * fa * vb) / np.float64(tot) / tot
+    return fa, float(var)
 
 
 @dataclass(frozen=True)
@@ -168,11 +181,12 @@ def efficiencies(fr: Fractions, forward: Binned, central: Binned, mask: FloatArr
     e_f, v_f = side_fraction(forward, mask)
     e_c, v_c = side_fraction(central, mask)
     inv = fr.inverse()
-    eps_q = inv[0, 0] * e_f + inv[0, 1] * e_c
-    var_q = inv[0, 0] ** 2 * v_f + inv[0, 1] ** 2 * v_c
-    g_tag = inv[1, 0] * e_f + inv[1, 1] * e_c  # gluons on the quark side
-    rej_g = 1.0 - g_tag
-    var_g = inv[1, 0] ** 2 * v_f + inv[1, 1] ** 2 * v_c
+    with np.errstate(all="ignore"):
+        eps_q = inv[0, 0] * e_f + inv[0, 1] * e_c
+        var_q = inv[0, 0] * inv[0, 0] * v_f + inv[0, 1] * inv[0, 1] * v_c
+        g_tag = inv[1, 0] * e_f + inv[1, 1] * e_c  # gluons on the quark side
+        rej_g = 1.0 - g_tag
+        var_g = inv[1, 0] * inv[1, 0] * v_f + inv[1, 1] * inv[1, 1] * v_c
     flags: list[str] = []
     if not (_physical(eps_q, var_q) and _physical(rej_g, var_g)):
         flags.append("unphysical_efficiency")
@@ -192,5 +206,8 @@ def ratio_with_error(num: float, var_num: float, den: float, var_den: float) -> 
     if not (np.isfinite(num) and np.isfinite(den)) or den == 0 or num <= 0 or den <= 0:
         return float("nan"), float("nan")
     r = num / den
-    rel2 = var_num / num**2 + var_den / den**2
-    return float(r), float(abs(r) * np.sqrt(rel2))
+    rel2 = var_num / num / num + var_den / den / den  # not num**2: it raises OverflowError, or underflows to 0
+    err = abs(r) * math.sqrt(rel2) if math.isfinite(rel2) and rel2 >= 0 else float("nan")
+    if not (math.isfinite(r) and math.isfinite(err)):
+        return float("nan"), float("nan")
+    return float(r), float(err)

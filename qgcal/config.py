@@ -41,14 +41,17 @@ __all__ = [
     "RESERVED_NAMES",
 ]
 
-SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"  # matched with re.fullmatch (a '$' would accept "x\n")
 RESERVED_NAMES = frozenset({"nominal", "combined", "results", "slurm", "models"})
 _ENERGY_TO_GEV = {"MeV": 1e-3, "GeV": 1.0, "TeV": 1e3}
+# what uproot's step_size accepts as a memory size (uproot._util.memory_size), positive only
+_MEMORY_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgtpezy]?i?b)", re.IGNORECASE)
 _BRANCH_EXPR = re.compile(r"^(?P<name>[^\[\]\s]+)(\[(?P<index>\d+)\])?$")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: '.inf' or '.nan' in YAML is a float to pydantic, never a sensible setting
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------- branches
@@ -231,7 +234,7 @@ class ModelTagger(_Model):
     """A tagger evaluated by a trained model in the predict pass (``qgcal train``)."""
 
     kind: Literal["model"] = "model"
-    model: str = Field(description="model file (.skops) relative to the config, or under <output>/models")
+    model: str = Field(description="model file (.skops): absolute, or relative to <output>/models (qgcal train writes it)")
     features: list[str] = Field(
         ["pt", "nTracks", "trackWidth", "trackC1"], description="logical feature names, in order"
     )
@@ -320,7 +323,7 @@ Variation = Annotated[
 
 AnyVariation = Union[TreeVariation, BranchVariation, WeightVariation, SampleVariation, ReweightingVariation]
 
-_RANGE = re.compile(r"^(?P<name>[^\[\]\s]+)\[(?P<a>\d+)\.\.(?P<b>\d+)\]$")
+_RANGE = re.compile(r"(?P<name>[^\[\]\s]+)\[(?P<a>\d+)\.\.(?P<b>\d+)\]")  # fullmatch
 
 
 def expand_ranges(variations: Any) -> Any:
@@ -330,17 +333,19 @@ def expand_ranges(variations: Any) -> Any:
     out: dict[str, Any] = {}
     for name, var in variations.items():
         exprs = var.get("multiply") if isinstance(var, Mapping) and var.get("kind") == "weight" else None
-        ranged = [e for e in (exprs or []) if isinstance(e, str) and _RANGE.match(e)]
+        if not isinstance(exprs, list):  # anything else is left for the schema to reject
+            exprs = None
+        ranged = [e for e in (exprs or []) if isinstance(e, str) and _RANGE.fullmatch(e)]
         if not ranged:
             out[name] = var
             continue
         if len(ranged) > 1:
-            raise ValueError(f"variations.{name}: only one 'name[a..b]' range per variation")
-        m = _RANGE.match(ranged[0])
+            raise ValueError(f"{name}: only one 'name[a..b]' range per variation")
+        m = _RANGE.fullmatch(ranged[0])
         assert m is not None
         lo, hi = int(m.group("a")), int(m.group("b"))
         if hi < lo or hi - lo > 999:
-            raise ValueError(f"variations.{name}: bad range {ranged[0]!r}")
+            raise ValueError(f"{name}: bad range {ranged[0]!r} (need a <= b, at most 1000 replicas)")
         for i in range(lo, hi + 1):
             item = dict(var)
             item["multiply"] = [f"{m.group('name')}[{i}]" if e == ranged[0] else e for e in exprs or []]
@@ -392,6 +397,20 @@ class Reading(_Model):
         False, description="skip unreadable input files (recorded with the events lost) instead of stopping"
     )
 
+    @field_validator("step_size", mode="before")
+    @classmethod
+    def _step(cls, v: Any) -> Any:
+        # a typo here used to fall back silently to one basket per chunk (uproot cannot parse it)
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise ValueError("expected a number of entries or a memory size such as '100 MB'")
+        if isinstance(v, int) and v < 1:
+            raise ValueError("a number of entries must be >= 1")
+        if isinstance(v, str):
+            m = _MEMORY_SIZE.fullmatch(v.strip())
+            if m is None or not float(m.group(1)) > 0:
+                raise ValueError("expected a memory size such as '100 MB' or '1 GiB', or a number of entries")
+        return v
+
 
 class Calibration(_Model):
     """Numerical settings of final_reweighting."""
@@ -408,6 +427,9 @@ class Plots(_Model):
     """Plot settings; no pass depends on them."""
 
     enabled: bool = Field(True, description="write PNG plots")
+    systematics: bool = Field(
+        False, description="in a sweep, extraction plots for every systematic too (nominal always)"
+    )
     label: str = Field("Internal", description="ATLAS label text")
     com_energy_tev: float = Field(13.0, gt=0, description="centre-of-mass energy for labels")
 
@@ -615,7 +637,7 @@ def _increasing(edges: list[float]) -> None:
 
 
 def _safe_name(name: str) -> str:
-    if not re.match(SAFE_NAME, name):
+    if not isinstance(name, str) or not re.fullmatch(SAFE_NAME, name):
         raise ValueError(
             f"name {name!r} must start with a letter or digit and use only letters, digits, '_', '.', '-'"
         )
@@ -642,7 +664,13 @@ def _strip_tags(loc: tuple[int | str, ...]) -> tuple[tuple[int | str, ...], str 
 def _dotted(loc: tuple[int | str, ...]) -> str:
     out = ""
     for item in loc:
-        out += f"[{item}]" if isinstance(item, int) else (("." if out else "") + str(item))
+        if isinstance(item, int):
+            out += f"[{item}]"
+            continue
+        text = str(item)
+        if not text or not text.isprintable() or any(c.isspace() or c in ".[]" for c in text):
+            text = repr(text)  # a key such as "\n" must not break the one-line message
+        out += ("." if out else "") + text
     return out
 
 
@@ -662,12 +690,19 @@ def _valid_keys(loc: tuple[int | str, ...], tag: str | None) -> list[str]:
         if not fields or item not in fields:
             return []
         annotation = fields[item].annotation
-        dict_level = getattr(annotation, "__origin__", None) is dict
+        dict_level = _is_dict(annotation)
         model = _field_model(annotation)
         if tag is not None and item in _TAG_MODELS:
             model = _TAG_MODELS[item][tag]
     fields = getattr(model, "model_fields", None)
     return [k for k in fields if k != "base_dir"] if fields else []
+
+
+def _is_dict(annotation: Any) -> bool:
+    """``dict[str, X]``, also inside ``dict[str, X] | None`` (e.g. ``samples.<name>.slices``)."""
+    if getattr(annotation, "__origin__", None) is dict:
+        return True
+    return any(_is_dict(arg) for arg in getattr(annotation, "__args__", ()) if arg is not type(None))
 
 
 def _field_model(annotation: Any) -> Any:
@@ -681,10 +716,25 @@ def _field_model(annotation: Any) -> Any:
     return None
 
 
-def _format_validation(err: ValidationError, source: str) -> str:
-    lines = []
+def _range_aliases(variations: Any) -> dict[str, str]:
+    """``pdf_1`` -> ``pdf`` for variations expanded from a ``name[a..b]`` range (errors name what the
+    user wrote, once, not every replica)."""
+    try:
+        expanded = expand_ranges(variations)
+    except Exception:  # noqa: BLE001 - the schema reports it
+        return {}
+    if not isinstance(expanded, Mapping):
+        return {}
+    return {k: v["set"] for k, v in expanded.items()
+            if isinstance(v, Mapping) and isinstance(v.get("set"), str) and k not in variations}
+
+
+def _format_validation(err: ValidationError, source: str, aliases: Mapping[str, str] | None = None) -> str:
+    lines: list[str] = []
     for e in err.errors():
         loc, tag = _strip_tags(tuple(e["loc"]))
+        if aliases and len(loc) > 1 and loc[0] == "variations" and loc[1] in aliases:
+            loc = (loc[0], aliases[str(loc[1])], *loc[2:])
         where = _dotted(loc) or "(top level)"
         if e["type"] == "extra_forbidden":
             key = str(loc[-1])
@@ -695,7 +745,11 @@ def _format_validation(err: ValidationError, source: str) -> str:
         found = e.get("input")
         shown = "" if isinstance(found, (dict, list)) or found is None else f" (found {found!r})"
         lines.append(f"{where}: {msg}{shown}")
-    return f"{source}: " + "; ".join(lines)
+    return f"{source}: " + "; ".join(dict.fromkeys(lines))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split("\n")) if "\n" in text else text
 
 
 def parse_config(data: Any, *, source: str = "config", base_dir: Path | str = ".") -> Config:
@@ -709,7 +763,10 @@ def parse_config(data: Any, *, source: str = "config", base_dir: Path | str = ".
     try:
         return Config.model_validate(payload)
     except ValidationError as err:
-        raise ConfigError(_format_validation(err, source)) from None
+        aliases = _range_aliases(payload.get("variations"))
+        raise ConfigError(_one_line(_format_validation(err, source, aliases))) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: the config is nested too deeply (or refers to itself)") from None
 
 
 def load_config(path: str | Path) -> Config:
@@ -718,12 +775,21 @@ def load_config(path: str | Path) -> Config:
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found; pass an existing YAML file with --config")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a UTF-8 text file") from None
+    except OSError as err:
+        raise ConfigError(f"{p}: cannot read the config ({err.strerror or type(err).__name__})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        problem = getattr(err, "problem", None) or (str(err).splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"{p}:{where}: invalid YAML: {problem}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a UTF-8 text file") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: invalid YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as err:  # e.g. a date that does not exist: 2001-02-30
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"{p}: invalid YAML value: {first}") from None
     return parse_config(data, source=str(p), base_dir=p.parent)

@@ -35,7 +35,7 @@ from qgcal.config import (
     Units,
     WeightVariation,
 )
-from qgcal.inference.config import InferenceConfig
+from qgcal.inference.config import InferenceConfig, TritonSettings
 
 __all__ = ["render_markdown"]
 
@@ -59,6 +59,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("slurm", Slurm),
     ("reading", Reading),
     ("inference", InferenceConfig),
+    ("inference.triton", TritonSettings),
     ("calibration", Calibration),
     ("plots", Plots),
 ]

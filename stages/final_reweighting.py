@@ -257,6 +257,10 @@ def extract_inputs(cfg: Config, x: BinInputs, reweight: str = "quark") -> Extrac
     else:
         if abs(fr.det) < cfg.calibration.min_fraction_separation:
             flags.append("ill_conditioned")
+        if not (0.0 <= fr.f_fq <= 1.0 and 0.0 <= fr.f_cq <= 1.0):
+            # negative event weights can make a gluon (or reweighted quark) yield negative: a
+            # "fraction" outside [0, 1] is no mixture, whatever the algebra returns
+            flags.append("unphysical_fraction")
         p_q_mc, p_g_mc = extract(fr, normalised(f_all), normalised(c_all_w))
         p_q_d, p_g_d = extract(fr, normalised(d_f), normalised(d_c_w))
     return Extraction(

@@ -47,11 +47,9 @@ def tagger_column(name: str) -> str:
 
 
 def model_path(cfg: Config, tagger: ModelTagger) -> Path:
+    """Where ``qgcal train`` writes and this pass reads a model: relative paths are under <output>/models."""
     p = Path(tagger.model)
-    if p.is_absolute():
-        return p
-    cand = cfg.base_path / p
-    return cand if cand.exists() else cfg.output_path / "models" / p
+    return p if p.is_absolute() else cfg.output_path / "models" / p
 
 
 def pass_config(cfg: Config) -> dict[str, Any]:
@@ -83,6 +81,9 @@ def _scorers(cfg: Config, overrides: InferenceOverrides) -> dict[str, Any]:
 
     out = {}
     for name, tagger in models.items():
+        if not model_path(cfg, tagger).is_file():
+            raise ArtifactError(f"{model_path(cfg, tagger)}: model of tagger {name!r} not found; "
+                                "run 'qgcal train --config <config>' first")
         out[name] = make_scorer(
             cfg.inference, model_path(cfg, tagger),
             backend_override=overrides.backend, device_override=overrides.device,

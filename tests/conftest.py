@@ -14,6 +14,8 @@ import yaml
 from qgcal.config import Config, load_config
 from qgcal.generate import generate_sample
 
+pytest_plugins = ["triton_fixture"]  # a trained toy tagger and real Triton servers (tests/triton_fixture.py)
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ helpers (closure_truth)
 
@@ -47,9 +49,15 @@ ConfigFactory = Callable[..., tuple[Path, Config]]
 
 
 def write_config(base: Path, output: Path, *, name: str = "config",
-                 mutate: Callable[[dict[str, Any]], None] | None = None) -> tuple[Path, Config]:
-    """The shipped demo config, pointed at ``base/sample``, with ``output`` and optional edits."""
+                 mutate: Callable[[dict[str, Any]], None] | None = None,
+                 model_taggers: bool = False) -> tuple[Path, Config]:
+    """The shipped demo config, pointed at ``base/sample``, with ``output`` and optional edits.
+
+    Model taggers need ``qgcal train`` first, so they are dropped unless asked for.
+    """
     doc = yaml.safe_load(DEMO.read_text())
+    if not model_taggers:
+        doc["taggers"] = {k: v for k, v in doc["taggers"].items() if v["kind"] != "model"}
     truth = json.loads((base / "sample" / "truth.json").read_text())
     doc["lumi_pb"] = truth["luminosity_pb"]
     doc["output"] = str(output)
@@ -65,9 +73,10 @@ def make_config(tmp_path: Path) -> Callable[..., tuple[Path, Config]]:
     counter = {"n": 0}
 
     def factory(base: Path, *, mutate: Callable[[dict[str, Any]], None] | None = None,
-                output: Path | None = None) -> tuple[Path, Config]:
+                output: Path | None = None, model_taggers: bool = False) -> tuple[Path, Config]:
         counter["n"] += 1
         out = output or tmp_path / f"out{counter['n']}"
-        return write_config(base, out, name=f"{tmp_path.name}-{counter['n']}", mutate=mutate)
+        return write_config(base, out, name=f"{tmp_path.name}-{counter['n']}", mutate=mutate,
+                            model_taggers=model_taggers)
 
     return factory

@@ -6,8 +6,10 @@ record the loss) is calibration policy, the same for every executor.
 
 * A worker killed by a signal or the OOM killer breaks a process pool
   (``BrokenProcessPool``; Dask: ``KilledWorker``). The unfinished files are
-  retried in a fresh pool, one at a time after the first crash so the culprit is
-  identified, up to ``executor.retries`` times; then the run stops naming it.
+  retried in a fresh pool, in waves of the pool's width, and the files of a wave
+  that crashes again one at a time, so the culprit is identified; a file that
+  used up ``executor.retries`` retries and then killed its worker while running
+  alone stops the run with an error naming it.
 * A bad input file (``InputError``) stops the run after the files already running
   have finished (their artifacts are kept). With ``reading.skip_bad_files`` /
   ``--skip-bad-files`` the file is skipped instead, and a skip record (file,
@@ -78,14 +80,23 @@ class Job:
 
 
 class Runner:
-    """Submits jobs, renews a broken pool, retries crashed files, records skipped ones."""
+    """Submits jobs, renews a broken pool, retries crashed files, records skipped ones.
 
-    def __init__(self, cfg: Config, make_executor: Callable[[], Executor], *, skip_bad_files: bool = False):
+    ``width`` is how many jobs the executor runs at once (the pool size). After a
+    crash the unfinished files are rerun in waves of ``width`` in a fresh pool, and
+    only the files of a wave that crashes again run one at a time: one bad file among
+    thousands costs one serial wave, not a serial pass.
+    """
+
+    def __init__(self, cfg: Config, make_executor: Callable[[], Executor], *, skip_bad_files: bool = False,
+                 width: int = 1):
         self.cfg = cfg
         self._make = make_executor
         self._executor: Executor | None = None
         self.skip_bad_files = skip_bad_files
+        self.width = max(1, int(width))
         self.skipped: list[FileTask] = []
+        self.crashes = 0  # pools lost to a dead worker during this run (for logs and tests)
 
     @property
     def executor(self) -> Executor:
@@ -93,7 +104,15 @@ class Runner:
             self._executor = self._make()
         return self._executor
 
-    def _renew(self) -> None:
+    def _renew(self, err: BaseException | None = None) -> None:
+        """Drop a broken process pool so the next job gets a fresh one.
+
+        A Dask ``KilledWorker`` does not break the cluster (the nanny restarts the
+        worker): that executor is kept, since closing it would close the client and
+        the LocalCluster it owns.
+        """
+        if err is not None and not isinstance(err, BrokenProcessPool):
+            return
         if self._executor is not None:
             try:
                 self._executor.shutdown(wait=False, cancel_futures=True)
@@ -107,37 +126,59 @@ class Runner:
             self._executor = None
 
     def run(self, stage: str, jobs: list[Job], progress: PassProgress) -> None:
+        """Every job once; after a crash, waves of ``width``, then one at a time.
+
+        Every crash counts as an attempt for each file that was unfinished in the lost
+        pool; the run stops once a file has used more than ``executor.retries``
+        attempts and its last crash happened while it ran alone, so the file named is
+        the one that killed its worker, never a bystander.
+        """
+        retries = self.cfg.executor.retries
         attempts: dict[int, int] = {}
-        queue = list(range(len(jobs)))
-        isolate = False
-        while queue:
-            crashed: list[int] = []
-            batches = [[i] for i in queue] if isolate else [queue]
-            for batch in batches:
-                crashed += self._run_batch(stage, jobs, batch, progress)
-            for i in crashed:
-                attempts[i] = attempts.get(i, 0) + 1
-                if attempts[i] > self.cfg.executor.retries:
-                    raise WorkerCrashError(
-                        f"{jobs[i].label}: the worker died {attempts[i]} times during {stage} (killed by a "
-                        "signal or the out-of-memory killer); lower reading.step_size or --workers, or "
-                        "check this file"
-                    )
-            if crashed:
-                log.warning("%s: a worker died; retrying %d file(s) in a fresh pool", stage, len(crashed))
-            queue, isolate = crashed, True
+        crashed = self._run_batch(stage, jobs, list(range(len(jobs))), progress)
+        if not crashed:
+            return
+        for i in crashed:
+            attempts[i] = 1
+        wave = self.width if len(crashed) > 1 else 1
+        while crashed:
+            log.warning("%s: a worker died (killed by a signal or the out-of-memory killer); retrying %d "
+                        "unfinished file(s) in a fresh pool, %d at a time", stage, len(crashed), wave)
+            again: list[int] = []
+            for k in range(0, len(crashed), wave):
+                batch = crashed[k:k + wave]
+                lost = self._run_batch(stage, jobs, batch, progress)
+                for i in lost:
+                    attempts[i] = attempts.get(i, 0) + 1
+                    if len(batch) == 1 and attempts[i] > retries:
+                        raise WorkerCrashError(
+                            f"{jobs[i].label}: the worker died {attempts[i]} times during {stage}, the last "
+                            f"time while this file ran alone (killed by a signal or the out-of-memory "
+                            f"killer); lower reading.step_size or --workers, or check this file"
+                        )
+                again += lost
+            crashed = sorted(again)
+            wave = 1  # whatever crashed twice now runs alone
 
     def _run_batch(self, stage: str, jobs: list[Job], batch: list[int], progress: PassProgress) -> list[int]:
+        """Run ``batch``; returns the jobs lost to a dead worker (the pool is renewed then)."""
         futures: dict[Future[Any], int] = {}
         crashed: list[int] = []
+        error: BaseException | None = None
+        crash: BaseException | None = None
         try:
             for i in batch:
-                futures[self.executor.submit(jobs[i].fn, *jobs[i].args)] = i
-        except BrokenProcessPool:
-            self._renew()
-            return [i for i in batch if i not in futures.values()] + list(futures.values())
+                fut = self.executor.submit(jobs[i].fn, *jobs[i].args)
+                futures[fut] = i
+                # an in-process executor has already run the job: stop submitting at the first
+                # error that ends the run, as a pool does (see below)
+                if fut.done() and not fut.cancelled() and self._is_fatal(fut.exception()):
+                    break
+        except BrokenProcessPool as err:
+            submitted = set(futures.values())
+            crashed = [i for i in batch if i not in submitted]
+            crash = err
         pending = set(futures)
-        error: BaseException | None = None
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in finished:
@@ -152,6 +193,7 @@ class Runner:
                     self._clear_skip(jobs[i])
                 elif _is_crash(err):
                     crashed.append(i)
+                    crash = crash or err
                 elif isinstance(err, InputError) and self.skip_bad_files:
                     self._record_skip(stage, jobs[i], err)
                     progress.advance(0, Path(jobs[i].label).name + " (skipped)")
@@ -159,11 +201,17 @@ class Runner:
                     error = err
                     for p in pending:  # stop submitting; running files finish and keep their artifacts
                         p.cancel()
-        if crashed:
-            self._renew()
+        if crash is not None:
+            self.crashes += 1
+            self._renew(crash)
         if error is not None:
             raise error
-        return crashed
+        return sorted(crashed)
+
+    def _is_fatal(self, err: BaseException | None) -> bool:
+        if err is None or _is_crash(err):
+            return False
+        return not (isinstance(err, InputError) and self.skip_bad_files)
 
     def _record_skip(self, stage: str, job: Job, err: InputError) -> None:
         events = _events_in(job.tasks[0].path, job.tasks[0].tree)

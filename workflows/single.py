@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import socket
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -41,21 +42,42 @@ class RunResult:
     skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
+LOCK_NAME = ".qgcal.lock"
+
+
 @contextmanager
 def output_lock(output: Path) -> Iterator[None]:
-    """An exclusive flock on the output directory; the kernel drops it if we are killed."""
+    """An exclusive flock on ``<output>/.qgcal.lock``; the kernel drops it if we are killed.
+
+    Why flock and not a PID file: a lock file left by a killed run would have to be
+    judged stale (was the PID reused? is it another host's?); the kernel releases a
+    flock when the process dies, however it dies. The file only records who holds
+    the lock, for the message the second run prints. Not re-entrant: take it once.
+    Worker processes start from a forkserver, so they never inherit the descriptor.
+    """
     output.mkdir(parents=True, exist_ok=True)
-    fd = os.open(output / ".qgcal.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(output / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunLockedError(
-                f"{output}: another qgcal run is writing here; wait for it or use another output directory"
+                f"{output}: another qgcal run is writing here{_lock_holder(fd)}; wait for it to finish "
+                "or use another output directory"
             ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
+
+
+def _lock_holder(fd: int) -> str:
+    try:
+        text = os.pread(fd, 200, 0).decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return ""
+    return f" ({text[0]})" if text and text[0].isprintable() else ""
 
 
 def tasks_for(cfg: Config, syst: str) -> list[FileTask]:
@@ -78,20 +100,22 @@ def tasks_for(cfg: Config, syst: str) -> list[FileTask]:
 def make_runner(cfg: Config, executor: str | Executor | None, workers: int | None, *,
                 skip_bad_files: bool = False) -> Runner:
     """A Runner whose executor is rebuilt from the config if a worker crash breaks it."""
+    n = workers if workers is not None else cfg.executor.workers
     if executor is not None and not isinstance(executor, str):
         given = executor
-        return Runner(cfg, lambda: given, skip_bad_files=skip_bad_files)
+        width = getattr(given, "_max_workers", None) or n  # how many jobs run at once (crash retry waves)
+        return Runner(cfg, lambda: given, skip_bad_files=skip_bad_files, width=width)
     kind = executor or cfg.executor.kind
-    n = workers if workers is not None else cfg.executor.workers
     return Runner(cfg, lambda: make_executor(kind, n, scheduler=cfg.executor.scheduler),
-                  skip_bad_files=skip_bad_files)
+                  skip_bad_files=skip_bad_files, width=1 if kind == "serial" else n)
 
 
 def run_file_passes(cfg: Config, tasks: list[FileTask], runner: Runner, *, force: bool = False,
-                    overrides: InferenceOverrides | None = None) -> dict[str, int]:
+                    overrides: InferenceOverrides | None = None,
+                    stages: tuple[str, ...] = STAGES) -> dict[str, int]:
     """Run root2pkl, pkl2predpkl and predpkl2hist over ``tasks``; returns files processed per pass."""
     done: dict[str, int] = {}
-    for stage in STAGES:
+    for stage in stages:
         todo = tasks if force else [t for t in tasks if not pass_is_valid(cfg, t, stage)]
         if stage != "root2pkl":  # files skipped as bad have nothing to carry on with
             todo = [t for t in todo if artifact_path(cfg.output_path, t, "root2pkl").is_file()]
@@ -105,8 +129,15 @@ def run_file_passes(cfg: Config, tasks: list[FileTask], runner: Runner, *, force
     return done
 
 
-def finalise(cfg: Config, syst: str) -> RunResult:
-    """final_reweighting for one systematic from the per-file histogram artifacts."""
+def finalise(cfg: Config, syst: str, *, plot: bool | None = None) -> RunResult:
+    """final_reweighting for one systematic from the per-file histogram artifacts.
+
+    Extraction plots: always for nominal and for an explicit ``qgcal run``; for the other
+    systematics of a sweep only with ``plots.systematics`` (a 100-replica PDF sweep
+    should not draw 100 figures).
+    """
+    if plot is None:
+        plot = cfg.plots.enabled and (syst == "nominal" or cfg.plots.systematics)
     out = cfg.output_path
     mc_sample = mc_sample_for(cfg, syst)
     reweight = reweighting_for(cfg, syst)
@@ -114,7 +145,8 @@ def finalise(cfg: Config, syst: str) -> RunResult:
     mc_tasks = plan_tasks(cfg, syst, include_data=False, mc_sample=mc_sample)
     nominal_mc_tasks = plan_tasks(cfg, "nominal", include_data=False)
 
-    skipped: list[dict[str, Any]] = []
+    # keyed: the same tasks are listed more than once below (histograms, then replicas)
+    skipped_by_task: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def arts(tasks: list[FileTask]) -> list[tuple[str, Path]]:
         """Histogram artifacts; a missing one is an error unless the file was skipped as bad."""
@@ -123,7 +155,7 @@ def finalise(cfg: Config, syst: str) -> RunResult:
             path = artifact_path(out, t, "predpkl2hist")
             record = None if path.is_file() else read_skip_record(cfg, t)
             if record is not None:
-                skipped.append(record)
+                skipped_by_task[(t.sample, t.path, t.variation)] = record
                 continue
             if not path.is_file():
                 raise ArtifactError(f"{path}: histogram artifact missing for {t.path} ({t.variation}); "
@@ -153,6 +185,11 @@ def finalise(cfg: Config, syst: str) -> RunResult:
     records = fr.scale_factor_records(cfg, syst, ex, cuts, boot)
 
     results = out / "results" / syst
+    skipped = list(skipped_by_task.values())
+    lost: dict[str, int] = {}
+    for r in skipped:
+        if r.get("events_lost") is not None:
+            lost[r["file"]] = max(lost.get(r["file"], 0), int(r["events_lost"]))
     flagged = sum(1 for r in records if r["flags"])
     metadata = {
         "systematic": syst,
@@ -166,7 +203,9 @@ def finalise(cfg: Config, syst: str) -> RunResult:
         "cuts_from": "nominal",
         "merge": {"data": data_info, "mc": mc_info},
         "skipped_files": sorted(skipped, key=lambda r: (r["sample"], r["file"], r["variation"])),
-        "events_lost": sum(int(r["events_lost"] or 0) for r in skipped),
+        # entries of each skipped file's tree, each file once (as report.md and the summary line)
+        "events_lost": sum(lost.values()),
+        "events_lost_unknown_files": sorted(f for f in {r["file"] for r in skipped} if f not in lost),
         "n_records": len(records),
         "n_flagged": flagged,
         "null_means": "undefined (NaN); the record's flags say why",
@@ -174,13 +213,13 @@ def finalise(cfg: Config, syst: str) -> RunResult:
     write_json_atomic(results / "scale_factors.json", {"metadata": metadata, "records": records})
     write_json_atomic(results / "cuts.json", cuts)
     write_json_atomic(results / "extraction.json", fr.extraction_summary(ex))
-    if cfg.plots.enabled:
+    if plot:
         from qgcal.plotting import plot_extractions
 
         plot_extractions(cfg, syst, ex, results / "plots")
     if skipped:
-        log.warning("%s: %d input file(s) skipped as bad, %d events lost (%s); listed in %s", syst, len(skipped),
-                    metadata["events_lost"], ", ".join(sorted({Path(r["file"]).name for r in skipped})),
+        log.warning("%s: %d input file(s) skipped as bad, %d events lost (%s); listed in %s", syst,
+                    len({r["file"] for r in skipped}), metadata["events_lost"], ", ".join(sorted({Path(r["file"]).name for r in skipped})),
                     results / "scale_factors.json")
     if flagged:
         reasons = sorted({f for r in records for f in r["flags"]})
@@ -202,6 +241,6 @@ def run_systematic(cfg: Config, syst: str, *, workers: int | None = None, execut
             processed = run_file_passes(cfg, tasks, runner, force=force, overrides=overrides)
         finally:
             runner.shutdown()
-        result = finalise(cfg, syst)
+        result = finalise(cfg, syst, plot=cfg.plots.enabled)
         result.files_processed = processed
         return result

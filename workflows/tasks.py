@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qgcal.artifacts import is_valid, read_parquet_provenance
 from qgcal.config import Config
@@ -40,7 +41,20 @@ def pass_is_valid(cfg: Config, task: FileTask, stage: str) -> bool:
         return False
     if stage == "pkl2predpkl":
         return is_valid(out, pkl2predpkl.expected_provenance(cfg, upstream))
-    return is_valid(out, predpkl2hist.expected_provenance(cfg, upstream), reader=read_histset_meta)
+    return is_valid(out, predpkl2hist.expected_provenance(cfg, upstream), reader=_histset_meta)
+
+
+def _histset_meta(path: Path) -> dict[str, Any] | None:
+    """The provenance of a histogram artifact, or None when unreadable.
+
+    The file is opened here because ``np.load(path)`` leaks its handle when the zip
+    is damaged (a truncated artifact): validity checks run over every artifact.
+    """
+    try:
+        with path.open("rb") as fh:
+            return read_histset_meta(fh)  # type: ignore[arg-type]
+    except OSError:
+        return None
 
 
 def run_pass(cfg: Config, task: FileTask, stage: str, force: bool = False,

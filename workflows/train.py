@@ -1,1 +1,86 @@
-"""Placeholder until the inference subsystem lands."""
+"""``qgcal train``: the config's model taggers, trained on nominal MC jet tables.
+
+The jets are the nominal MC root2pkl artifacts (made here when missing), with
+each MC slice normalised as in the calibration (lumi x xsec x filter_eff /
+sum_of_weights), so the pT spectrum the training sees is the physical one
+before the flat-pT training weights are applied.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from qgcal.artifacts import read_parquet, read_parquet_provenance
+from qgcal.config import Config, ModelTagger
+from qgcal.errors import ConfigError
+from qgcal.plan import artifact_path, plan_tasks
+from qgcal.progress import log
+from qgcal.stages.pkl2predpkl import model_path
+from qgcal.workflows.single import make_runner, output_lock, run_file_passes
+
+__all__ = ["train_from_config", "training_columns"]
+
+
+def training_columns(cfg: Config, features: list[str]) -> dict[str, np.ndarray]:
+    """Nominal MC jets (both regions) with physical weights, from root2pkl artifacts, in sorted order."""
+    tasks = plan_tasks(cfg, "nominal", include_data=False)
+    sample = cfg.samples[cfg.nominal_mc]
+    slices = sample.slice_map()
+    sumw: dict[str, float] = {}
+    provs = {t.key: read_parquet_provenance(artifact_path(cfg.output_path, t, "root2pkl")) or {} for t in tasks}
+    for t in tasks:
+        sumw[t.slice] = sumw.get(t.slice, 0.0) + float(provs[t.key].get("sumw", 0.0))
+    names = sorted({*features, "pt", "event", "parton_label", "weight", "nTracks"} & _available(cfg))
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for t in tasks:
+        sl = slices[t.slice]
+        scale = cfg.lumi_pb * sl.xsec_pb * sl.filter_eff * sl.kfactor / sumw[t.slice] if sumw[t.slice] > 0 else math.nan
+        table = read_parquet(artifact_path(cfg.output_path, t, "root2pkl"), columns=names)
+        for n in names:
+            col = table.column(n).to_numpy()
+            parts[n].append(col * scale if n == "weight" else col)
+    return {n: np.concatenate(v) if v else np.zeros(0) for n, v in parts.items()}
+
+
+def _available(cfg: Config) -> set[str]:
+    from qgcal.plan import jet_variables
+
+    return {"pt", "eta", "event", "parton_label", "weight", *jet_variables(cfg)}
+
+
+def train_from_config(cfg: Config, *, workers: int | None = None) -> list[Path]:
+    """Train every model tagger; returns the model paths written."""
+    from qgcal.training import train_tagger, write_training_outputs
+
+    taggers = {n: t for n, t in cfg.taggers.items() if isinstance(t, ModelTagger)}
+    if not taggers:
+        raise ConfigError("taggers: no tagger of kind 'model' to train; add one (see docs/config.md)")
+    written = []
+    with output_lock(cfg.output_path):
+        runner = make_runner(cfg, None, workers)
+        try:
+            run_file_passes(cfg, plan_tasks(cfg, "nominal", include_data=False), runner, stages=("root2pkl",))
+        finally:
+            runner.shutdown()
+        for name, tagger in sorted(taggers.items()):
+            columns = training_columns(cfg, list(tagger.features))
+            log.info("training %s on %d nominal MC jets (features %s)", name, len(columns["pt"]),
+                     ", ".join(tagger.features))
+            try:
+                result = train_tagger(columns, features=tagger.features, pt_bins_gev=cfg.pt_bins_gev,
+                                      max_iter=tagger.train_max_iter, seed=0)
+            except ValueError as err:
+                raise ConfigError(f"taggers.{name}: training failed: {err}") from None
+            path = model_path(cfg, tagger)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            result.save(path)
+            outputs = write_training_outputs(result, path.parent / f"{path.stem}-training")
+            for m in result.metrics:
+                log.info("%s: %g-%g GeV AUC %.3f (nTracks alone %.3f)", name, m.pt_low, m.pt_high,
+                         m.auc_model, m.auc_reference)
+            log.info("%s: model %s, ROC %s", name, path, outputs["roc"])
+            written.append(path)
+    return written

@@ -6,6 +6,7 @@ moved, zipped or rendered by any Markdown viewer (GitLab, GitHub, VS Code).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 from qgcal.artifacts import atomic_path
 
-__all__ = ["format_value", "render_report", "write_report"]
+__all__ = ["collect_skipped", "format_value", "render_report", "write_report"]
 
 
 def format_value(x: float | None, digits: int = 3) -> str:
@@ -85,8 +86,56 @@ def _flags(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def collect_skipped(metadata: Mapping[str, Any], output: Path) -> list[dict[str, Any]]:
+    """Input files skipped as bad, from every combined systematic's ``scale_factors.json``.
+
+    One entry per (file, tree, artifact namespace) with the systematics whose results
+    lack it; an unreadable input is skipped here (the combination already checked them).
+    """
+    found: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for syst, inp in sorted((metadata.get("inputs") or {}).items()):
+        try:
+            doc = json.loads((output / inp["path"]).read_text(encoding="utf-8"))
+            skipped = doc["metadata"].get("skipped_files") or []
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for r in skipped:
+            key = (str(r.get("file")), str(r.get("tree")), str(r.get("variation")))
+            entry = found.setdefault(key, {**r, "systematics": []})
+            entry["systematics"].append(syst)
+    return [found[k] for k in sorted(found)]
+
+
+def _cell_text(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _skipped(skipped: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Skipped input files: never silent, so they come before the numbers."""
+    if not skipped:
+        return ["No input file was skipped."]
+    per_file: dict[str, int | None] = {}
+    for r in skipped:  # each file counted once, as in scale_factors.json and the command's summary line
+        n, old = r.get("events_lost"), per_file.get(r["file"])
+        per_file[r["file"]] = n if old is None else old if n is None else max(old, int(n))
+    lost = sum(n for n in per_file.values() if n is not None)
+    unknown = sum(1 for n in per_file.values() if n is None)
+    head = (f"**{len(per_file)} input file(s) were skipped as unreadable** (`--skip-bad-files` / "
+            f"`reading.skip_bad_files`): **{lost} events lost** (entries of their trees, before any "
+            "selection)" + (f", plus {unknown} file(s) whose number of entries could not be read" if unknown else "")
+            + ". The scale factors below do not include these events.")
+    lines = [head, "", "| file | tree | events lost | reason | systematics affected |", "|---|---|---|---|---|"]
+    for r in skipped:
+        n = r.get("events_lost")
+        lines.append(f"| `{_cell_text(r['file'])}` | {_cell_text(r.get('tree'))} | "
+                     f"{'unknown' if n is None else n} | {_cell_text(r.get('reason'))} | "
+                     f"{', '.join(r.get('systematics', []))} |")
+    return lines
+
+
 def render_report(title: str, metadata: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
-                  plots: Sequence[Path], report_dir: Path) -> str:
+                  plots: Sequence[Path], report_dir: Path,
+                  skipped: Sequence[Mapping[str, Any]] = ()) -> str:
     """The Markdown text; plot paths are written relative to ``report_dir``."""
     groups = list(metadata["groups"])
     rel = [p.relative_to(report_dir).as_posix() for p in sorted(plots)]
@@ -94,7 +143,9 @@ def render_report(title: str, metadata: Mapping[str, Any], records: Sequence[Map
              "error is the quadrature sum of the groups below (upward / downward, as magnitudes). "
              "`n/a`: undefined, see flags. Machine-readable: [scale_factors.json](scale_factors.json), "
              "[corrections.json](corrections.json) (correctionlib), [scale_factors.root](scale_factors.root).")
-    out = [f"# {title}: quark/gluon tagging scale factors", "", intro, "", "## Summary", ""]
+    out = [f"# {title}: quark/gluon tagging scale factors", "", intro, ""]
+    out += ["## Skipped input files", ""] + _skipped(skipped) + [""]
+    out += ["## Summary", ""]
     out += _table(records)
     out += ["", "## Uncertainty groups", ""] + _group_table(records, groups)
     out += ["", "## Systematic variations", ""] + _systematics(metadata)
@@ -121,7 +172,9 @@ def render_report(title: str, metadata: Mapping[str, Any], records: Sequence[Map
 
 def write_report(path: Path, title: str, metadata: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
                  plots: Sequence[Path]) -> Path:
-    text = render_report(title, metadata, records, plots, path.parent)
+    # report.md lives in <output>/results/combined/
+    skipped = collect_skipped(metadata, path.parent.parent.parent)
+    text = render_report(title, metadata, records, plots, path.parent, skipped)
     with atomic_path(path, ".md") as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path

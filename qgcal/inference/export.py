@@ -1,0 +1,137 @@
+"""Write a Triton model repository for a facility's stock tritonserver.
+
+Why a Python-backend repository: the tagger is a scikit-learn model; the Python backend
+runs it unchanged (no conversion, identical scores).  The repository is self-describing:
+config.pbtxt carries the model fingerprint and the trusted-type list, and ``model.py``
+(``triton_python_model.py``) verifies the fingerprint before loading, so a stale or
+tampered model file fails at load time instead of scoring silently.
+
+:func:`bundled_server_command` starts the tritonserver binary shipped inside
+nvidia-pytriton on such a repository; it is how the tests prove that the export loads in a
+real server, and a way to try an export before shipping it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from .errors import InferenceError, import_optional
+from .model_io import TRUSTED_TYPES, load_model, meta_path
+from .triton_client import SHA_PARAMETER
+
+__all__ = ["bundled_server_command", "export_repo"]
+
+_TEMPLATE = Path(__file__).with_name("triton_python_model.py")
+
+
+def _pbtxt_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string literal is a valid protobuf text string
+
+
+def export_repo(
+    model_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    model_name: str = "qgcal_tagger",
+    max_batch_size: int = 131072,
+    instance_count: int = 1,
+    input_name: str = "FEATURES",
+    output_name: str = "SCORE",
+    version: int = 1,
+    execution_env: str | None = None,
+) -> Path:
+    """Write ``out_dir/<model_name>/{config.pbtxt, <version>/model.py, model files}``.
+
+    ``execution_env`` (optional) is written as the Python backend's EXECUTION_ENV_PATH: a
+    conda-pack tarball with numpy, scikit-learn and skops for servers whose stub Python
+    lacks them.  Returns the model directory.
+    """
+    model = load_model(model_path)  # verifies the fingerprint before anything is copied
+    if max_batch_size < 1 or instance_count < 1:
+        raise InferenceError("export: max_batch_size and instance_count must be >= 1")
+    model_dir = Path(out_dir) / model_name
+    version_dir = model_dir / str(version)
+    if version_dir.exists():
+        raise InferenceError(f"export: {version_dir} already exists; choose an empty directory")
+    version_dir.mkdir(parents=True)
+    shutil.copyfile(model.path, version_dir / "model.skops")
+    shutil.copyfile(meta_path(model.path), version_dir / "model.meta.json")
+    shutil.copyfile(_TEMPLATE, version_dir / "model.py")
+
+    params = {
+        SHA_PARAMETER: model.meta.model_sha256,
+        "qgcal_model_file": "model.skops",
+        "qgcal_features": ",".join(model.meta.features),
+        "qgcal_score": model.meta.score,
+        "qgcal_trusted_types": json.dumps(list(TRUSTED_TYPES)),
+    }
+    if execution_env:
+        params["EXECUTION_ENV_PATH"] = execution_env
+    lines = [
+        f"name: {_pbtxt_string(model_name)}",
+        'backend: "python"',
+        f"max_batch_size: {max_batch_size}",
+        "input [",
+        f"  {{ name: {_pbtxt_string(input_name)} data_type: TYPE_FP32 dims: [ {len(model.meta.features)} ] }}",
+        "]",
+        "output [",
+        f"  {{ name: {_pbtxt_string(output_name)} data_type: TYPE_FP32 dims: [ 1 ] }}",
+        "]",
+        "dynamic_batching { max_queue_delay_microseconds: 100 }",
+        f"instance_group [ {{ count: {instance_count} kind: KIND_CPU }} ]",
+        f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}",
+    ]
+    for key, value in params.items():
+        lines.append(
+            f"parameters {{ key: {_pbtxt_string(key)} value: {{ string_value: {_pbtxt_string(value)} }} }}"
+        )
+    (model_dir / "config.pbtxt").write_text("\n".join(lines) + "\n")
+    return model_dir
+
+
+def bundled_server_command(
+    repo_dir: str | os.PathLike[str],
+    work_dir: str | os.PathLike[str],
+    *,
+    http_port: int,
+    grpc_port: int,
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment to run pytriton's bundled tritonserver on ``repo_dir``.
+
+    ``work_dir`` receives a backend directory with the Python-backend stub matching this
+    interpreter (as pytriton arranges for itself).  The environment puts this
+    interpreter's libpython first (the stub links it) and its ``bin`` first on PATH (the
+    stub's embedded Python locates its prefix, hence this environment's packages, there).
+    """
+    pytriton = import_optional("pytriton", "triton", "running the bundled tritonserver")
+    from pytriton.utils.distribution import get_libs_path
+
+    from .serve import stub_library_path
+
+    dist = Path(str(pytriton.__file__)).parent / "tritonserver"
+    backends = Path(work_dir) / "backends"
+    shutil.copytree(dist / "backends", backends, dirs_exist_ok=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    shutil.copy(
+        dist / "python_backend_stubs" / version / "triton_python_backend_stub", backends / "python"
+    )
+    env = dict(os.environ)
+    libs = [p for p in (stub_library_path(), str(get_libs_path()), env.get("LD_LIBRARY_PATH")) if p]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    argv = [
+        str(dist / "bin" / "tritonserver"),
+        f"--model-repository={repo_dir}",
+        f"--backend-directory={backends}",
+        "--http-address=127.0.0.1",
+        f"--http-port={http_port}",
+        "--grpc-address=127.0.0.1",
+        f"--grpc-port={grpc_port}",
+        "--allow-metrics=false",
+        "--exit-timeout-secs=5",
+    ]
+    return argv, env

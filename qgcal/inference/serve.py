@@ -1,0 +1,270 @@
+"""Serve a trained tagger with a real Triton Inference Server (pytriton), on loopback.
+
+Why pytriton: it bundles a real Triton server (2.51) and binds a Python callable as a
+model, so ``qgcal serve`` needs no container; jobs then talk KServe v2 (gRPC/HTTP) to it
+exactly as they would to a facility's server.
+
+What this module takes care of, learned on these machines (see docs/triton.md):
+- the Python-backend stub links ``libpython3.X.so``; with a pyenv/conda interpreter it may
+  pick the system's library and fail to load the model, so ``sys.base_prefix/lib`` is put
+  first on ``LD_LIBRARY_PATH`` before pytriton spawns tritonserver (it copies our
+  environment at that moment, so no re-exec is needed);
+- pytriton copies the server into a workspace; we give it a fresh temporary directory and
+  delete it, and SIGINT *and* SIGTERM trigger the same clean stop (tritonserver, its
+  Python-backend stubs, the /dev/shm segments, the workspace and the model folders
+  tritonserver writes to $TMPDIR all go);
+- pytriton's ZeroMQ IPC sockets live in the workspace and a Unix socket path has at most
+  107 bytes, so a deep workspace is refused up front instead of failing at model load;
+- a busy port makes tritonserver exit while pytriton keeps polling for two minutes, so
+  ports are checked before starting; the metrics endpoint is off (one port fewer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InferenceError, import_optional
+from .model_io import load_model
+from .triton_client import SHA_PARAMETER
+
+__all__ = ["check_port_free", "main", "serve", "stub_library_path"]
+
+log = logging.getLogger(__name__)
+_MAX_SOCKET_PATH = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
+
+
+def stub_library_path() -> str | None:
+    """Directory holding this interpreter's ``libpython3.X.so.1.0``, if it has one."""
+    lib = Path(sys.base_prefix) / "lib"
+    name = f"libpython{sys.version_info.major}.{sys.version_info.minor}.so.1.0"
+    return str(lib) if (lib / name).exists() else None
+
+
+@contextmanager
+def _stub_environment() -> Iterator[None]:
+    """Put our libpython first on LD_LIBRARY_PATH while the server starts and runs."""
+    old = os.environ.get("LD_LIBRARY_PATH")
+    lib = stub_library_path()
+    if lib is not None:
+        os.environ["LD_LIBRARY_PATH"] = lib + (os.pathsep + old if old else "")
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LD_LIBRARY_PATH", None)
+        else:
+            os.environ["LD_LIBRARY_PATH"] = old
+
+
+def check_port_free(port: int, host: str = "127.0.0.1") -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise InferenceError(
+                f"port {port} on {host} is already in use ({exc.strerror}); "
+                "choose others with --http-port/--grpc-port"
+            ) from exc
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT and SIGTERM both request a clean stop (only possible in the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = lambda signum, frame: stop.set()
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _advertise_fingerprint(triton: Any, sha256: str) -> None:
+    """Put the model fingerprint into the served model config (see TritonScorer).
+
+    pytriton has no public hook for model-config parameters; this uses its model object's
+    cached config and degrades to "not advertised" if that internal API changes.
+    """
+    try:
+        for model in triton._model_manager.models:
+            model._get_triton_model_config().backend_parameters[SHA_PARAMETER] = sha256
+    except Exception as exc:  # noqa: BLE001 - any change in pytriton internals
+        log.info(
+            "model fingerprint not advertised to clients (pytriton internals changed: %s)", exc
+        )
+
+
+def _remove_model_overrides(workspace: Path) -> None:
+    """Delete the model directories tritonserver made for pytriton's models.
+
+    pytriton loads its models through Triton's "load with override files" API, for which
+    tritonserver writes ``$TMPDIR/folderXXXXXX``; it deletes them on unload, but when its
+    exit timeout expires first (idle HTTP clients hold it open) they stay behind.  Ours
+    are the ones whose config names our workspace.
+    """
+    marker = f'"{workspace}"'
+    for folder in Path(tempfile.gettempdir()).glob("folder*"):
+        try:
+            if marker in (folder / "config.pbtxt").read_text(errors="replace"):
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def serve(
+    model_path: str | os.PathLike[str],
+    *,
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    model_name: str = "qgcal_tagger",
+    max_batch_size: int = 131072,
+    input_name: str = "FEATURES",
+    output_name: str = "SCORE",
+    workspace: str | os.PathLike[str] | None = None,
+    ready_callback: Callable[[dict[str, Any]], None] | None = None,
+    stop_event: threading.Event | None = None,
+) -> None:
+    """Serve ``model_path`` on 127.0.0.1 until SIGINT/SIGTERM (or ``stop_event``) arrives.
+
+    ``workspace`` is a directory in which a temporary workspace is created and removed at
+    the end (default: the system temp dir).  ``ready_callback`` receives the endpoints
+    once the model is ready.  Clients must use ``batch_size <= max_batch_size``.
+    """
+    import_optional("pytriton", "triton", "qgcal serve")
+    from pytriton.decorators import batch
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+    from pytriton.triton import Triton, TritonConfig
+
+    model = load_model(model_path)
+    estimator = model.estimator
+    n_features = len(model.meta.features)
+    for port in (http_port, grpc_port):
+        check_port_free(port)
+
+    @batch
+    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(inputs[input_name], dtype=np.float32)
+        scores = estimator.decision_function(x) if len(x) else np.empty(0)
+        return {output_name: np.asarray(scores, dtype=np.float32)[:, None]}
+
+    stop = stop_event or threading.Event()
+    tmp = Path(tempfile.mkdtemp(prefix="qgcal-", dir=workspace))
+    # pytriton puts ZeroMQ IPC sockets "<workspace>/<model>_<i>_<j>-server.sock" there;
+    # a Unix socket path is limited to 107 bytes and longer ones fail only at model load.
+    longest = len(str(tmp / "w" / f"{model_name}_99_99-server.sock"))
+    if longest > _MAX_SOCKET_PATH:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InferenceError(
+            f"workspace {tmp.parent} is too deep for Triton's IPC sockets ({longest} > {_MAX_SOCKET_PATH} "
+            "characters with this model name); pass a shorter workspace directory or model name"
+        )
+    config = TritonConfig(
+        http_address="127.0.0.1",
+        http_port=http_port,
+        grpc_address="127.0.0.1",
+        grpc_port=grpc_port,
+        allow_metrics=False,
+        exit_timeout_secs=5,
+        log_verbose=0,
+    )
+    triton = None
+    try:
+        with _stub_environment(), _stop_on_signals(stop):
+            triton = Triton(config=config, workspace=tmp / "w")
+            triton.bind(
+                model_name=model_name,
+                infer_func=infer,
+                inputs=[Tensor(name=input_name, dtype=np.float32, shape=(n_features,))],
+                outputs=[Tensor(name=output_name, dtype=np.float32, shape=(1,))],
+                config=ModelConfig(max_batch_size=max_batch_size, batcher=DynamicBatcher()),
+                strict=True,
+            )
+            _advertise_fingerprint(triton, model.meta.model_sha256)
+            triton.run()  # starts tritonserver and waits until the model is ready
+            info = {
+                "model_name": model_name,
+                "grpc_url": f"127.0.0.1:{grpc_port}",
+                "http_url": f"127.0.0.1:{http_port}",
+                "model_sha256": model.meta.model_sha256,
+                "features": list(model.meta.features),
+                "max_batch_size": max_batch_size,
+                "pid": os.getpid(),
+            }
+            log.info("serving %s: gRPC %s, HTTP %s", model_name, info["grpc_url"], info["http_url"])
+            if ready_callback is not None:
+                ready_callback(info)
+            while not stop.wait(0.5):
+                if not triton.is_alive():
+                    raise InferenceError(
+                        f"Triton server for {model_name!r} on 127.0.0.1:{grpc_port} stopped unexpectedly; "
+                        "see its log above"
+                    )
+            log.info("stopping Triton server for %s", model_name)
+    finally:
+        if triton is not None:
+            triton.stop()
+        _remove_model_overrides(tmp / "w")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m qgcal.inference.serve MODEL``: the test fixture and ``qgcal serve`` use it."""
+    parser = argparse.ArgumentParser(
+        prog="python -m qgcal.inference.serve", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("model", help="skops model file written by qgcal train")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--model-name", default="qgcal_tagger")
+    parser.add_argument("--max-batch-size", type=int, default=131072)
+    parser.add_argument("--ready-file", help="write the endpoints as JSON here once ready")
+    parser.add_argument(
+        "--workspace", help="directory for the temporary server workspace (removed at exit)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    def announce(info: dict[str, Any]) -> None:
+        line = json.dumps(info)
+        print(f"qgcal serve ready: {line}", flush=True)
+        if args.ready_file:
+            tmp_file = Path(args.ready_file + ".tmp")
+            tmp_file.write_text(line)
+            os.replace(tmp_file, args.ready_file)
+
+    try:
+        serve(
+            args.model,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            model_name=args.model_name,
+            max_batch_size=args.max_batch_size,
+            ready_callback=announce,
+            workspace=args.workspace,
+        )
+    except InferenceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
