@@ -73,22 +73,47 @@ def expected_provenance(cfg: Config, upstream: Path) -> dict[str, Any]:
     }
 
 
-def _scorers(cfg: Config, overrides: InferenceOverrides) -> dict[str, Any]:
-    models = {n: t for n, t in cfg.taggers.items() if isinstance(t, ModelTagger)}
-    if not models:
-        return {}
-    from qgcal.inference import make_scorer  # heavy imports only when a model tagger exists
+class _ScorerCache:
+    """Local scorers kept for the life of a worker process, keyed by the model file's identity.
 
+    Loading a skops model (with its trusted-type audit and fingerprint check) costs far
+    more than scoring one file's jets; a worker processes many files with the same model.
+    Triton scorers are not cached: a client holds connections that a fork must not share,
+    and each file's provenance must say whether that file fell back.
+    """
+
+    def __init__(self) -> None:
+        self._local: dict[tuple[Any, ...], Any] = {}
+
+    def get(self, cfg: Config, path: Path, overrides: InferenceOverrides) -> tuple[Any, bool]:
+        from qgcal.inference import make_scorer  # heavy imports only when a model tagger exists
+
+        backend = overrides.backend or cfg.inference.backend
+        if backend != "local":
+            return make_scorer(cfg.inference, path, backend_override=overrides.backend,
+                               device_override=overrides.device, triton_url_override=overrides.triton_url), True
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns, overrides.device or cfg.inference.device)
+        if key not in self._local:
+            self._local[key] = make_scorer(cfg.inference, path, backend_override="local",
+                                           device_override=overrides.device)
+        return self._local[key], False
+
+
+_CACHE = _ScorerCache()
+
+
+def _scorers(cfg: Config, overrides: InferenceOverrides) -> dict[str, tuple[Any, bool]]:
+    """Per model tagger: (scorer, whether this file must close it)."""
     out = {}
-    for name, tagger in models.items():
-        if not model_path(cfg, tagger).is_file():
-            raise ArtifactError(f"{model_path(cfg, tagger)}: model of tagger {name!r} not found; "
+    for name, tagger in cfg.taggers.items():
+        if not isinstance(tagger, ModelTagger):
+            continue
+        path = model_path(cfg, tagger)
+        if not path.is_file():
+            raise ArtifactError(f"{path}: model of tagger {name!r} not found; "
                                 "run 'qgcal train --config <config>' first")
-        out[name] = make_scorer(
-            cfg.inference, model_path(cfg, tagger),
-            backend_override=overrides.backend, device_override=overrides.device,
-            triton_url_override=overrides.triton_url,
-        )
+        out[name] = _CACHE.get(cfg, path, overrides)
     return out
 
 
@@ -117,15 +142,16 @@ def run_file(cfg: Config, upstream: Path, out_path: Path,
                         feats = np.column_stack([
                             table.column(f).to_numpy().astype(np.float32) for f in tagger.features
                         ]) if table.num_rows else np.zeros((0, len(tagger.features)), np.float32)
-                        scores = scorers[name].predict(np.ascontiguousarray(feats, dtype=np.float32))
+                        scores = scorers[name][0].predict(np.ascontiguousarray(feats, dtype=np.float32))
                         cols[tagger_column(name)] = np.asarray(scores, dtype=np.float32).astype(np.float64)
                 writer.write(cols)
                 n_jets += table.num_rows
             prov = dict(provenance)
-            prov["inference"] = {n: s.provenance() for n, s in scorers.items()}
+            prov["inference"] = {n: s.provenance() for n, (s, _) in scorers.items()}
             prov["versions"] = library_versions()
             writer.commit(prov)
     finally:
-        for s in scorers.values():
-            s.close()
+        for s, owned in scorers.values():
+            if owned:
+                s.close()
     return n_jets
