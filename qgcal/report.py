@@ -6,7 +6,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["print_sf_table", "format_sf"]
+__all__ = ["format_sf", "print_sf_table", "print_table", "skipped_summary"]
 
 
 def format_sf(rec: Mapping[str, Any]) -> str:
@@ -34,27 +34,37 @@ def _rows(records: Sequence[Mapping[str, Any]], wp: float | None) -> tuple[list[
     return header, rows
 
 
-def print_sf_table(records: Sequence[Mapping[str, Any]], *, title: str = "scale factors",
-                   wp: float | None = None, file: Any = None) -> None:
-    """SF ± stat per tagger, WP, parton (rows) and pT bin in GeV (columns); * = flagged."""
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, title: str, file: Any = None,
+                footer: str | None = None) -> None:
+    """A rich table on a terminal, aligned plain text otherwise (logs, batch jobs)."""
     out = file or sys.stdout
-    header, rows = _rows(records, wp)
     if out.isatty():
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=title + "  (pT bins in GeV; * flagged)")
+        table = Table(title=title)
         for h in header:
             table.add_column(h)
         for row in rows:
             table.add_row(*row)
-        Console(file=out).print(table)
+        console = Console(file=out)
+        console.print(table)
+        if footer:
+            console.print(footer)
         return
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    print(f"{title}  (pT bins in GeV; * flagged)", file=out)
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)), file=out)
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)), file=out)
+    widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
+    print(title, file=out)
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+    if footer:
+        print(footer, file=out)
+
+
+def print_sf_table(records: Sequence[Mapping[str, Any]], *, title: str = "scale factors",
+                   wp: float | None = None, file: Any = None) -> None:
+    """SF ± stat per tagger, WP, parton (rows) and pT bin in GeV (columns); * = flagged."""
+    header, rows = _rows(records, wp)
+    print_table(header, rows, title=f"{title}  (pT bins in GeV; * flagged)", file=file)
 
 
 def skipped_summary(skipped: Sequence[Mapping[str, Any]]) -> str:

@@ -22,7 +22,6 @@ from changed since (content hashes recorded in its metadata).
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Literal, TextIO
 
 from qgcal.config import Config
 from qgcal.plan import STAGES, FileTask, artifact_path, plan_tasks
+from qgcal.report import print_table
 
 __all__ = [
     "COMBINED_FILES",
@@ -228,28 +228,8 @@ def _table_rows(status: Status) -> tuple[list[str], list[list[str]]]:
 
 def print_status(status: Status, file: TextIO | None = None) -> None:
     """A rich table on a terminal, aligned plain text otherwise."""
-    out = file or sys.stdout
     header, rows = _table_rows(status)
     c = status.combined
     present = ", ".join(k for k, v in c.files.items() if v) or "nothing"
     combined_line = f"results/combined: {c.state}" + (f" ({c.reason})" if c.reason else "") + f"; present: {present}"
-    title = f"qgcal status: {status.output}"
-    if out.isatty():
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title)
-        for h in header:
-            table.add_column(h)
-        for row in rows:
-            table.add_row(*row)
-        console = Console(file=out)
-        console.print(table)
-        console.print(combined_line)
-        return
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print(title, file=out)
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), file=out)
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip(), file=out)
-    print(combined_line, file=out)
+    print_table(header, rows, title=f"qgcal status: {status.output}", file=file, footer=combined_line)

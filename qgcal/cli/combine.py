@@ -37,9 +37,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def print_combined(records: Any, *, title: str, wp: float, file: Any = None) -> None:
     """SF ± stat +up/-down (syst) for one WP: rows tagger x parton, columns pT bins (GeV); * flagged."""
-    import sys
+    from qgcal.report import print_table
 
-    out = file or sys.stdout
     recs = [r for r in records if r["working_point"] == wp]
     bins = sorted({(r["pt_low"], r["pt_high"]) for r in recs})
     header = ["tagger", "parton"] + [f"{lo:g}-{hi:g}" for lo, hi in bins]
@@ -52,22 +51,7 @@ def print_combined(records: Any, *, title: str, wp: float, file: Any = None) -> 
                 r = index.get((tagger, parton, lo))
                 row.append(_cell(r) if r else "")
             rows.append(row)
-    title = f"{title}  (SF ± stat +up/-down syst; * flagged)"
-    if out.isatty():
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title)
-        for h in header:
-            table.add_column(h)
-        for row in rows:
-            table.add_row(*row)
-        Console(file=out).print(table)
-        return
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    print(title, file=out)
-    for row in [header, *rows]:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+    print_table(header, rows, title=f"{title}  (SF ± stat +up/-down syst; * flagged)", file=file)
 
 
 def _cell(r: Any) -> str:

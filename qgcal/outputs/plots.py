@@ -120,21 +120,27 @@ def _sf_panel(ax: Any, recs: Sequence[Mapping[str, Any]], groups: Sequence[str],
     ax.legend(fontsize=7, loc="upper right", ncol=2)
 
 
-def plot_scale_factors(cfg: Config, records: Sequence[Mapping[str, Any]], groups: Sequence[str],
-                       out_dir: Path) -> list[Path]:
-    """One PNG per tagger and WP, quark and gluon side by side."""
+def _per_tagger_wp(cfg: Config, records: Sequence[Mapping[str, Any]], groups: Sequence[str], out_dir: Path,
+                   panel: Any, title: str, prefix: str) -> list[Path]:
+    """One PNG per tagger and WP with ``panel`` drawn for quark and gluon side by side."""
     plt = setup_matplotlib()
     written = []
     for (tagger, wp), by_parton in _by_tagger_wp(records).items():
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
         for ax, parton in zip(axes, ("quark", "gluon")):
             if parton in by_parton:
-                _sf_panel(ax, by_parton[parton], groups, parton)
-            ax.set_title(f"{tagger}, WP {wp}, {parton}", fontsize=11)
+                panel(ax, by_parton[parton], groups, parton)
+            ax.set_title(title.format(tagger=tagger, wp=wp, parton=parton), fontsize=11)
         _label(axes[0], cfg)
         fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.92, wspace=0.25)
-        written.append(_save(fig, out_dir / f"sf_{tagger}_wp{wp}.png"))
+        written.append(_save(fig, out_dir / f"{prefix}_{tagger}_wp{wp}.png"))
     return written
+
+
+def plot_scale_factors(cfg: Config, records: Sequence[Mapping[str, Any]], groups: Sequence[str],
+                       out_dir: Path) -> list[Path]:
+    """SF vs pT with stat error bars, per-group bands and the total band."""
+    return _per_tagger_wp(cfg, records, groups, out_dir, _sf_panel, "{tagger}, WP {wp}, {parton}", "sf")
 
 
 def _breakdown_panel(ax: Any, recs: Sequence[Mapping[str, Any]], groups: Sequence[str], parton: str) -> None:
@@ -167,18 +173,8 @@ def _breakdown_panel(ax: Any, recs: Sequence[Mapping[str, Any]], groups: Sequenc
 def plot_breakdown(cfg: Config, records: Sequence[Mapping[str, Any]], groups: Sequence[str],
                    out_dir: Path) -> list[Path]:
     """Relative uncertainty per group vs pT; one PNG per tagger and WP."""
-    plt = setup_matplotlib()
-    written = []
-    for (tagger, wp), by_parton in _by_tagger_wp(records).items():
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-        for ax, parton in zip(axes, ("quark", "gluon")):
-            if parton in by_parton:
-                _breakdown_panel(ax, by_parton[parton], groups, parton)
-            ax.set_title(f"{tagger}, WP {wp}, {parton}: up > 0, down < 0", fontsize=11)
-        _label(axes[0], cfg)
-        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.92, wspace=0.25)
-        written.append(_save(fig, out_dir / f"breakdown_{tagger}_wp{wp}.png"))
-    return written
+    return _per_tagger_wp(cfg, records, groups, out_dir, _breakdown_panel,
+                          "{tagger}, WP {wp}, {parton}: up > 0, down < 0", "breakdown")
 
 
 def _read_extraction(cfg: Config) -> dict[str, Any]:
