@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import numpy as np
 from qgcal.artifacts import atomic_path
 from qgcal.errors import ArtifactError
 
-__all__ = ["HistSet", "save_histset", "load_histset", "merge", "axis_to_json", "axis_from_json"]
+__all__ = ["HistSet", "axis_from_json", "axis_to_json", "load_histset", "merge", "save_histset"]
 
 HistSet = dict[str, hist.Hist]
 
@@ -86,9 +87,16 @@ def save_histset(path: Path, hs: HistSet, meta: Mapping[str, Any],
         tmp.write_bytes(buf.getvalue())
 
 
+@contextmanager
+def _open_npz(path: Path) -> Iterator[Any]:
+    """np.load on a file we own, so a corrupt archive cannot leak the handle; never unpickles."""
+    with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
+        yield npz
+
+
 def load_histset(path: Path) -> tuple[HistSet, dict[str, Any]]:
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with _open_npz(path) as npz:
             doc = json.loads(bytes(npz["__meta__"]).decode())
             out: HistSet = {}
             for name, axes in doc["hists"].items():
@@ -107,7 +115,7 @@ def load_histset(path: Path) -> tuple[HistSet, dict[str, Any]]:
 def load_extra(path: Path) -> dict[str, np.ndarray]:
     """The plain arrays saved beside the histograms (empty when there are none)."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with _open_npz(path) as npz:
             return {k[len("extra."):]: npz[k] for k in npz.files if k.startswith("extra.")}
     except Exception as err:
         raise ArtifactError(f"{path}: unreadable histogram artifact ({type(err).__name__}); rerun with --force") from None
@@ -116,7 +124,7 @@ def load_extra(path: Path) -> dict[str, np.ndarray]:
 def read_histset_meta(path: Path) -> dict[str, Any] | None:
     """Only the metadata member (provenance): cheap validity checks."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        with _open_npz(path) as npz:
             return json.loads(bytes(npz["__meta__"]).decode())["meta"]
     except Exception:
         return None
@@ -151,6 +159,9 @@ def merge(items: Iterable[tuple[str, HistSet]]) -> HistSet:
     ordered = sorted(items, key=lambda kv: kv[0])
     if not ordered:
         raise ArtifactError("nothing to merge")
+    keys = [k for k, _ in ordered]
+    if len(set(keys)) != len(keys):  # equal keys would make the order, and so the bytes, arbitrary
+        raise ArtifactError(f"histogram sets to merge share a key ({sorted(k for k in keys if keys.count(k) > 1)[0]})")
     total = empty_like(ordered[0][1])
     for _, hs in ordered:
         add_into(total, hs)

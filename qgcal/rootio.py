@@ -35,11 +35,14 @@ def check_root_file(path: Path) -> None:
     """Fail early on a missing, empty, non-ROOT or truncated file."""
     if not path.exists():
         raise InputError(f"{path}: input file not found; check the sample's 'files' in the config")
-    size = path.stat().st_size
-    if size == 0:
-        raise InputError(f"{path}: empty file (0 bytes); re-copy it or drop it from the sample")
-    with path.open("rb") as fh:
-        head = fh.read(_HEADER.size + 8)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise InputError(f"{path}: empty file (0 bytes); re-copy it or drop it from the sample")
+        with path.open("rb") as fh:
+            head = fh.read(_HEADER.size + 8)
+    except OSError as err:  # unreadable (permissions, a directory, an I/O error)
+        raise InputError(f"{path}: cannot read ({err.strerror or type(err).__name__}); check the file") from None
     if len(head) < _HEADER.size or head[:4] != b"root":
         raise InputError(f"{path}: not a ROOT file (no 'root' magic bytes); check the sample's 'files'")
     _, version, _begin = _HEADER.unpack_from(head)

@@ -153,6 +153,14 @@ def _results_state(cfg: Config, syst: str, tasks: Sequence[FileTask], checker: _
     path = cfg.output_path / "results" / syst / "scale_factors.json"
     if not path.is_file():
         return "missing"
+    from qgcal.stages.final_reweighting import config_hash_for
+
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))["metadata"].get("config_hash")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return "stale"
+    if recorded != config_hash_for(cfg, syst):  # lumi, cross-sections, WPs, calibration.* changed
+        return "stale"
     mtime = path.stat().st_mtime_ns
     for t in tasks:
         if checker.state(t, STAGES[-1]) != "done":

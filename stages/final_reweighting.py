@@ -398,6 +398,39 @@ def extraction_summary(extractions: Mapping[str, list[Extraction]]) -> dict[str,
     return out
 
 
+def pass_config(cfg: Config, syst: str) -> dict[str, Any]:
+    """The config fields the final pass of ``syst`` depends on (plots, executor, reading: none).
+
+    Its hash goes into ``results/<syst>/scale_factors.json`` (``metadata.config_hash``), so
+    results made with another luminosity, cross-section, working point or numerical setting
+    can be told from current ones without reading any histogram.
+    """
+    from qgcal.plan import mc_sample_for, reweighting_for
+
+    samples = sorted({cfg.data, cfg.nominal_mc, mc_sample_for(cfg, syst)})
+    return {
+        "name": cfg.name,
+        "lumi_pb": cfg.lumi_pb,
+        # normalisation only: which files are merged is the artifacts' business (and their listing
+        # order must not change a byte)
+        "samples": {s: {name: sl.model_dump(mode="json", exclude={"files"})
+                        for name, sl in sorted(cfg.samples[s].slice_map().items())} for s in samples},
+        "pt_bins_gev": cfg.pt_bins_gev,
+        "taggers": {n: t.model_dump(mode="json") for n, t in sorted(cfg.taggers.items())},
+        "working_points": cfg.working_points,
+        "calibration": cfg.calibration.model_dump(mode="json"),
+        "bootstrap": cfg.bootstrap,
+        "reweighting": reweighting_for(cfg, syst),
+        "qgcal": __version__,
+    }
+
+
+def config_hash_for(cfg: Config, syst: str) -> str:
+    from qgcal.artifacts import config_hash
+
+    return config_hash(pass_config(cfg, syst))
+
+
 def check_data(syst: str, data_info: Mapping[str, Any], data_sample: str) -> None:
     jets = sum(s["jets"] for s in data_info["slices"].values())
     if jets == 0:

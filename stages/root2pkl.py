@@ -60,10 +60,15 @@ def pass_config(cfg: Config, task: FileTask) -> dict[str, Any]:
 
 
 def expected_provenance(cfg: Config, task: FileTask) -> dict[str, Any]:
+    try:
+        fingerprint = file_fingerprint(Path(task.path))
+    except OSError as err:  # gone or unreadable: one line naming it, not a traceback
+        raise InputError(f"{task.path}: cannot read ({err.strerror or type(err).__name__}); check the file "
+                         f"(listed by samples.{task.sample})") from None
     return {
         "pass": PASS,
         "config_hash": config_hash(pass_config(cfg, task)),
-        "inputs": {task.path: file_fingerprint(Path(task.path))},
+        "inputs": {task.path: fingerprint},
     }
 
 

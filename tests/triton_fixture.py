@@ -227,7 +227,9 @@ def short_workspace() -> Iterator[Path]:
     assert not leftovers, f"server workspace not cleaned: {leftovers}"
 
 
-@pytest.fixture(scope="session")
+# module scope: the server's leftover check covers only the tests that use it; a session-long
+# server would also count semaphores leaked by other modules' deliberately killed processes
+@pytest.fixture(scope="module")
 def triton_server(
     tagger: Tagger, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:

@@ -19,8 +19,9 @@ record the loss) is calibration policy, the same for every executor.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any
 from qgcal.artifacts import write_json_atomic
 from qgcal.config import Config
 from qgcal.errors import InputError, QgcalError
-from qgcal.plan import FileTask, artifact_path
+from qgcal.plan import STAGES, FileTask, artifact_path
 from qgcal.progress import PassProgress, log
 
 __all__ = ["Runner", "skip_record_path", "read_skip_record", "WorkerCrashError"]
@@ -96,7 +97,7 @@ class Runner:
         self.skip_bad_files = skip_bad_files
         self.width = max(1, int(width))
         self.skipped: list[FileTask] = []
-        self.crashes = 0  # pools lost to a dead worker during this run (for logs and tests)
+        self.last_crash = ""
 
     @property
     def executor(self) -> Executor:
@@ -151,10 +152,11 @@ class Runner:
                 for i in lost:
                     attempts[i] = attempts.get(i, 0) + 1
                     if len(batch) == 1 and attempts[i] > retries:
+                        start = f"; last: {self.last_crash}" if self.last_crash.startswith("could not") else ""
                         raise WorkerCrashError(
                             f"{jobs[i].label}: the worker died {attempts[i]} times during {stage}, the last "
                             f"time while this file ran alone (killed by a signal or the out-of-memory "
-                            f"killer); lower reading.step_size or --workers, or check this file"
+                            f"killer{start}); lower reading.step_size or --workers, or check this file"
                         )
                 again += lost
             crashed = sorted(again)
@@ -174,10 +176,19 @@ class Runner:
                 # error that ends the run, as a pool does (see below)
                 if fut.done() and not fut.cancelled() and self._is_fatal(fut.exception()):
                     break
-        except BrokenProcessPool as err:
+        except (BrokenProcessPool, OSError, EOFError) as err:
+            # submit() starts workers on demand. A worker that dies meanwhile breaks the pool under
+            # it (the pool's clean-up closes the new worker's fds: OSError EBADF, EOFError), and the
+            # forkserver can die of the half-sent request (ConnectionRefusedError for the next
+            # pool): the pool is lost like in a crash, and the next one restarts the forkserver
+            if not isinstance(err, BrokenProcessPool) and not isinstance(self._executor, ProcessPoolExecutor):
+                raise
             submitted = set(futures.values())
             crashed = [i for i in batch if i not in submitted]
             crash = err
+            if not isinstance(err, BrokenProcessPool):
+                crash = BrokenProcessPool(f"could not start a worker process ({type(err).__name__}: {err})")
+                time.sleep(0.5)  # let a dying forkserver exit, so that the next pool starts a new one
         pending = set(futures)
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -202,7 +213,7 @@ class Runner:
                     for p in pending:  # stop submitting; running files finish and keep their artifacts
                         p.cancel()
         if crash is not None:
-            self.crashes += 1
+            self.last_crash = str(crash)
             self._renew(crash)
         if error is not None:
             raise error
@@ -216,6 +227,10 @@ class Runner:
     def _record_skip(self, stage: str, job: Job, err: InputError) -> None:
         events = _events_in(job.tasks[0].path, job.tasks[0].tree)
         for task in job.tasks:
+            # artifacts of an earlier version of the file (valid before it changed and broke) must
+            # not be merged as if it had been read: the skip record replaces them
+            for old in STAGES:
+                artifact_path(self.cfg.output_path, task, old).unlink(missing_ok=True)
             write_json_atomic(skip_record_path(self.cfg, task), {
                 "file": task.path, "sample": task.sample, "slice": task.slice, "variation": task.variation,
                 "tree": task.tree, "stage": stage, "reason": str(err), "events_lost": events,

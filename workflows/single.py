@@ -194,6 +194,7 @@ def finalise(cfg: Config, syst: str, *, plot: bool | None = None) -> RunResult:
     metadata = {
         "systematic": syst,
         "qgcal_version": __version__,
+        "config_hash": fr.config_hash_for(cfg, syst),  # of the config fields this pass depends on
         "config_name": cfg.name,
         "lumi_pb": cfg.lumi_pb,
         "mc_sample": mc_sample,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from qgcal.artifacts import is_valid, read_parquet_provenance
 from qgcal.config import Config
@@ -17,7 +16,7 @@ from qgcal.histset import read_histset_meta
 from qgcal.plan import FileTask, artifact_path
 from qgcal.stages import pkl2predpkl, predpkl2hist, root2pkl
 
-__all__ = ["TaskOutcome", "run_pass", "run_root2pkl_group", "pass_is_valid", "group_by_read"]
+__all__ = ["TaskOutcome", "group_by_read", "pass_is_valid", "run_pass", "run_root2pkl_group"]
 
 
 @dataclass(frozen=True)
@@ -41,20 +40,7 @@ def pass_is_valid(cfg: Config, task: FileTask, stage: str) -> bool:
         return False
     if stage == "pkl2predpkl":
         return is_valid(out, pkl2predpkl.expected_provenance(cfg, upstream))
-    return is_valid(out, predpkl2hist.expected_provenance(cfg, upstream), reader=_histset_meta)
-
-
-def _histset_meta(path: Path) -> dict[str, Any] | None:
-    """The provenance of a histogram artifact, or None when unreadable.
-
-    The file is opened here because ``np.load(path)`` leaks its handle when the zip
-    is damaged (a truncated artifact): validity checks run over every artifact.
-    """
-    try:
-        with path.open("rb") as fh:
-            return read_histset_meta(fh)  # type: ignore[arg-type]
-    except OSError:
-        return None
+    return is_valid(out, predpkl2hist.expected_provenance(cfg, upstream), reader=read_histset_meta)
 
 
 def run_pass(cfg: Config, task: FileTask, stage: str, force: bool = False,

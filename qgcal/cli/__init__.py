@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from qgcal import __version__
 from qgcal.errors import QgcalError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 COMMANDS = ("generate", "run", "sweep", "combine", "report", "status", "slurm", "train", "serve", "demo", "validate")
 
@@ -30,7 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    from qgcal.cli import combine, demo, generate, report, run, serve, slurm, status, sweep, train, validate
+    from qgcal.cli import (
+        combine,
+        demo,
+        generate,
+        report,
+        run,
+        serve,
+        slurm,
+        status,
+        sweep,
+        train,
+        validate,
+    )
 
     generate.register(sub)
     run.register(sub)
@@ -57,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except QgcalError as err:
         print(f"qgcal: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # a full disk, an unwritable output directory: name the path
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"qgcal: error: {where}{err.strerror or err}; check the path, its permissions and free space",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("qgcal: interrupted; valid artifacts are kept, rerun to resume", file=sys.stderr)
         return 130
