@@ -27,6 +27,7 @@ def _config(base: Path, name: str, variations: dict) -> Path:
     doc["lumi_pb"] = json.loads((base / "sample" / "truth.json").read_text())["luminosity_pb"]
     doc["output"] = str(base / f"out-{name}")
     doc["variations"] = variations
+    doc["taggers"] = {k: v for k, v in doc["taggers"].items() if v["kind"] != "model"}  # no training here
     path = base / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from typing import Any
 
@@ -41,7 +41,8 @@ class SerialExecutor(Executor):
         return fut
 
 
-def make_executor(kind: str | Executor, workers: int, *, scheduler: str | None = None) -> Executor:
+def make_executor(kind: str | Executor, workers: int, *, scheduler: str | None = None,
+                  preload: Sequence[str] = ()) -> Executor:
     """Name-or-instance normaliser: 'process', 'serial', 'dask', 'dask-local' or an Executor-like object."""
     if not isinstance(kind, str):
         if not hasattr(kind, "submit"):
@@ -53,7 +54,9 @@ def make_executor(kind: str | Executor, workers: int, *, scheduler: str | None =
         return SerialExecutor()
     if kind == "process":
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(_PRELOAD)
+        # extra modules (e.g. scikit-learn and skops for model taggers: seconds to import)
+        # are imported once by the fork server, not by every worker
+        ctx.set_forkserver_preload([*_PRELOAD, *preload])
         return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     raise ConfigError(f"executor {kind!r} is not known; valid: {', '.join(EXECUTORS)}")
 

@@ -103,6 +103,19 @@ class _ScorerCache:
 _CACHE = _ScorerCache()
 
 
+def _one_thread_in_workers() -> Any:
+    """In a pool worker, one OpenMP thread: the pool already uses every core, and N workers
+    x N threads each oversubscribe them (the in-process route keeps all threads)."""
+    import multiprocessing
+    from contextlib import nullcontext
+
+    if multiprocessing.parent_process() is None:
+        return nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
 def _scorers(cfg: Config, overrides: InferenceOverrides) -> dict[str, tuple[Any, bool]]:
     """Per model tagger: (scorer, whether this file must close it)."""
     out = {}
@@ -142,7 +155,8 @@ def run_file(cfg: Config, upstream: Path, out_path: Path,
                         feats = np.column_stack([
                             table.column(f).to_numpy().astype(np.float32) for f in tagger.features
                         ]) if table.num_rows else np.zeros((0, len(tagger.features)), np.float32)
-                        scores = scorers[name][0].predict(np.ascontiguousarray(feats, dtype=np.float32))
+                        with _one_thread_in_workers():
+                            scores = scorers[name][0].predict(np.ascontiguousarray(feats, dtype=np.float32))
                         cols[tagger_column(name)] = np.asarray(scores, dtype=np.float32).astype(np.float64)
                 writer.write(cols)
                 n_jets += table.num_rows

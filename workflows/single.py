@@ -20,7 +20,7 @@ from typing import Any
 
 from qgcal import __version__
 from qgcal.artifacts import write_json_atomic
-from qgcal.config import Config
+from qgcal.config import Config, ModelTagger
 from qgcal.errors import ArtifactError, InputError, RunLockedError
 from qgcal.executors import make_executor
 from qgcal.plan import STAGES, FileTask, artifact_path, mc_sample_for, plan_tasks, reweighting_for
@@ -106,7 +106,9 @@ def make_runner(cfg: Config, executor: str | Executor | None, workers: int | Non
         width = getattr(given, "_max_workers", None) or n  # how many jobs run at once (crash retry waves)
         return Runner(cfg, lambda: given, skip_bad_files=skip_bad_files, width=width)
     kind = executor or cfg.executor.kind
-    return Runner(cfg, lambda: make_executor(kind, n, scheduler=cfg.executor.scheduler),
+    models = any(isinstance(t, ModelTagger) for t in cfg.taggers.values())
+    preload = ("sklearn.ensemble", "skops.io") if models else ()
+    return Runner(cfg, lambda: make_executor(kind, n, scheduler=cfg.executor.scheduler, preload=preload),
                   skip_bad_files=skip_bad_files, width=1 if kind == "serial" else n)
 
 
