@@ -76,7 +76,7 @@ def sha256_file(path: Path) -> str:
 @functools.lru_cache(maxsize=1)
 def _versions() -> tuple[tuple[str, str], ...]:
     out = {"qgcal": __version__}
-    for name in ("numpy", "awkward", "uproot", "hist", "boost-histogram", "pyarrow", "scikit-learn"):
+    for name in ("numpy", "awkward", "uproot", "hist", "boost-histogram", "pyarrow", "scikit-learn", "skops"):
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:  # pragma: no cover - all are dependencies

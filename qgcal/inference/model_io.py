@@ -31,6 +31,9 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from qgcal.artifacts import library_versions as _all_versions
+from qgcal.artifacts import sha256_file
+
 from .errors import InferenceError
 
 __all__ = [
@@ -110,11 +113,7 @@ def meta_path(model_path: str | os.PathLike[str]) -> Path:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(Path(path))
 
 
 def columns_fingerprint(columns: Mapping[str, np.ndarray], names: Sequence[str]) -> str:
@@ -128,17 +127,8 @@ def columns_fingerprint(columns: Mapping[str, np.ndarray], names: Sequence[str])
 
 
 def library_versions() -> dict[str, str]:
-    import sklearn
-    import skops
-
-    from qgcal import __version__
-
-    return {
-        "qgcal": __version__,
-        "numpy": np.__version__,
-        "scikit-learn": sklearn.__version__,
-        "skops": skops.__version__,
-    }
+    """What a model's metadata records: the versions that can change its scores."""
+    return {k: v for k, v in _all_versions().items() if k in {"qgcal", "numpy", "scikit-learn", "skops"}}
 
 
 def _canonical_skops(raw: bytes) -> bytes:
