@@ -54,15 +54,25 @@ def file_fingerprint(path: Path) -> dict[str, Any]:
     Every byte of a file up to 2 MiB is hashed (an earlier version skipped the bytes
     after the first MiB of files between 1 and 2 MiB); larger files hash their first
     and last MiB, which hold the ROOT header, the keys list and the streamers.
+    The hash is remembered within a process per (path, size, mtime, ctime, inode): validity
+    checks run for every pass and variation of a file and must not re-read it each time.
+    ctime changes on every write and on every mtime reset, so an edit that restores the
+    size and mtime is still seen.
     """
     st = path.stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "edges_sha256": _edges_sha256(str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)}
+
+
+@functools.lru_cache(maxsize=65536)
+def _edges_sha256(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as fh:
+    with open(path, "rb") as fh:
         h.update(fh.read(_EDGE_BYTES))
-        if st.st_size > _EDGE_BYTES:
-            fh.seek(max(_EDGE_BYTES, st.st_size - _EDGE_BYTES))
+        if size > _EDGE_BYTES:
+            fh.seek(max(_EDGE_BYTES, size - _EDGE_BYTES))
             h.update(fh.read(_EDGE_BYTES))
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "edges_sha256": h.hexdigest()[:32]}
+    return h.hexdigest()[:32]
 
 
 def sha256_file(path: Path) -> str:
