@@ -26,9 +26,9 @@ import yaml
 
 
 def _config(sample_base: Path, out: Path, step: str | int) -> Path:
-    from importlib import resources
+    from qgcal.demo import demo_config_text
 
-    doc = yaml.safe_load(resources.files("qgcal.configs").joinpath("demo.yaml").read_text())
+    doc = yaml.safe_load(demo_config_text())
     doc["lumi_pb"] = json.loads((sample_base / "sample" / "truth.json").read_text())["luminosity_pb"]
     doc["output"] = str(out)
     doc["reading"] = {"step_size": step}

@@ -16,14 +16,15 @@ import json
 import shutil
 import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 import yaml
 
+from qgcal.demo import demo_config_text
+
 
 def _config(base: Path, name: str, variations: dict) -> Path:
-    doc = yaml.safe_load(resources.files("qgcal.configs").joinpath("demo.yaml").read_text())
+    doc = yaml.safe_load(demo_config_text())
     doc["lumi_pb"] = json.loads((base / "sample" / "truth.json").read_text())["luminosity_pb"]
     doc["output"] = str(base / f"out-{name}")
     doc["variations"] = variations

@@ -14,6 +14,7 @@ section declares what the ntuple stores (ATLAS ntuples: MeV).
 from __future__ import annotations
 
 import glob
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -123,6 +124,12 @@ class Slice(_Model):
     xsec_pb: float = Field(gt=0, description="generator cross-section in pb")
     filter_eff: float = Field(1.0, gt=0, le=1, description="generator filter efficiency")
     kfactor: float = Field(1.0, gt=0, description="k-factor multiplying the cross-section")
+
+    def scale(self, lumi_pb: float, sum_of_weights: float) -> float:
+        """Per-event weight factor lumi x xsec x filter_eff x k / sum of weights (NaN if sumw <= 0)."""
+        if not sum_of_weights > 0:
+            return math.nan
+        return lumi_pb * self.xsec_pb * self.filter_eff * self.kfactor / sum_of_weights
 
 
 class Sample(_Model):

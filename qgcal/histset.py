@@ -95,8 +95,15 @@ def _open_npz(path: Path) -> Iterator[Any]:
 
 
 def load_histset(path: Path) -> tuple[HistSet, dict[str, Any]]:
+    hs, meta, _ = load_artifact(path)
+    return hs, meta
+
+
+def load_artifact(path: Path) -> tuple[HistSet, dict[str, Any], dict[str, np.ndarray]]:
+    """Histograms, metadata and the plain arrays beside them, in one read of the file."""
     try:
         with _open_npz(path) as npz:
+            extra = {k[len("extra."):]: npz[k] for k in npz.files if k.startswith("extra.")}
             doc = json.loads(bytes(npz["__meta__"]).decode())
             out: HistSet = {}
             for name, axes in doc["hists"].items():
@@ -109,7 +116,7 @@ def load_histset(path: Path) -> tuple[HistSet, dict[str, Any]]:
         raise
     except Exception as err:
         raise ArtifactError(f"{path}: unreadable histogram artifact ({type(err).__name__}); rerun with --force") from None
-    return out, doc["meta"]
+    return out, doc["meta"], extra
 
 
 def load_extra(path: Path) -> dict[str, np.ndarray]:

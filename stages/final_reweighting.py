@@ -37,7 +37,7 @@ from qgcal.calibration import (
 from qgcal.config import Config
 from qgcal.errors import ArtifactError, QgcalError
 from qgcal.bootstrap import QUANTUM_BITS
-from qgcal.histset import HistSet, add_into, empty_like, load_extra, load_histset, merge, read_histset_meta, save_histset
+from qgcal.histset import HistSet, add_into, empty_like, load_artifact, merge, save_histset
 from qgcal.stages.pkl2predpkl import tagger_column
 from qgcal.stages.predpkl2hist import FLAVOUR_DATA, FLAVOUR_GLUON, FLAVOUR_OTHER, QUARK_FLAVOURS
 
@@ -51,14 +51,26 @@ class NoDataError(QgcalError):
 # ----------------------------------------------------------------------------- merging
 
 
-def merge_sample(cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]) -> tuple[HistSet, dict[str, Any]]:
-    """Merge per-file histograms of one sample; MC slices normalised to the luminosity."""
+def merge_sample(cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]
+                 ) -> tuple[HistSet, dict[str, Any], dict[str, np.ndarray]]:
+    """Merge per-file histograms of one sample; MC slices normalised to the luminosity.
+
+    Also returns the merged bootstrap replicas (empty without ``bootstrap``): exact int64
+    sums per slice, then scaled and added in slice order, from the same read of each file.
+    """
     kind = cfg.samples[sample].kind
     by_slice: dict[str, list[tuple[str, HistSet, dict[str, Any]]]] = {}
+    replica_sums: dict[str, dict[str, np.ndarray]] = {}
     for key, path in sorted(artifacts):
-        hs, meta = load_histset(path)
+        hs, meta, extra = load_artifact(path)
         slice_name = meta["carry"]["slice"]
         by_slice.setdefault(slice_name, []).append((key, hs, meta))
+        if cfg.bootstrap:
+            acc = replica_sums.setdefault(slice_name, {})
+            for name, arr in extra.items():
+                if name.startswith("replicas."):
+                    tagger = name[len("replicas."):]
+                    acc[tagger] = acc[tagger] + arr if tagger in acc else arr.astype(np.int64, copy=True)
     if not by_slice:
         raise QgcalError(f"sample {sample!r}: no histogram artifacts to merge")
     info: dict[str, Any] = {"slices": {}}
@@ -76,7 +88,7 @@ def merge_sample(cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]
                     f"samples.{sample}.slices.{slice_name}: sum of weights is {sumw} over "
                     f"{len(entries)} files; check sum_of_weights in the config"
                 )
-            scale = cfg.lumi_pb * sl.xsec_pb * sl.filter_eff * sl.kfactor / sumw
+            scale = sl.scale(cfg.lumi_pb, sumw)
         else:
             scale = 1.0
         info["slices"][slice_name] = {"files": len(entries), "sumw": sumw, "scale": scale, "jets": jets}
@@ -84,22 +96,14 @@ def merge_sample(cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]
             total = empty_like(merged)
         add_into(total, merged, scale)
     assert total is not None
-    return total, info
+    return total, info, _scale_replicas(cfg, replica_sums, info)
 
 
-def merge_replicas(cfg: Config, artifacts: Sequence[tuple[str, Path]], info: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Bootstrap replica arrays: exact int64 sums per slice, then scaled and added in slice order."""
+def _scale_replicas(cfg: Config, per_slice: Mapping[str, Mapping[str, np.ndarray]],
+                    info: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Exact per-slice replica sums -> weights, each slice scaled, added in slice order."""
     if not cfg.bootstrap:
         return {}
-    per_slice: dict[str, dict[str, np.ndarray]] = {}
-    for _, path in sorted(artifacts):
-        slice_name = (read_histset_meta(path) or {}).get("carry", {}).get("slice")
-        for key, arr in load_extra(path).items():
-            if not key.startswith("replicas."):
-                continue
-            acc = per_slice.setdefault(slice_name, {})
-            name = key[len("replicas."):]
-            acc[name] = acc[name] + arr if name in acc else arr.astype(np.int64, copy=True)
     out: dict[str, np.ndarray] = {}
     quantum = 2.0 ** -QUANTUM_BITS
     for slice_name in sorted(per_slice):

@@ -147,7 +147,7 @@ def finalise(cfg: Config, syst: str, *, plot: bool | None = None) -> RunResult:
     mc_tasks = plan_tasks(cfg, syst, include_data=False, mc_sample=mc_sample)
     nominal_mc_tasks = plan_tasks(cfg, "nominal", include_data=False)
 
-    # keyed: the same tasks are listed more than once below (histograms, then replicas)
+    # keyed: a variation's MC and the nominal MC can list the same files
     skipped_by_task: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def arts(tasks: list[FileTask]) -> list[tuple[str, Path]]:
@@ -165,16 +165,14 @@ def finalise(cfg: Config, syst: str, *, plot: bool | None = None) -> RunResult:
             found.append((t.key, path))
         return found
 
-    data_h, data_info = fr.merge_sample(cfg, cfg.data, arts(data_tasks))
+    data_h, data_info, data_reps = fr.merge_sample(cfg, cfg.data, arts(data_tasks))
     fr.check_data(syst, data_info, cfg.data)
-    mc_h, mc_info = fr.merge_sample(cfg, mc_sample, arts(mc_tasks))
+    mc_h, mc_info, mc_reps = fr.merge_sample(cfg, mc_sample, arts(mc_tasks))
     if mc_tasks == nominal_mc_tasks:
         nom_h = mc_h
     else:
-        nom_h, _ = fr.merge_sample(cfg, cfg.nominal_mc, arts(nominal_mc_tasks))
+        nom_h, _, _ = fr.merge_sample(cfg, cfg.nominal_mc, arts(nominal_mc_tasks))
 
-    data_reps = fr.merge_replicas(cfg, arts(data_tasks), data_info)
-    mc_reps = fr.merge_replicas(cfg, arts(mc_tasks), mc_info)
     stage_dir = out / (data_tasks[0].variation if data_tasks else "nominal") / "final_reweighting"
     fr.save_merged(stage_dir / f"merged_{cfg.data}.npz", data_h, data_info, data_reps)
     mc_dir = out / (mc_tasks[0].variation if mc_tasks else "nominal") / "final_reweighting"

@@ -29,15 +29,14 @@ def training_columns(cfg: Config, features: list[str]) -> dict[str, np.ndarray]:
     tasks = plan_tasks(cfg, "nominal", include_data=False)
     sample = cfg.samples[cfg.nominal_mc]
     slices = sample.slice_map()
-    sumw: dict[str, float] = {}
     provs = {t.key: read_parquet_provenance(artifact_path(cfg.output_path, t, "root2pkl")) or {} for t in tasks}
-    for t in tasks:
-        sumw[t.slice] = sumw.get(t.slice, 0.0) + float(provs[t.key].get("sumw", 0.0))
+    sumw = {name: math.fsum(float(provs[t.key].get("sumw", 0.0)) for t in tasks if t.slice == name)
+            for name in {t.slice for t in tasks}}
     names = sorted({*features, "pt", "event", "parton_label", "weight", "nTracks"} & _available(cfg))
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for t in tasks:
         sl = slices[t.slice]
-        scale = cfg.lumi_pb * sl.xsec_pb * sl.filter_eff * sl.kfactor / sumw[t.slice] if sumw[t.slice] > 0 else math.nan
+        scale = sl.scale(cfg.lumi_pb, sumw[t.slice])
         table = read_parquet(artifact_path(cfg.output_path, t, "root2pkl"), columns=names)
         for n in names:
             col = table.column(n).to_numpy()
