@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
+import threading
+import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from typing import Any
 
 from qgcal.errors import ConfigError, QgcalError
@@ -27,6 +32,8 @@ DASK_KINDS = ("dask", "dask-local")
 DASK_CONNECT_TIMEOUT_S = 30.0
 _log = logging.getLogger("qgcal")
 _PRELOAD = ["qgcal.workflows.tasks"]
+# How often a pool worker checks that the process that made its pool is still alive.
+PARENT_POLL_S = 0.5
 
 
 class SerialExecutor(Executor):
@@ -54,11 +61,117 @@ def make_executor(kind: str | Executor, workers: int, *, scheduler: str | None =
         return SerialExecutor()
     if kind == "process":
         ctx = mp.get_context("forkserver")
+        modules = [*_PRELOAD, *preload]
         # extra modules (e.g. scikit-learn and skops for model taggers: seconds to import)
         # are imported once by the fork server, not by every worker
-        ctx.set_forkserver_preload([*_PRELOAD, *preload])
-        return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+        ctx.set_forkserver_preload(modules)
+        _start_forkserver()
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_watch_parent,
+                                   initargs=(os.getpid(), _create_time(os.getpid())))
+        _check_worker_imports(pool, modules)
+        return pool
     raise ConfigError(f"executor {kind!r} is not known; valid: {', '.join(EXECUTORS)}")
+
+
+@contextmanager
+def _safe_path() -> Iterator[None]:
+    """``PYTHONSAFEPATH=1`` for the processes started inside (restored afterwards).
+
+    Python 3.11's fork server runs as ``python -c ...`` and ignores the parent's
+    ``sys.path`` (it is passed but not applied), so ``-c`` puts the current directory
+    first: started from a source checkout, the workers import the checkout's
+    ``qgcal/`` (which lacks ``workflows``/``stages``, mapped at install time) instead of
+    the installed package. Safe-path mode drops that entry; the workers then import
+    what the parent imported.
+    """
+    before = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONSAFEPATH", None)
+        else:
+            os.environ["PYTHONSAFEPATH"] = before
+
+
+def _start_forkserver() -> None:
+    """Start (or restart, if it died) the fork server now, in safe-path mode."""
+    from multiprocessing import forkserver
+
+    with _safe_path():
+        forkserver.ensure_running()
+
+
+def _check_worker_imports(pool: ProcessPoolExecutor, modules: Sequence[str]) -> None:
+    """Fail with the import error itself when a worker cannot import what the tasks need.
+
+    The probe is the builtin ``exec`` of an import statement: a builtin unpickles in any
+    interpreter (a qgcal function would not, where qgcal is what fails to import) and
+    returns ``None``, so an import failure comes back as an exception instead of killing
+    the worker (which the pool reports as a worker killed by a signal: a wrong diagnosis).
+    """
+    for name in modules:
+        try:
+            pool.submit(exec, f"import {name}").result()
+        except ImportError as err:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise QgcalError(
+                f"worker processes cannot import {name} ({type(err).__name__}: {err}); qgcal is not "
+                "installed consistently for the workers: reinstall it (pip install .) in the "
+                "environment that runs qgcal"
+            ) from None
+        except BrokenProcessPool:
+            codes = _exit_codes(pool)
+            pool.shutdown(wait=False, cancel_futures=True)
+            if codes and all(c > 0 for c in codes):  # exited with an error, not killed by a signal
+                raise QgcalError(
+                    "worker processes exit with an error as they start (before any file is read; "
+                    "their traceback is printed above); check that qgcal and its dependencies import "
+                    "in this environment (python -c 'import qgcal.workflows.tasks')"
+                ) from None
+            raise  # killed (a signal, the OOM killer): the runner's crash policy applies
+
+
+def _exit_codes(pool: ProcessPoolExecutor) -> list[int]:
+    """Exit codes of the pool's dead workers (negative: killed by that signal)."""
+    procs = getattr(pool, "_processes", None) or {}
+    codes = []
+    for proc in list(procs.values()):
+        proc.join(timeout=1.0)
+        if proc.exitcode is not None:
+            codes.append(int(proc.exitcode))
+    return codes
+
+
+def _create_time(pid: int) -> float:
+    import psutil
+
+    return float(psutil.Process(pid).create_time())
+
+
+def _watch_parent(pid: int, created: float) -> None:
+    """Pool initializer: exit this worker soon after the process that made the pool is gone.
+
+    A SIGKILLed parent cannot shut its pool down, and an idle worker blocks forever
+    on a queue whose write end its siblings also hold; a busy one would finish its
+    file and write an artifact nobody waits for. The worker's parent is the fork
+    server, so ``getppid`` says nothing: the pool's owner is watched by PID and
+    start time (a reused PID is not mistaken for it).
+    """
+    import psutil
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            try:
+                alive = psutil.Process(pid).create_time() == created
+            except psutil.Error:
+                alive = False
+            if not alive:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="qgcal-parent-watch", daemon=True).start()
 
 
 class DaskExecutor(Executor):

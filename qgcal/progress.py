@@ -18,11 +18,17 @@ log = logging.getLogger("qgcal")
 
 
 class PassProgress:
-    """Files done / total and events per second for one pass."""
+    """Jobs done / total and events per second for one pass.
 
-    def __init__(self, name: str, total: int, *, skipped: int = 0, live: bool | None = None) -> None:
+    A job is one file task, or for a pass that reads a (file, tree) once for several
+    variations, one such read (``unit="reads"``, ``files`` the file tasks it covers).
+    """
+
+    def __init__(self, name: str, total: int, *, skipped: int = 0, live: bool | None = None,
+                 unit: str = "files", files: int | None = None) -> None:
         self.name = name
         self.total = total
+        self.unit = unit
         self.done = 0
         self.skipped = skipped
         self.events = 0
@@ -43,7 +49,9 @@ class PassProgress:
             self._bar.start()
             self._task = self._bar.add_task(name, total=total, rate="")
         else:
-            log.info("%s: %d files to process (%d valid artifacts reused)", name, total, skipped)
+            reads = f" in {total} {unit}" if unit != "files" else ""
+            log.info("%s: %d files to process%s (%d valid artifacts reused)", name,
+                     total if files is None else files, reads, skipped)
 
     def rate(self) -> float:
         dt = time.perf_counter() - self.t0
@@ -55,7 +63,8 @@ class PassProgress:
         if self._bar is not None:
             self._bar.update(self._task, advance=1, rate=f"{self.rate():,.0f} ev/s")
         elif self.total:
-            log.info("%s: %d/%d files, %.3g events/s %s", self.name, self.done, self.total, self.rate(), label)
+            log.info("%s: %d/%d %s, %.3g events/s %s", self.name, self.done, self.total, self.unit, self.rate(),
+                     label)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -6,14 +6,21 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["format_sf", "print_sf_table", "print_table", "skipped_summary"]
+__all__ = ["DASH", "format_sf", "format_value", "print_sf_table", "print_table", "skipped_summary"]
+
+# What a null (undefined) number prints as, everywhere; its record's flags say why.
+DASH = "-"
+
+
+def format_value(x: float | None, digits: int = 3) -> str:
+    return DASH if x is None else f"{x:.{digits}f}"
 
 
 def format_sf(rec: Mapping[str, Any]) -> str:
-    if rec["sf"] is None:
-        return "n/a [" + ",".join(rec["flags"]) + "]"
-    text = f"{rec['sf']:.3f} ± {rec['stat']:.3f}"
-    return text + (" *" if rec["flags"] else "")
+    """``SF ± stat``; a null SF or stat prints as a dash followed by the record's flags."""
+    if rec["sf"] is None or rec["stat"] is None:
+        return f"{format_value(rec['sf'])} ± {DASH} [" + ",".join(rec["flags"]) + "]"
+    return f"{rec['sf']:.3f} ± {rec['stat']:.3f}" + (" *" if rec["flags"] else "")
 
 
 def _rows(records: Sequence[Mapping[str, Any]], wp: float | None) -> tuple[list[str], list[list[str]]]:

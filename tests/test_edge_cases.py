@@ -233,6 +233,27 @@ def test_combined_records_keep_nulls_flagged():
     json.dumps(combined, allow_nan=False)
 
 
+def test_tables_print_nulls_as_a_dash_with_their_flags():
+    """Regression: a null stat (bootstrap_unstable) crashed the table printer with a TypeError."""
+    import io
+
+    from qgcal.cli.combine import print_combined
+    from qgcal.report import print_sf_table
+
+    nominal = [_rec(500, 1.00, 0.10, []), _rec(700, None, None, ["empty_data_bin"]),
+               _rec(900, 1.20, None, ["bootstrap_unstable"])]
+    out = io.StringIO()
+    print_sf_table(nominal, file=out)
+    row = next(ln for ln in out.getvalue().splitlines() if ln.startswith("t "))
+    assert "1.000 ± 0.100" in row
+    assert "- ± - [empty_data_bin]" in row and "1.200 ± - [bootstrap_unstable]" in row
+    combined, _ = _combined()
+    out = io.StringIO()
+    print_combined(combined, title="combined", wp=0.6, file=out)
+    text = out.getvalue()
+    assert "1.200 ± -" in text and "- [empty_data_bin]" in text and "None" not in text
+
+
 def _expected(r: dict[str, Any]) -> tuple[dict[str, float], int, float]:
     """docs/outputs.md: undefined SF -> 1.0; undefined uncertainty -> 100 % (up 2 x SF, down 0);
     flags 0 healthy, 1 flagged, 2 fallback; ROOT nominal bin error = stat, or 100 % of the written SF."""

@@ -154,6 +154,56 @@ def test_sweep_killed_at_random_points_resumes_to_identical_bytes(clean, small_s
     assert landed >= 2, "the kills all came after the sweep had finished: the test did not test anything"
 
 
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_main_process_killed_alone_leaves_nothing_running_and_resumes(clean, small_sample, tmp_path):
+    """SIGKILL of the main process only (not its group): fork server and workers exit within seconds.
+
+    Nothing else can stop them: the killed process cannot shut its pool down, and an
+    idle worker waits on a queue whose write end its siblings hold too. The rerun
+    still gives the clean run's bytes.
+    """
+    rng = random.Random(KILL_SEED + 1)
+    killed_busy = 0
+    for trial in range(N_KILL_TRIALS):
+        cfg_path, cfg = _config(small_sample, tmp_path / f"out{trial}", f"kill-main-{trial}")
+        log = tmp_path / f"sweep{trial}.log"
+        proc = _sweep(cfg_path, log)
+        main = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 60
+        workers: list[psutil.Process] = []
+        while proc.poll() is None and time.monotonic() < deadline:  # until the pool is up
+            workers = main.children(recursive=True)
+            if len(workers) >= 3:  # fork server (+ resource tracker) and the workers
+                break
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5) * clean["seconds"])
+        workers = [p for p in main.children(recursive=True) if _alive(p)] if proc.poll() is None else []
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        killed_busy += bool(workers)
+        gone_by = time.monotonic() + 5
+        while any(_alive(p) for p in workers) and time.monotonic() < gone_by:
+            time.sleep(0.05)
+        left = [(p.pid, p.name()) for p in workers if _alive(p)]
+        for p in workers:  # do not leak them into the rest of the suite if the assertion fails
+            if _alive(p):
+                p.kill()
+        assert not left, f"still running 5 s after the main process was killed: {left}"
+        log.write_text("")
+        text = _finish(cfg_path, log)
+        assert "Traceback" not in text
+        got = _tree(cfg.output_path)
+        assert set(got) == set(clean["tree"])
+        assert not sorted(k for k in got if got[k] != clean["tree"][k])
+    assert killed_busy >= 2, "the sweeps all ended before the kill: the test did not test anything"
+
+
 def test_second_run_stops_at_once_while_one_runs_and_lock_is_free_after_a_kill(small_sample, tmp_path):
     from qgcal.cli import main
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow.parquet as pq
 
 from qgcal.plan import artifact_path, plan_tasks
@@ -46,3 +48,25 @@ def test_one_read_feeds_every_variation_identically(small_sample, make_config, t
     nominal = separate["nominal"]
     assert not separate["pdf_1"].column("weight").equals(nominal.column("weight"))
     assert not separate["trk_eff"].column("nTracks").equals(nominal.column("nTracks"))
+
+
+def test_progress_lines_name_the_tree_and_variations_of_each_read(small_sample, make_config, caplog):
+    """Regression: one line per read, not one per variation repeating the same file name."""
+    import logging
+    import re
+
+    from qgcal.workflows.sweep import run_many
+
+    _, cfg = make_config(small_sample, mutate=lambda d: d.__setitem__("plots", {"enabled": False}))
+    systs = ["nominal", "JES_up", "trk_eff", "pdf_1"]
+    with caplog.at_level(logging.INFO, logger="qgcal"):
+        run_many(cfg, systs, executor="serial")
+    lines = [r.getMessage() for r in caplog.records if re.match(r"root2pkl: \d+/\d+ reads", r.getMessage())]
+    labels = [ln.split(" events/s ")[1] for ln in lines]
+    assert len(labels) == len(set(labels)), labels
+    data_files = [p.name for p in (small_sample / "sample" / "data").rglob("*.root")]
+    mc_nominal = [t for t in plan_tasks(cfg, "nominal", include_data=False)]
+    assert len(lines) == len(data_files) + 2 * len(mc_nominal)  # MC: the nominal tree and the JES_up tree
+    mc = Path(mc_nominal[0].path).name
+    assert f"{mc} [tree nominal: nominal, pdf_1, trk_eff]" in labels
+    assert f"{mc} [tree syst_JET_JES__1up: JES_up]" in labels

@@ -79,6 +79,17 @@ class Job:
     def label(self) -> str:
         return self.tasks[0].path
 
+    @property
+    def description(self) -> str:
+        """What a progress line names: the file, its tree and the variations it serves.
+
+        One file is read once per tree and serves several variations, so the file
+        name alone repeats; ``pythia_JZ4_000.root [tree nominal: nominal, PDF_1]``.
+        """
+        first = self.tasks[0]
+        variations = ", ".join(sorted({t.variation for t in self.tasks}))
+        return f"{Path(first.path).name} [tree {first.tree}: {variations}]"
+
 
 class Runner:
     """Submits jobs, renews a broken pool, retries crashed files, records skipped ones.
@@ -199,15 +210,15 @@ class Runner:
                 err = fut.exception()
                 if err is None:
                     result = fut.result()
-                    for outcome in result if isinstance(result, list) else [result]:
-                        progress.advance(outcome.events, Path(jobs[i].label).name)
+                    outcomes = result if isinstance(result, list) else [result]
+                    progress.advance(sum(o.events for o in outcomes), jobs[i].description)
                     self._clear_skip(jobs[i])
                 elif _is_crash(err):
                     crashed.append(i)
                     crash = crash or err
                 elif isinstance(err, InputError) and self.skip_bad_files:
                     self._record_skip(stage, jobs[i], err)
-                    progress.advance(0, Path(jobs[i].label).name + " (skipped)")
+                    progress.advance(0, jobs[i].description + " (skipped)")
                 elif error is None:
                     error = err
                     for p in pending:  # stop submitting; running files finish and keep their artifacts

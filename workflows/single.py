@@ -126,7 +126,9 @@ def run_file_passes(cfg: Config, tasks: list[FileTask], runner: Runner, *, force
             jobs = [Job(run_root2pkl_group, (cfg, group, True), group) for group in group_by_read(todo)]
         else:
             jobs = [Job(run_pass, (cfg, t, stage, True, overrides), [t]) for t in todo]
-        with PassProgress(stage, len(todo), skipped=len(tasks) - len(todo)) as progress:
+        # one progress step per job: a root2pkl job is one read of a (file, tree) for all its variations
+        with PassProgress(stage, len(jobs), skipped=len(tasks) - len(todo), files=len(todo),
+                          unit="reads" if stage == "root2pkl" else "files") as progress:
             runner.run(stage, jobs, progress)
     return done
 

@@ -55,11 +55,12 @@ def print_combined(records: Any, *, title: str, wp: float, file: Any = None) -> 
 
 
 def _cell(r: Any) -> str:
+    from qgcal.report import DASH, format_value
+
     if r["sf"] is None:
-        return "n/a"
-    stat = "n/a" if r["stat"] is None else f"{r['stat']:.3f}"
+        return f"{DASH} [" + ",".join(r["flags"]) + "]"
     if r["total_up"] is None or r["total_down"] is None:
-        syst = " syst n/a"
+        syst = f" syst {DASH}"
     else:
         syst = f" +{r['total_up']:.3f}/-{r['total_down']:.3f}"
-    return f"{r['sf']:.3f} ± {stat}{syst}" + (" *" if r["flags"] else "")
+    return f"{r['sf']:.3f} ± {format_value(r['stat'])}{syst}" + (" *" if r["flags"] else "")

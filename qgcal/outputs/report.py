@@ -13,23 +13,20 @@ from pathlib import Path
 from typing import Any
 
 from qgcal.artifacts import atomic_path
+from qgcal.report import DASH, format_value
 
-__all__ = ["collect_skipped", "format_value", "render_report", "write_report"]
-
-
-def format_value(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
+__all__ = ["collect_skipped", "render_report", "write_report"]
 
 
 def _sf_cell(r: Mapping[str, Any]) -> str:
     if r["sf"] is None:
-        return "n/a"
+        return DASH
     return f"{r['sf']:.3f} ± {format_value(r['stat'])}"
 
 
 def _syst_cell(r: Mapping[str, Any]) -> str:
     if r["total_up"] is None or r["total_down"] is None:
-        return "n/a"
+        return DASH
     return f"+{r['total_up']:.3f} / −{r['total_down']:.3f}"
 
 
@@ -81,7 +78,7 @@ def _flags(records: Sequence[Mapping[str, Any]]) -> list[str]:
     lines += [f"| `{f}` | {n} |" for f, n in sorted(counts.items())]
     undefined = sorted({v for r in records for v in r.get("undefined_variations", [])})
     if undefined:
-        lines += ["", "Variations with an undefined SF in some bin (their group and total are n/a there): "
+        lines += ["", "Variations with an undefined SF in some bin (their group and total are undefined (-) there): "
                   + ", ".join(f"`{v}`" for v in undefined) + "."]
     return lines
 
@@ -141,7 +138,7 @@ def render_report(title: str, metadata: Mapping[str, Any], records: Sequence[Map
     rel = [p.relative_to(report_dir).as_posix() for p in sorted(plots)]
     intro = (f"qgcal {metadata.get('qgcal_version', '')}. pT in GeV. SF ± statistical error; the systematic "
              "error is the quadrature sum of the groups below (upward / downward, as magnitudes). "
-             "`n/a`: undefined, see flags. Machine-readable: [scale_factors.json](scale_factors.json), "
+             "`-`: undefined, see flags. Machine-readable: [scale_factors.json](scale_factors.json), "
              "[corrections.json](corrections.json) (correctionlib), [scale_factors.root](scale_factors.root).")
     out = [f"# {title}: quark/gluon tagging scale factors", "", intro, ""]
     out += ["## Skipped input files", ""] + _skipped(skipped) + [""]
