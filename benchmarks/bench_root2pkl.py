@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ import yaml
 
 
 def _config(sample_base: Path, out: Path, step: str | int) -> Path:
-    from qgcal.demo import demo_config_text
+    from qgcal.configs import demo_config_text
 
     doc = yaml.safe_load(demo_config_text())
     doc["lumi_pb"] = json.loads((sample_base / "sample" / "truth.json").read_text())["luminosity_pb"]
@@ -49,8 +48,8 @@ def throughput(base: Path, repeat: int) -> dict[str, float]:
     import uproot
 
     from qgcal.config import load_config
-    from qgcal.plan import artifact_path, plan_tasks
-    from qgcal.stages import root2pkl
+    from qgcal.plan import plan_tasks
+    from qgcal.stages import artifact, root2pkl
 
     cfg = load_config(_config(base, base / "out-throughput", "100 MB"))
     tasks = plan_tasks(cfg, "nominal")
@@ -65,7 +64,7 @@ def throughput(base: Path, repeat: int) -> dict[str, float]:
         best_read = min(best_read, time.perf_counter() - t0)
         t0 = time.perf_counter()
         for t in tasks:
-            root2pkl.run_file(cfg, t, artifact_path(cfg.output_path, t, "root2pkl"))
+            root2pkl.run_file(cfg, t, artifact(cfg, t, "root2pkl"))
         best_pass = min(best_pass, time.perf_counter() - t0)
     return {
         "files": len(tasks),
@@ -80,7 +79,8 @@ _RSS_SNIPPET = """
 import sys
 from pathlib import Path
 from qgcal.config import load_config
-from qgcal.plan import artifact_path, plan_tasks
+from qgcal.plan import plan_tasks
+from qgcal.stages import artifact
 from qgcal.stages import root2pkl
 
 def hwm():  # VmHWM belongs to this process's address space (ru_maxrss survives exec)
@@ -91,7 +91,7 @@ def hwm():  # VmHWM belongs to this process's address space (ru_maxrss survives 
 cfg = load_config(sys.argv[1])
 task = [t for t in plan_tasks(cfg, 'nominal') if t.kind == 'data'][0]
 before = hwm()
-root2pkl.run_file(cfg, task, artifact_path(cfg.output_path, task, 'root2pkl'))
+root2pkl.run_file(cfg, task, artifact(cfg, task, 'root2pkl'))
 print(hwm(), before)
 """
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from qgcal.demo import demo_config_text
+from qgcal.configs import demo_config_text
 
 
 def _config(base: Path, name: str, variations: dict) -> Path:
@@ -43,9 +43,9 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path)
     args = ap.parse_args()
 
+    import qgcal
     from qgcal.config import load_config
     from qgcal.generate import generate_sample
-    from qgcal.workflows.sweep import run_many
 
     base = args.workdir or Path(tempfile.mkdtemp(prefix="qgsweep-"))
     if not (base / "sample" / "truth.json").exists():
@@ -61,7 +61,7 @@ def main() -> None:
         for name, cfg in (("nominal", nominal_cfg), ("sweep", sweep_cfg)):
             shutil.rmtree(cfg.output_path, ignore_errors=True)
             t0 = time.perf_counter()
-            run_many(cfg, cfg.variation_names(), workers=args.workers)
+            qgcal.sweep(cfg, cfg.variation_names(), workers=args.workers)
             best[name] = min(best[name], time.perf_counter() - t0)
     n_var = len(sweep_cfg.variations)
     print(json.dumps({"events": args.events, "workers": args.workers, "variations": n_var,

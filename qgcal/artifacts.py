@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -27,15 +27,15 @@ from qgcal import __version__
 from qgcal.errors import ArtifactError
 
 __all__ = [
+    "ParquetArtifactWriter",
+    "atomic_path",
     "config_hash",
     "file_fingerprint",
-    "sha256_file",
     "library_versions",
-    "atomic_path",
-    "write_json_atomic",
-    "ParquetArtifactWriter",
-    "read_parquet_provenance",
     "provenance_matches",
+    "read_parquet_provenance",
+    "sha256_file",
+    "write_json_atomic",
 ]
 
 PROVENANCE_KEY = b"qgcal.provenance"
@@ -159,7 +159,7 @@ class ParquetArtifactWriter:
         finally:
             self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
-    def __enter__(self) -> ParquetArtifactWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -18,7 +18,7 @@ import hashlib
 
 import numpy as np
 
-__all__ = ["sample_key", "poisson_replicas", "QUANTUM_BITS", "quantise", "replica_bincount"]
+__all__ = ["QUANTUM_BITS", "poisson_replicas", "quantise", "replica_bincount", "sample_key"]
 
 QUANTUM_BITS = 20
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)

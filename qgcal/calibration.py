@@ -25,17 +25,17 @@ import numpy as np
 
 __all__ = [
     "Binned",
-    "normalised",
-    "reweighting_factors",
-    "apply_weights",
-    "Fractions",
-    "fractions",
-    "extract",
-    "wp_cut_index",
-    "side_fraction",
     "Efficiency",
+    "Fractions",
+    "apply_weights",
     "efficiencies",
+    "extract",
+    "fractions",
+    "normalised",
     "ratio_with_error",
+    "reweighting_factors",
+    "side_fraction",
+    "wp_cut_index",
 ]
 
 FloatArray = np.ndarray

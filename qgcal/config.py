@@ -14,11 +14,12 @@ section declares what the ntuple stores (ATLAS ntuples: MeV).
 from __future__ import annotations
 
 import glob
+import itertools
 import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -34,16 +35,28 @@ from qgcal.errors import ConfigError, did_you_mean
 from qgcal.inference.config import InferenceConfig
 
 __all__ = [
-    "Config",
-    "load_config",
-    "parse_config",
-    "BranchExpr",
-    "parse_branch_expr",
+    "OPTION_SETTINGS",
     "RESERVED_NAMES",
+    "BranchExpr",
+    "Config",
+    "format_validation",
+    "load_config",
+    "parse_branch_expr",
+    "parse_config",
 ]
 
 SAFE_NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}"  # matched with re.fullmatch (a '$' would accept "x\n")
 RESERVED_NAMES = frozenset({"nominal", "combined", "results", "slurm", "models"})
+# options of the CLI and the library API that set a config setting (applied by Config.with_overrides)
+OPTION_SETTINGS = {
+    "workers": "executor.workers",
+    "executor": "executor.kind",
+    "scheduler": "executor.scheduler",
+    "skip_bad_files": "reading.skip_bad_files",
+    "backend": "inference.backend",
+    "device": "inference.device",
+    "triton_url": "inference.triton.url",
+}
 _ENERGY_TO_GEV = {"MeV": 1e-3, "GeV": 1.0, "TeV": 1e3}
 # what uproot's step_size accepts as a memory size (uproot._util.memory_size), positive only
 _MEMORY_SIZE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([kmgtpezy]?i?b)", re.IGNORECASE)
@@ -241,7 +254,9 @@ class ModelTagger(_Model):
     """A tagger evaluated by a trained model in the predict pass (``qgcal train``)."""
 
     kind: Literal["model"] = "model"
-    model: str = Field(description="model file (.skops): absolute, or relative to <output>/models (qgcal train writes it)")
+    model: str = Field(
+        description="model file (.skops): absolute, or relative to <output>/models (qgcal train writes it)"
+    )
     features: list[str] = Field(
         ["pt", "nTracks", "trackWidth", "trackC1"], description="logical feature names, in order"
     )
@@ -250,7 +265,7 @@ class ModelTagger(_Model):
     train_max_iter: int = Field(200, ge=1, description="boosting iterations for qgcal train")
 
 
-Tagger = Annotated[Union[BranchTagger, ModelTagger], Field(discriminator="kind")]
+Tagger = Annotated[BranchTagger | ModelTagger, Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- variations
@@ -324,11 +339,11 @@ class ReweightingVariation(_Variation):
 
 
 Variation = Annotated[
-    Union[TreeVariation, BranchVariation, WeightVariation, SampleVariation, ReweightingVariation],
+    TreeVariation | BranchVariation | WeightVariation | SampleVariation | ReweightingVariation,
     Field(discriminator="kind"),
 ]
 
-AnyVariation = Union[TreeVariation, BranchVariation, WeightVariation, SampleVariation, ReweightingVariation]
+AnyVariation = TreeVariation | BranchVariation | WeightVariation | SampleVariation | ReweightingVariation
 
 _RANGE = re.compile(r"(?P<name>[^\[\]\s]+)\[(?P<a>\d+)\.\.(?P<b>\d+)\]")  # fullmatch
 
@@ -409,7 +424,8 @@ class Reading(_Model):
     def _step(cls, v: Any) -> Any:
         # a typo here used to fall back silently to one basket per chunk (uproot cannot parse it)
         if isinstance(v, bool) or not isinstance(v, (int, str)):
-            raise ValueError("expected a number of entries or a memory size such as '100 MB'")
+            # ValueError, not TypeError: pydantic reports only ValueError as a validation error
+            raise ValueError("expected a number of entries or a memory size such as '100 MB'")  # noqa: TRY004
         if isinstance(v, int) and v < 1:
             raise ValueError("a number of entries must be >= 1")
         if isinstance(v, str):
@@ -480,7 +496,9 @@ class Config(_Model):
     variations: dict[str, Variation] = Field({}, description="systematic variations by name")
     executor: Executor = Field(default_factory=Executor, description="parallelism")
     slurm: Slurm = Field(default_factory=Slurm, description="Slurm array jobs (qgcal slurm)")
-    bootstrap: int = Field(0, ge=0, le=1000, description="Poisson bootstrap replicas for statistical errors (0: analytic)")
+    bootstrap: int = Field(
+        0, ge=0, le=1000, description="Poisson bootstrap replicas for statistical errors (0: analytic)"
+    )
     reading: Reading = Field(default_factory=Reading, description="chunked reading")
     inference: InferenceConfig = Field(default_factory=InferenceConfig, description="model taggers")
     calibration: Calibration = Field(default_factory=Calibration, description="numerics")
@@ -543,13 +561,15 @@ class Config(_Model):
         known = set(self.branches) | {"pt", "eta"}
         for name in self.event_weight:
             if name not in self.branches:
-                raise ValueError(f"event_weight: {name!r} is not a key of 'branches'{did_you_mean(name, self.branches)}")
+                raise ValueError(
+                    f"event_weight: {name!r} is not a key of 'branches'{did_you_mean(name, self.branches)}"
+                )
         for tname, tagger in self.taggers.items():
             needed = [tagger.variable] if isinstance(tagger, BranchTagger) else tagger.features
-            for var in needed:
-                if var not in known:
+            for feature in needed:
+                if feature not in known:
                     raise ValueError(
-                        f"taggers.{tname}: {var!r} is not a key of 'branches'{did_you_mean(var, known)}"
+                        f"taggers.{tname}: {feature!r} is not a key of 'branches'{did_you_mean(feature, known)}"
                     )
         sel = self.selection
         if sel.min_ntracks is not None and sel.ntracks_variable not in self.branches:
@@ -576,10 +596,9 @@ class Config(_Model):
                                      "and one of the two must be direction: up, the other down")
             elif var.direction != "single":
                 raise ValueError(f"variations.{vname}: direction {var.direction!r} needs 'pair'")
-            if isinstance(var, SampleVariation):
-                if var.sample not in samples or samples[var.sample].kind != "mc":
-                    raise ValueError(f"variations.{vname}.sample: no MC sample named {var.sample!r}"
-                                     f"{did_you_mean(var.sample, samples)}")
+            if isinstance(var, SampleVariation) and (var.sample not in samples or samples[var.sample].kind != "mc"):
+                raise ValueError(f"variations.{vname}.sample: no MC sample named {var.sample!r}"
+                                 f"{did_you_mean(var.sample, samples)}")
             if isinstance(var, BranchVariation):
                 for logical in var.replace:
                     if logical not in self.branches:
@@ -616,6 +635,19 @@ class Config(_Model):
     def variation_names(self) -> list[str]:
         return ["nominal", *self.variations]
 
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
+        """A copy with ``{"section.key": value}`` settings replaced (None: keep the config's).
+
+        The one place command-line options meet the config: the CLI calls this once,
+        and everything after it reads the config only. Each touched section is
+        validated as if it had been written in the YAML.
+        """
+        cfg = self
+        for dotted, value in overrides.items():
+            if value is not None:
+                cfg = _replace(cfg, dotted.split("."), value, dotted)
+        return cfg
+
     def variation(self, name: str) -> AnyVariation | None:
         """None for nominal; ConfigError naming the valid names for an unknown one."""
         if name == "nominal":
@@ -638,7 +670,7 @@ class Config(_Model):
 def _increasing(edges: list[float]) -> None:
     if len(edges) < 2:
         raise ValueError("bin edges need at least two values")
-    for a, b in zip(edges, edges[1:]):
+    for a, b in itertools.pairwise(edges):
         if not b > a:
             raise ValueError(f"bin edges must increase strictly, found {a} then {b}")
 
@@ -736,10 +768,18 @@ def _range_aliases(variations: Any) -> dict[str, str]:
             if isinstance(v, Mapping) and isinstance(v.get("set"), str) and k not in variations}
 
 
-def _format_validation(err: ValidationError, source: str, aliases: Mapping[str, str] | None = None) -> str:
+def format_validation(err: ValidationError, source: str, *, prefix: tuple[str, ...] = (),
+                      aliases: Mapping[str, str] | None = None) -> str:
+    """One line for a pydantic error: ``source: key.path: what is wrong (found X); ...``.
+
+    The one formatter of validation errors (the YAML, command-line settings, the
+    ``inference`` section handed to the scorer factory). ``prefix`` is where the
+    validated model sits in the config, so key paths and "did you mean" are the
+    config's.
+    """
     lines: list[str] = []
     for e in err.errors():
-        loc, tag = _strip_tags(tuple(e["loc"]))
+        loc, tag = _strip_tags((*prefix, *e["loc"]))
         if aliases and len(loc) > 1 and loc[0] == "variations" and loc[1] in aliases:
             loc = (loc[0], aliases[str(loc[1])], *loc[2:])
         where = _dotted(loc) or "(top level)"
@@ -752,11 +792,32 @@ def _format_validation(err: ValidationError, source: str, aliases: Mapping[str, 
         found = e.get("input")
         shown = "" if isinstance(found, (dict, list)) or found is None else f" (found {found!r})"
         lines.append(f"{where}: {msg}{shown}")
-    return f"{source}: " + "; ".join(dict.fromkeys(lines))
+    return _one_line(f"{source}: " + "; ".join(dict.fromkeys(lines)))
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split("\n")) if "\n" in text else text
+
+
+def _replace(model: BaseModel, path: list[str], value: Any, dotted: str) -> Any:
+    """``model`` with the field at ``path`` set to ``value``; the innermost section is re-validated."""
+    name = path[0]
+    if name not in type(model).model_fields or name == "base_dir":
+        raise ConfigError(f"{dotted}: no such config setting{did_you_mean(name, list(type(model).model_fields))}")
+    if len(path) > 1:
+        child = getattr(model, name)
+        if not isinstance(child, BaseModel):
+            raise ConfigError(f"{dotted}: {name!r} is a value, not a section")
+        return model.model_copy(update={name: _replace(child, path[1:], value, dotted)})
+    if isinstance(model, Config):
+        raise ConfigError(f"{dotted}: only settings inside a section can be overridden")
+    data = model.model_dump()
+    data[name] = value
+    try:
+        return type(model).model_validate(data)
+    except ValidationError as err:
+        section = tuple(dotted.split(".")[:-1])
+        raise ConfigError(format_validation(err, "command-line option", prefix=section)) from None
 
 
 def parse_config(data: Any, *, source: str = "config", base_dir: Path | str = ".") -> Config:
@@ -771,7 +832,7 @@ def parse_config(data: Any, *, source: str = "config", base_dir: Path | str = ".
         return Config.model_validate(payload)
     except ValidationError as err:
         aliases = _range_aliases(payload.get("variations"))
-        raise ConfigError(_one_line(_format_validation(err, source, aliases))) from None
+        raise ConfigError(format_validation(err, source, aliases=aliases)) from None
     except RecursionError:
         raise ConfigError(f"{source}: the config is nested too deeply (or refers to itself)") from None
 

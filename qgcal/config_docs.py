@@ -25,8 +25,8 @@ from qgcal.config import (
     Reading,
     ReweightingVariation,
     Sample,
-    Selection,
     SampleVariation,
+    Selection,
     Slice,
     Slurm,
     SumOfWeights,
@@ -87,7 +87,8 @@ This file is generated from the schema: `python -m qgcal.config_docs > docs/conf
 def _type_name(annotation: Any) -> str:
     text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
     if "discriminator='kind'" in text:
-        inner = "BranchTagger or ModelTagger" if "Tagger" in text else "TreeVariation or BranchVariation or WeightVariation or SampleVariation or ReweightingVariation"
+        variations = "TreeVariation or BranchVariation or WeightVariation or SampleVariation or ReweightingVariation"
+        inner = "BranchTagger or ModelTagger" if "Tagger" in text else variations
         return f"dict[str, {inner}] (by `kind`)"
     for junk in ("typing.", "qgcal.config.", "qgcal.inference.config.", "<class '", "'>"):
         text = text.replace(junk, "")

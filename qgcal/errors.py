@@ -10,10 +10,10 @@ import difflib
 from collections.abc import Iterable
 
 __all__ = [
-    "QgcalError",
+    "ArtifactError",
     "ConfigError",
     "InputError",
-    "ArtifactError",
+    "QgcalError",
     "RunLockedError",
     "did_you_mean",
 ]

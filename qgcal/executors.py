@@ -4,8 +4,9 @@ A serial executor for debugging and ``--workers 1``, a process pool by default
 (one pool reused for every pass of a run: starting workers costs ~1 s), a Dask
 ``distributed`` client's executor (an existing scheduler, or a LocalCluster
 started for the run), and any object with ``submit`` passed in as is.
-Workers start with the ``forkserver`` method, preloading qgcal's heavy imports
-once, so starting a pool is cheap and no thread state of the parent is forked.
+Workers start with the ``forkserver`` method, preloading the modules the caller
+names (the task functions' module, heavy imports) once, so starting a pool is cheap
+and no thread state of the parent is forked.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ DASK_KINDS = ("dask", "dask-local")
 # How long to wait for a Dask scheduler (or a LocalCluster's workers) before giving up.
 DASK_CONNECT_TIMEOUT_S = 30.0
 _log = logging.getLogger("qgcal")
-_PRELOAD = ["qgcal.workflows.tasks"]
 # How often a pool worker checks that the process that made its pool is still alive.
 PARENT_POLL_S = 0.5
 
@@ -61,9 +61,9 @@ def make_executor(kind: str | Executor, workers: int, *, scheduler: str | None =
         return SerialExecutor()
     if kind == "process":
         ctx = mp.get_context("forkserver")
-        modules = [*_PRELOAD, *preload]
-        # extra modules (e.g. scikit-learn and skops for model taggers: seconds to import)
-        # are imported once by the fork server, not by every worker
+        modules = list(preload)
+        # the modules the tasks need (the task functions' module; scikit-learn and skops for
+        # model taggers: seconds to import) are imported once by the fork server, not by every worker
         ctx.set_forkserver_preload(modules)
         _start_forkserver()
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_watch_parent,
@@ -121,27 +121,16 @@ def _check_worker_imports(pool: ProcessPoolExecutor, modules: Sequence[str]) -> 
                 "installed consistently for the workers: reinstall it (pip install .) in the "
                 "environment that runs qgcal"
             ) from None
-        except BrokenProcessPool:
-            codes = _exit_codes(pool)
-            pool.shutdown(wait=False, cancel_futures=True)
-            if codes and all(c > 0 for c in codes):  # exited with an error, not killed by a signal
-                raise QgcalError(
-                    "worker processes exit with an error as they start (before any file is read; "
-                    "their traceback is printed above); check that qgcal and its dependencies import "
-                    "in this environment (python -c 'import qgcal.workflows.tasks')"
-                ) from None
-            raise  # killed (a signal, the OOM killer): the runner's crash policy applies
-
-
-def _exit_codes(pool: ProcessPoolExecutor) -> list[int]:
-    """Exit codes of the pool's dead workers (negative: killed by that signal)."""
-    procs = getattr(pool, "_processes", None) or {}
-    codes = []
-    for proc in list(procs.values()):
-        proc.join(timeout=1.0)
-        if proc.exitcode is not None:
-            codes.append(int(proc.exitcode))
-    return codes
+        except (BrokenProcessPool, OSError, EOFError) as err:
+            # a worker killed while the pool starts (a signal, the OOM killer): a lost pool, to
+            # which the runner's crash policy applies
+            try:
+                pool.shutdown(wait=False, cancel_futures=True)
+            except (OSError, EOFError):
+                pass
+            if isinstance(err, BrokenProcessPool):
+                raise
+            raise BrokenProcessPool(f"could not start a worker process ({type(err).__name__}: {err})") from err
 
 
 def _create_time(pid: int) -> float:

@@ -1,14 +1,16 @@
 """Named sets of weighted histograms: serialise to ``.npz`` and merge in a fixed order.
 
-Serialisation: for every histogram, its axes are described in a JSON member
-(``__meta__``) and its sum-of-weights and sum-of-squared-weights (flow bins
-included) are two float64 arrays. ``np.load(..., allow_pickle=False)`` reads it
-back: no code runs on load.
+Serialisation: the UHI serialisation of boost-histogram (``to_uhi``/``from_uhi``, the
+documented cross-library histogram schema): every histogram's description (axes,
+storage type, metadata; without writer info, so the bytes do not depend on the
+library version) goes into one JSON member (``__meta__``) and its sum-of-weights and
+sum-of-squared-weights arrays (flow bins included) into two float64 members.
+``np.load(..., allow_pickle=False)`` reads it back: no code runs on load.
 
 Determinism: floating-point addition is not associative, so :func:`merge`
-adds per-file sets in the order of their sorted keys. Whatever order files
-finished in, or however they were split across workers or Slurm tasks, the
-same additions happen in the same order and the bytes agree.
+adds per-file sets (with hist's ``+=``) in the order of their sorted keys. Whatever
+order files finished in, or however they were split across workers or Slurm tasks,
+the same additions happen in the same order and the bytes agree.
 """
 
 from __future__ import annotations
@@ -22,41 +24,33 @@ from typing import Any
 
 import hist
 import numpy as np
+from boost_histogram.serialization import from_uhi, remove_writer_info, to_uhi
+from uhi.io.json import default as uhi_json_default
+from uhi.io.json import object_hook as uhi_json_hook
 
 from qgcal.artifacts import atomic_path
 from qgcal.errors import ArtifactError
 
-__all__ = ["HistSet", "axis_from_json", "axis_to_json", "load_histset", "merge", "save_histset"]
+__all__ = ["FORMAT", "HistSet", "add_into", "empty_like", "load_artifact", "load_histset", "merge",
+           "read_histset_meta", "save_histset"]
 
 HistSet = dict[str, hist.Hist]
+# the layout of our .npz files; an artifact of another layout is not valid (it is redone)
+FORMAT = "qgcal-histset/uhi-1"
 
 
-def axis_to_json(ax: Any) -> dict[str, Any]:
-    if isinstance(ax, hist.axis.Regular):
-        lo, hi = ax.edges[0], ax.edges[-1]
-        return {"type": "regular", "name": ax.name, "bins": ax.size, "low": float(lo), "high": float(hi),
-                "flow": bool(ax.traits.underflow)}
-    if isinstance(ax, hist.axis.Variable):
-        return {"type": "variable", "name": ax.name, "edges": [float(e) for e in ax.edges],
-                "flow": bool(ax.traits.underflow)}
-    if isinstance(ax, hist.axis.IntCategory):
-        return {"type": "intcategory", "name": ax.name, "categories": [int(c) for c in ax]}
-    if isinstance(ax, hist.axis.StrCategory):
-        return {"type": "strcategory", "name": ax.name, "categories": [str(c) for c in ax]}
-    raise TypeError(f"cannot serialise axis {ax!r}")
+def _describe(h: hist.Hist) -> dict[str, Any]:
+    """The UHI description of ``h`` without its two arrays (they are stored as npz members)."""
+    doc = remove_writer_info(to_uhi(h), library=None)
+    storage = dict(doc["storage"])
+    storage.pop("values")
+    storage.pop("variances")
+    return {**doc, "storage": storage}
 
 
-def axis_from_json(d: Mapping[str, Any]) -> Any:
-    kind = d["type"]
-    if kind == "regular":
-        return hist.axis.Regular(d["bins"], d["low"], d["high"], name=d["name"], flow=d["flow"])
-    if kind == "variable":
-        return hist.axis.Variable(d["edges"], name=d["name"], flow=d["flow"])
-    if kind == "intcategory":
-        return hist.axis.IntCategory(d["categories"], name=d["name"])
-    if kind == "strcategory":
-        return hist.axis.StrCategory(d["categories"], name=d["name"])
-    raise ArtifactError(f"unknown axis type {kind!r} in histogram file")
+def _rebuild(desc: Mapping[str, Any], values: np.ndarray, variances: np.ndarray) -> hist.Hist:
+    doc = {**desc, "storage": {**desc["storage"], "values": values, "variances": variances}}
+    return hist.Hist(from_uhi(doc))
 
 
 def _to_arrays(hs: HistSet, meta: Mapping[str, Any],
@@ -65,13 +59,22 @@ def _to_arrays(hs: HistSet, meta: Mapping[str, Any],
     described = {}
     for name in sorted(hs):
         h = hs[name]
-        view = h.view(flow=True)
+        view: Any = h.view(flow=True)  # a structured (value, variance) view of the Weight storage
         arrays[f"{name}.values"] = np.ascontiguousarray(view["value"], dtype=np.float64)
         arrays[f"{name}.variances"] = np.ascontiguousarray(view["variance"], dtype=np.float64)
-        described[name] = [axis_to_json(ax) for ax in h.axes]
-    blob = json.dumps({"hists": described, "meta": meta}, sort_keys=True, allow_nan=False)
+        described[name] = _describe(h)
+    blob = json.dumps({"format": FORMAT, "hists": described, "meta": meta}, sort_keys=True, allow_nan=False,
+                      default=uhi_json_default)
     arrays["__meta__"] = np.frombuffer(blob.encode(), dtype=np.uint8)
     return arrays
+
+
+def _read_doc(npz: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(bytes(npz["__meta__"]).decode(), object_hook=uhi_json_hook)
+    if doc.get("format") != FORMAT:
+        raise ArtifactError(f"histogram file of another layout ({doc.get('format', 'unversioned')!r}, "
+                            f"expected {FORMAT!r})")
+    return doc
 
 
 def save_histset(path: Path, hs: HistSet, meta: Mapping[str, Any],
@@ -104,18 +107,12 @@ def load_artifact(path: Path) -> tuple[HistSet, dict[str, Any], dict[str, np.nda
     try:
         with _open_npz(path) as npz:
             extra = {k[len("extra."):]: npz[k] for k in npz.files if k.startswith("extra.")}
-            doc = json.loads(bytes(npz["__meta__"]).decode())
-            out: HistSet = {}
-            for name, axes in doc["hists"].items():
-                h = hist.Hist(*(axis_from_json(a) for a in axes), storage=hist.storage.Weight())
-                view = h.view(flow=True)
-                view["value"] = npz[f"{name}.values"]
-                view["variance"] = npz[f"{name}.variances"]
-                out[name] = h
-    except ArtifactError:
-        raise
+            doc = _read_doc(npz)
+            out: HistSet = {name: _rebuild(desc, npz[f"{name}.values"], npz[f"{name}.variances"])
+                            for name, desc in doc["hists"].items()}
     except Exception as err:
-        raise ArtifactError(f"{path}: unreadable histogram artifact ({type(err).__name__}); rerun with --force") from None
+        why = str(err) if isinstance(err, ArtifactError) else type(err).__name__
+        raise ArtifactError(f"{path}: unreadable histogram artifact ({why}); rerun with --force") from None
     return out, doc["meta"], extra
 
 
@@ -125,14 +122,16 @@ def load_extra(path: Path) -> dict[str, np.ndarray]:
         with _open_npz(path) as npz:
             return {k[len("extra."):]: npz[k] for k in npz.files if k.startswith("extra.")}
     except Exception as err:
-        raise ArtifactError(f"{path}: unreadable histogram artifact ({type(err).__name__}); rerun with --force") from None
+        why = type(err).__name__
+        raise ArtifactError(f"{path}: unreadable histogram artifact ({why}); rerun with --force") from None
 
 
 def read_histset_meta(path: Path) -> dict[str, Any] | None:
     """Only the metadata member (provenance): cheap validity checks."""
     try:
         with _open_npz(path) as npz:
-            return json.loads(bytes(npz["__meta__"]).decode())["meta"]
+            meta: dict[str, Any] = _read_doc(npz)["meta"]
+            return meta
     except Exception:
         return None
 
@@ -149,16 +148,11 @@ def add_into(total: HistSet, other: HistSet, scale: float = 1.0) -> None:
     if set(total) != set(other):
         raise ArtifactError("histogram sets to merge hold different histograms; rerun with --force")
     for name in sorted(total):
-        tv = total[name].view(flow=True)
-        ov = other[name].view(flow=True)
-        if tv.shape != ov.shape:
-            raise ArtifactError(f"histogram {name!r} has different binning in two artifacts; rerun with --force")
-        if scale == 1.0:
-            tv["value"] = tv["value"] + ov["value"]
-            tv["variance"] = tv["variance"] + ov["variance"]
-        else:
-            tv["value"] = tv["value"] + scale * ov["value"]
-            tv["variance"] = tv["variance"] + (scale * scale) * ov["variance"]
+        try:
+            total[name] += other[name] if scale == 1.0 else other[name] * scale
+        except ValueError:
+            raise ArtifactError(f"histogram {name!r} has different binning in two artifacts; "
+                                "rerun with --force") from None
 
 
 def merge(items: Iterable[tuple[str, HistSet]]) -> HistSet:
@@ -168,7 +162,7 @@ def merge(items: Iterable[tuple[str, HistSet]]) -> HistSet:
         raise ArtifactError("nothing to merge")
     keys = [k for k, _ in ordered]
     if len(set(keys)) != len(keys):  # equal keys would make the order, and so the bytes, arbitrary
-        raise ArtifactError(f"histogram sets to merge share a key ({sorted(k for k in keys if keys.count(k) > 1)[0]})")
+        raise ArtifactError(f"histogram sets to merge share a key ({min(k for k in keys if keys.count(k) > 1)})")
     total = empty_like(ordered[0][1])
     for _, hs in ordered:
         add_into(total, hs)

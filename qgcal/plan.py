@@ -25,10 +25,8 @@ from qgcal.config import (
     WeightVariation,
 )
 
-__all__ = ["FileTask", "plan_tasks", "artifact_path", "mc_sample_for", "reweighting_for", "STAGES", "EXT"]
-
-STAGES = ("root2pkl", "pkl2predpkl", "predpkl2hist")
-EXT = {"root2pkl": ".parquet", "pkl2predpkl": ".parquet", "predpkl2hist": ".npz"}
+__all__ = ["FileTask", "artifact_path", "jet_variables", "mc_sample_for", "model_path", "plan_tasks",
+           "reweighting_for"]
 
 
 @dataclass(frozen=True)
@@ -59,8 +57,15 @@ class FileTask:
         return f"{p.stem}-{digest}"
 
 
-def artifact_path(output: Path, task: FileTask, stage: str) -> Path:
-    return output / task.variation / stage / task.sample / task.slice / f"{task.stem}{EXT[stage]}"
+def artifact_path(output: Path, task: FileTask, stage: str, ext: str) -> Path:
+    """``<output>/<variation>/<pass>/<sample>/<slice>/<file stem><ext>`` (see qgcal.passes)."""
+    return output / task.variation / stage / task.sample / task.slice / f"{task.stem}{ext}"
+
+
+def model_path(cfg: Config, tagger: ModelTagger) -> Path:
+    """Where ``qgcal train`` writes and the predict pass reads a model: relative paths are under <output>/models."""
+    p = Path(tagger.model)
+    return p if p.is_absolute() else cfg.output_path / "models" / p
 
 
 def _needed_logicals(cfg: Config, kind: str) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, Self
 
 __all__ = ["PassProgress", "log"]
 
@@ -71,7 +71,7 @@ class PassProgress:
             self._bar.stop()
             self._bar = None
 
-    def __enter__(self) -> PassProgress:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

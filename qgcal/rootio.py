@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import awkward as ak
 import numpy as np
@@ -26,7 +26,7 @@ import uproot
 from qgcal.config import BranchExpr
 from qgcal.errors import InputError, did_you_mean
 
-__all__ = ["check_root_file", "open_tree", "resolve_branches", "chunk_ranges", "read_chunk", "read_th1_bin"]
+__all__ = ["check_root_file", "chunk_ranges", "open_tree", "read_chunk", "read_th1_bin", "resolve_branches"]
 
 _HEADER = struct.Struct(">4sii")
 
@@ -71,7 +71,7 @@ class OpenTree:
     def close(self) -> None:
         self.file.close()
 
-    def __enter__(self) -> OpenTree:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -85,7 +85,9 @@ def open_tree(path: Path, tree_name: str, *, config_key: str) -> OpenTree:
         # and no array cache (it would keep up to 100 MB of chunks alive: memory not bounded by the chunk)
         f = uproot.open(path, handler=uproot.source.file.MultithreadedFileSource, array_cache=None)
     except Exception as err:  # uproot raises OSError/ValueError/... for corrupt files
-        raise InputError(f"{path}: cannot open as ROOT ({type(err).__name__}: {_first_line(err)}); the file is corrupt") from None
+        raise InputError(
+            f"{path}: cannot open as ROOT ({type(err).__name__}: {_first_line(err)}); the file is corrupt"
+        ) from None
     try:
         obj = f[tree_name]
     except Exception:

@@ -19,7 +19,9 @@ Choices, and why:
   curves use the *signed* weights, i.e. the physical distributions.
 - Determinism: ``early_stopping=False`` (its validation split is random) and a fixed
   ``random_state`` (it also seeds the binning subsample above 200k jets): the same columns
-  and seed give the same trees, the same scores and the same model-file bytes.
+  and seed give the same trees and bit-identical scores.  Not the same model-file bytes:
+  skops records save-time details, so a retrained model is a new file with a new SHA-256
+  (see qgcal.inference.model_io).
 """
 
 from __future__ import annotations

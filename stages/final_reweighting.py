@@ -1,405 +1,148 @@
 """Pass 4 of 4, final_reweighting: merge, reweight, extract, and compute scale factors.
 
-Works on histograms only; never re-reads events. Per tagger and pT bin:
+Works on histograms only; never re-reads events. Its input is the list of the
+last per-file pass's histogram artifacts (and the records of files skipped as
+bad), gathered by the scheduler. Per tagger and pT bin:
 1. merge per-file histograms in sorted-key order and normalise each MC slice
-   by lumi * xsec * filter_eff * kfactor / sum_of_weights(slice, all files);
+   by lumi * xsec * filter_eff * kfactor / sum_of_weights(slice, all files)
+   (:mod:`qgcal.merging`);
 2. pass 1: w = p_F,quark / p_C,quark from MC truth, applied bin-wise to every
    central histogram (MC and data): content x w, variance x w^2;
 3. pass 2: fractions from the reweighted MC yields, p_q and p_g = F^-1 (p_F, p_C)
    for MC and data with the same MC matrix;
 4. working-point cuts from the extracted NOMINAL MC quark shape, frozen and
-   reused by every variation; SF_q and SF_g with analytic statistical errors.
+   reused by every variation; SF_q and SF_g with analytic statistical errors
+   (:mod:`qgcal.extraction`).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from qgcal import __version__
-from qgcal.calibration import (
-    Binned,
-    apply_weights,
-    efficiencies,
-    extract,
-    fractions,
-    normalised,
-    quark_mask,
-    ratio_with_error,
-    reweighting_factors,
-    wp_cut_index,
-)
+from qgcal.artifacts import write_json_atomic
 from qgcal.config import Config
-from qgcal.errors import ArtifactError, QgcalError
-from qgcal.bootstrap import QUANTUM_BITS
-from qgcal.histset import HistSet, add_into, empty_like, load_artifact, merge, save_histset
-from qgcal.stages.pkl2predpkl import tagger_column
-from qgcal.stages.predpkl2hist import FLAVOUR_DATA, FLAVOUR_GLUON, FLAVOUR_OTHER, QUARK_FLAVOURS
+from qgcal.errors import QgcalError
+from qgcal.extraction import (
+    bootstrap_stat,
+    extract_all,
+    extraction_summary,
+    frozen_cuts,
+    scale_factor_records,
+)
+from qgcal.merging import merge_sample, save_merged
+from qgcal.plan import mc_sample_for, reweighting_for
+from qgcal.progress import log
 
-__all__ = ["merge_sample", "Extraction", "extract_all", "scale_factor_records", "NoDataError"]
+__all__ = ["FinalInputs", "FinalResult", "NoDataError", "config_hash_for", "pass_config", "run"]
+
+NAME = "final_reweighting"
 
 
 class NoDataError(QgcalError):
     """The data sample has no selected events: no scale factor can be derived."""
 
 
-# ----------------------------------------------------------------------------- merging
+@dataclass(frozen=True)
+class FinalInputs:
+    """Histogram artifacts as (sort key, path) per role, and files skipped as bad (their records).
 
-
-def merge_sample(cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]
-                 ) -> tuple[HistSet, dict[str, Any], dict[str, np.ndarray]]:
-    """Merge per-file histograms of one sample; MC slices normalised to the luminosity.
-
-    Also returns the merged bootstrap replicas (empty without ``bootstrap``): exact int64
-    sums per slice, then scaled and added in slice order, from the same read of each file.
+    ``data_dir``/``mc_dir``: the artifact namespaces where the merged sets are kept
+    (``<output>/<namespace>/final_reweighting/merged_<sample>.npz``).
     """
-    kind = cfg.samples[sample].kind
-    by_slice: dict[str, list[tuple[str, HistSet, dict[str, Any]]]] = {}
-    replica_sums: dict[str, dict[str, np.ndarray]] = {}
-    for key, path in sorted(artifacts):
-        hs, meta, extra = load_artifact(path)
-        slice_name = meta["carry"]["slice"]
-        by_slice.setdefault(slice_name, []).append((key, hs, meta))
-        if cfg.bootstrap:
-            acc = replica_sums.setdefault(slice_name, {})
-            for name, arr in extra.items():
-                if name.startswith("replicas."):
-                    tagger = name[len("replicas."):]
-                    acc[tagger] = acc[tagger] + arr if tagger in acc else arr.astype(np.int64, copy=True)
-    if not by_slice:
-        raise QgcalError(f"sample {sample!r}: no histogram artifacts to merge")
-    info: dict[str, Any] = {"slices": {}}
-    total: HistSet | None = None
-    slice_defs = cfg.samples[sample].slice_map()
-    for slice_name in sorted(by_slice):
-        entries = by_slice[slice_name]
-        merged = merge((k, hs) for k, hs, _ in entries)
-        sumw = math.fsum(float(m["carry"]["sumw"]) for _, _, m in entries)
-        jets = sum(int(m["jets"]) for _, _, m in entries)
-        if kind == "mc":
-            sl = slice_defs[slice_name]
-            if not sumw > 0:
-                raise QgcalError(
-                    f"samples.{sample}.slices.{slice_name}: sum of weights is {sumw} over "
-                    f"{len(entries)} files; check sum_of_weights in the config"
-                )
-            scale = sl.scale(cfg.lumi_pb, sumw)
-        else:
-            scale = 1.0
-        info["slices"][slice_name] = {"files": len(entries), "sumw": sumw, "scale": scale, "jets": jets}
-        if total is None:
-            total = empty_like(merged)
-        add_into(total, merged, scale)
-    assert total is not None
-    return total, info, _scale_replicas(cfg, replica_sums, info)
 
-
-def _scale_replicas(cfg: Config, per_slice: Mapping[str, Mapping[str, np.ndarray]],
-                    info: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    """Exact per-slice replica sums -> weights, each slice scaled, added in slice order."""
-    if not cfg.bootstrap:
-        return {}
-    out: dict[str, np.ndarray] = {}
-    quantum = 2.0 ** -QUANTUM_BITS
-    for slice_name in sorted(per_slice):
-        scale = float(info["slices"][slice_name]["scale"]) * quantum
-        for name, arr in per_slice[slice_name].items():
-            out[name] = out[name] + scale * arr if name in out else scale * arr.astype(np.float64)
-    missing = set(cfg.taggers) - set(out)
-    if missing:
-        raise ArtifactError(f"bootstrap replicas missing for {sorted(missing)}; rerun predpkl2hist with --force")
-    return out
-
-
-def bootstrap_stat(cfg: Config, mc: Mapping[str, np.ndarray], data: Mapping[str, np.ndarray],
-                   cuts: Mapping[str, list[dict[str, Any]]], reweight: str) -> dict[tuple[str, int, str, str], float]:
-    """Standard deviation of each scale factor over the replicas (cuts frozen from nominal)."""
-    out: dict[tuple[str, int, str, str], float] = {}
-    n_rep = cfg.bootstrap
-    for name in sorted(cfg.taggers):
-        tagger = cfg.taggers[name]
-        for ipt in range(len(cfg.pt_bins_gev) - 1):
-            samples: dict[tuple[str, str], list[float]] = {}
-            for r in range(n_rep):
-                ex = extract_inputs(cfg, inputs_from_replica(mc[name], data[name], ipt, r, cfg.pt_bins_gev), reweight)
-                if not (math.isfinite(ex.f_fq - ex.f_cq) and ex.f_fq != ex.f_cq):
-                    continue
-                fr_ = ex.fractions()
-                for wp in cfg.working_points:
-                    cut = cuts[name][ipt][_wp_key(wp)]
-                    if cut is None:
-                        continue
-                    mask = quark_mask(len(ex.weights), cut["index"], tagger.quark_side)
-                    e_m = efficiencies(fr_, ex.mc_forward, ex.mc_central, mask)
-                    e_d = efficiencies(fr_, ex.data_forward, ex.data_central, mask)
-                    for parton, num, den in (("quark", e_d.eps_q, e_m.eps_q), ("gluon", e_d.rej_g, e_m.rej_g)):
-                        if den > 0 and math.isfinite(num) and math.isfinite(den):
-                            samples.setdefault((_wp_key(wp), parton), []).append(num / den)
-            for (wp_key, parton), values in samples.items():
-                if len(values) >= max(2, n_rep // 2):
-                    out[(name, ipt, wp_key, parton)] = float(np.std(np.asarray(values), ddof=1))
-    return out
-
-
-# ----------------------------------------------------------------------------- extraction
-
-
-def _binned(h: Any, region: int, flavours: Sequence[int], ipt: int) -> Binned:
-    """Sum of the chosen flavours for one region and pT bin, as (values, variances)."""
-    vals = h.values()
-    vars_ = h.variances()
-    reg_ax, flav_ax = h.axes["region"], h.axes["flavour"]
-    ir = reg_ax.index(region)
-    idx = [flav_ax.index(f) for f in flavours]
-    return Binned(vals[ir, idx, ipt, :].sum(axis=0), vars_[ir, idx, ipt, :].sum(axis=0))
-
-
-ALL_MC = (*QUARK_FLAVOURS, FLAVOUR_GLUON, FLAVOUR_OTHER)
+    data: Sequence[tuple[str, Path]]
+    mc: Sequence[tuple[str, Path]]
+    nominal_mc: Sequence[tuple[str, Path]] | None  # None: the same as ``mc``
+    skipped: Sequence[Mapping[str, Any]] = ()
+    data_namespace: str = "nominal"
+    mc_namespace: str = "nominal"
 
 
 @dataclass
-class Extraction:
-    """Everything derived for one tagger and pT bin (MC and data)."""
-
-    pt_low: float
-    pt_high: float
-    f_fq: float
-    f_cq: float
-    weights: np.ndarray
-    mc_forward: Binned
-    mc_central: Binned
-    data_forward: Binned
-    data_central: Binned
-    p_q_mc: np.ndarray
-    p_g_mc: np.ndarray
-    p_q_data: np.ndarray
-    p_g_data: np.ndarray
-    truth_q_mc: np.ndarray
-    truth_g_mc: np.ndarray
-    data_jets: tuple[float, float]
-    flags: list[str]
-
-    def fractions(self) -> Any:
-        from qgcal.calibration import Fractions
-
-        return Fractions(self.f_fq, self.f_cq)
+class FinalResult:
+    systematic: str
+    results_dir: Path
+    records: list[dict[str, Any]]
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class BinInputs:
-    """The histograms one pT bin's extraction needs (MC by truth class, data), as Binned."""
+def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None) -> FinalResult:
+    """final_reweighting for one systematic; writes ``results/<syst>/`` (JSON first, then plots).
 
-    fq: Binned
-    fg: Binned
-    f_all: Binned
-    cq: Binned
-    cg: Binned
-    c_all: Binned
-    d_f: Binned
-    d_c: Binned
-    pt_low: float
-    pt_high: float
+    Extraction plots: with ``plot=None``, for nominal, and for the other systematics
+    only with ``plots.systematics`` (a 100-replica PDF sweep should not draw 100 figures).
+    """
+    if plot is None:
+        plot = cfg.plots.enabled and (syst == "nominal" or cfg.plots.systematics)
+    out = cfg.output_path
+    mc_sample = mc_sample_for(cfg, syst)
+    reweight = reweighting_for(cfg, syst)
 
-
-def inputs_from_hists(mc: Any, data: Any, ipt: int) -> BinInputs:
-    edges = mc.axes["pt"].edges
-    return BinInputs(
-        fq=_binned(mc, 0, QUARK_FLAVOURS, ipt), fg=_binned(mc, 0, (FLAVOUR_GLUON,), ipt),
-        f_all=_binned(mc, 0, ALL_MC, ipt), cq=_binned(mc, 1, QUARK_FLAVOURS, ipt),
-        cg=_binned(mc, 1, (FLAVOUR_GLUON,), ipt), c_all=_binned(mc, 1, ALL_MC, ipt),
-        d_f=_binned(data, 0, (FLAVOUR_DATA,), ipt), d_c=_binned(data, 1, (FLAVOUR_DATA,), ipt),
-        pt_low=float(edges[ipt]), pt_high=float(edges[ipt + 1]),
-    )
-
-
-def inputs_from_replica(mc: np.ndarray, data: np.ndarray, ipt: int, r: int, pt_edges: Sequence[float]) -> BinInputs:
-    """One bootstrap replica: arrays (region, class[data, quark, gluon, other], pT, score, replica)."""
-    def b(arr: np.ndarray, region: int, classes: Sequence[int]) -> Binned:
-        v = arr[region, list(classes), ipt, :, r].sum(axis=0)
-        return Binned(v, np.zeros_like(v))
-
-    return BinInputs(
-        fq=b(mc, 0, (1,)), fg=b(mc, 0, (2,)), f_all=b(mc, 0, (1, 2, 3)),
-        cq=b(mc, 1, (1,)), cg=b(mc, 1, (2,)), c_all=b(mc, 1, (1, 2, 3)),
-        d_f=b(data, 0, (0,)), d_c=b(data, 1, (0,)),
-        pt_low=float(pt_edges[ipt]), pt_high=float(pt_edges[ipt + 1]),
-    )
-
-
-def extract_bin(cfg: Config, mc: Any, data: Any, ipt: int, reweight: str = "quark") -> Extraction:
-    return extract_inputs(cfg, inputs_from_hists(mc, data, ipt), reweight)
-
-
-def extract_inputs(cfg: Config, x: BinInputs, reweight: str = "quark") -> Extraction:
-    """Pass 1 (reweighting) and pass 2 (matrix method) for one pT bin."""
-    flags: list[str] = []
-    fq, fg, f_all, cq, cg, c_all, d_f, d_c = x.fq, x.fg, x.f_all, x.cq, x.cg, x.c_all, x.d_f, x.d_c
-    if not (f_all.total > 0 and c_all.total > 0 and fq.total > 0 and cq.total > 0):
-        flags.append("empty_mc_bin")
-    if not (d_f.total > 0 and d_c.total > 0):
-        flags.append("empty_data_bin")
-    elif min(d_f.total, d_c.total) < cfg.calibration.min_data_jets:
-        flags.append("low_stats")
-    if reweight == "none":
-        w = np.ones_like(fq.values)
+    data_h, data_info, data_reps = merge_sample(cfg, cfg.data, inputs.data)
+    check_data(syst, data_info, cfg.data)
+    mc_h, mc_info, mc_reps = merge_sample(cfg, mc_sample, inputs.mc)
+    if inputs.nominal_mc is None:
+        nom_h = mc_h
     else:
-        ref_f, ref_c = (fq, cq) if reweight == "quark" else (fg, cg)
-        w, lost = reweighting_factors(ref_f, ref_c)
-        if lost and "empty_mc_bin" not in flags:
-            flags.append("reweighting_empty_bins")
-    cq_w, c_all_w, d_c_w = apply_weights(cq, w), apply_weights(c_all, w), apply_weights(d_c, w)
-    fr = fractions(fq, f_all, cq_w, c_all_w)
-    if not (math.isfinite(fr.det) and fr.det != 0):
-        flags.append("singular_fraction_matrix")
-        nan = np.full_like(fq.values, np.nan)
-        p_q_mc = p_g_mc = p_q_d = p_g_d = nan
-    else:
-        if abs(fr.det) < cfg.calibration.min_fraction_separation:
-            flags.append("ill_conditioned")
-        if not (0.0 <= fr.f_fq <= 1.0 and 0.0 <= fr.f_cq <= 1.0):
-            # negative event weights can make a gluon (or reweighted quark) yield negative: a
-            # "fraction" outside [0, 1] is no mixture, whatever the algebra returns
-            flags.append("unphysical_fraction")
-        p_q_mc, p_g_mc = extract(fr, normalised(f_all), normalised(c_all_w))
-        p_q_d, p_g_d = extract(fr, normalised(d_f), normalised(d_c_w))
-    return Extraction(
-        pt_low=x.pt_low, pt_high=x.pt_high, f_fq=fr.f_fq, f_cq=fr.f_cq, weights=w,
-        mc_forward=f_all, mc_central=c_all_w, data_forward=d_f, data_central=d_c_w,
-        p_q_mc=p_q_mc, p_g_mc=p_g_mc, p_q_data=p_q_d, p_g_data=p_g_d,
-        truth_q_mc=normalised(fq), truth_g_mc=normalised(fg),
-        data_jets=(d_f.total, d_c.total), flags=flags,
-    )
+        nom_h, _, _ = merge_sample(cfg, cfg.nominal_mc, inputs.nominal_mc)
 
+    save_merged(out / inputs.data_namespace / NAME / f"merged_{cfg.data}.npz", data_h, data_info, data_reps)
+    save_merged(out / inputs.mc_namespace / NAME / f"merged_{mc_sample}.npz", mc_h, mc_info, mc_reps)
 
-def extract_all(cfg: Config, mc: HistSet, data: HistSet, reweight: str = "quark") -> dict[str, list[Extraction]]:
-    out: dict[str, list[Extraction]] = {}
-    for name in sorted(cfg.taggers):
-        col = tagger_column(name)
-        n_pt = len(cfg.pt_bins_gev) - 1
-        out[name] = [extract_bin(cfg, mc[col], data[col], i, reweight) for i in range(n_pt)]
-    return out
+    nominal_ex = extract_all(cfg, nom_h, data_h)
+    cuts = frozen_cuts(cfg, nominal_ex)
+    ex = nominal_ex if nom_h is mc_h and reweight == "quark" else extract_all(cfg, mc_h, data_h, reweight)
+    boot = bootstrap_stat(cfg, mc_reps, data_reps, cuts, reweight) if cfg.bootstrap else None
+    records = scale_factor_records(cfg, syst, ex, cuts, boot)
 
+    results = out / "results" / syst
+    skipped = [dict(r) for r in inputs.skipped]
+    lost: dict[str, int] = {}
+    for r in skipped:
+        if r.get("events_lost") is not None:
+            lost[r["file"]] = max(lost.get(r["file"], 0), int(r["events_lost"]))
+    flagged = sum(1 for r in records if r["flags"])
+    skipped_files = sorted(skipped, key=lambda r: (r["sample"], r["file"], r["variation"]))
+    metadata: dict[str, Any] = {
+        "systematic": syst,
+        "qgcal_version": __version__,
+        "config_hash": config_hash_for(cfg, syst),  # of the config fields this pass depends on
+        "config_name": cfg.name,
+        "lumi_pb": cfg.lumi_pb,
+        "mc_sample": mc_sample,
+        "data_sample": cfg.data,
+        "reweighting": reweight,
+        "stat_method": f"bootstrap ({cfg.bootstrap} Poisson replicas)" if cfg.bootstrap else "analytic",
+        "cuts_from": "nominal",
+        "merge": {"data": data_info, "mc": mc_info},
+        "skipped_files": skipped_files,
+        # entries of each skipped file's tree, each file once (as report.md and the summary line)
+        "events_lost": sum(lost.values()),
+        "events_lost_unknown_files": sorted(f for f in {r["file"] for r in skipped} if f not in lost),
+        "n_records": len(records),
+        "n_flagged": flagged,
+        "null_means": "undefined (NaN); the record's flags say why",
+    }
+    write_json_atomic(results / "scale_factors.json", {"metadata": metadata, "records": records})
+    write_json_atomic(results / "cuts.json", cuts)
+    write_json_atomic(results / "extraction.json", extraction_summary(ex))
+    if plot:
+        from qgcal.plotting import plot_extractions
 
-# ----------------------------------------------------------------------------- scale factors
-
-
-def frozen_cuts(cfg: Config, nominal: Mapping[str, list[Extraction]]) -> dict[str, list[dict[str, Any]]]:
-    """Cut (bin-edge index and value) per tagger, pT bin and WP from nominal extracted MC."""
-    cuts: dict[str, list[dict[str, Any]]] = {}
-    for name, ex_bins in sorted(nominal.items()):
-        tagger = cfg.taggers[name]
-        edges = tagger.bins.bin_edges()
-        per_bin = []
-        for ex in ex_bins:
-            per_wp: dict[str, Any] = {}
-            for wp in cfg.working_points:
-                k = wp_cut_index(ex.p_q_mc, wp, tagger.quark_side)
-                per_wp[_wp_key(wp)] = None if k is None else {"index": k, "value": float(edges[k])}
-            per_bin.append(per_wp)
-        cuts[name] = per_bin
-    return cuts
-
-
-def _wp_key(wp: float) -> str:
-    return f"{wp:g}"
-
-
-def _num(x: float) -> float | None:
-    """JSON has no NaN: undefined numbers are written as null (and flagged)."""
-    return float(x) if math.isfinite(x) else None
-
-
-def scale_factor_records(cfg: Config, syst: str, extractions: Mapping[str, list[Extraction]],
-                         cuts: Mapping[str, list[dict[str, Any]]],
-                         boot: Mapping[tuple[str, int, str, str], float] | None = None) -> list[dict[str, Any]]:
-    records: list[dict[str, Any]] = []
-    for name in sorted(extractions):
-        tagger = cfg.taggers[name]
-        for ipt, ex in enumerate(extractions[name]):
-            for wp in cfg.working_points:
-                cut = cuts[name][ipt][_wp_key(wp)]
-                flags = list(ex.flags)
-                if cut is None:
-                    flags.append("wp_unreachable")
-                fr = ex.fractions()
-                bad = cut is None or "singular_fraction_matrix" in flags or "empty_mc_bin" in flags
-                eff_mc = eff_d = None
-                if not bad:
-                    mask = quark_mask(len(ex.weights), cut["index"], tagger.quark_side)
-                    eff_mc = efficiencies(fr, ex.mc_forward, ex.mc_central, mask)
-                    if "empty_data_bin" in flags:
-                        eff_d = None
-                    else:
-                        eff_d = efficiencies(fr, ex.data_forward, ex.data_central, mask)
-                for parton in ("quark", "gluon"):
-                    rec_flags = list(flags)
-                    for eff in (eff_mc, eff_d):
-                        if eff is not None:
-                            rec_flags.extend(eff.flags)
-                    if bad or eff_d is None or eff_mc is None:
-                        sf = stat = stat_d = stat_m = e_d = e_m = float("nan")
-                    else:
-                        if parton == "quark":
-                            e_d, v_d, e_m, v_m = eff_d.eps_q, eff_d.var_eps_q, eff_mc.eps_q, eff_mc.var_eps_q
-                        else:
-                            e_d, v_d, e_m, v_m = eff_d.rej_g, eff_d.var_rej_g, eff_mc.rej_g, eff_mc.var_rej_g
-                        sf, stat = ratio_with_error(e_d, v_d, e_m, v_m)
-                        _, stat_d = ratio_with_error(e_d, v_d, e_m, 0.0)
-                        _, stat_m = ratio_with_error(e_d, 0.0, e_m, v_m)
-                        if not math.isfinite(sf):
-                            rec_flags.append("unphysical_efficiency")
-                    if not math.isfinite(sf) and not rec_flags:
-                        rec_flags.append("undefined")
-                    stat_analytic = stat
-                    if boot is not None:
-                        stat = boot.get((name, ipt, _wp_key(wp), parton), float("nan"))
-                        if math.isfinite(sf) and not math.isfinite(stat):
-                            rec_flags.append("bootstrap_unstable")
-                    records.append({
-                        "systematic": syst,
-                        "tagger": name,
-                        "working_point": wp,
-                        "parton": parton,
-                        "quantity": "quark_efficiency" if parton == "quark" else "gluon_rejection",
-                        "pt_low": ex.pt_low,
-                        "pt_high": ex.pt_high,
-                        "sf": _num(sf),
-                        "stat": _num(stat),
-                        "stat_method": "bootstrap" if boot is not None else "analytic",
-                        "stat_analytic": _num(stat_analytic),
-                        "stat_data": _num(stat_d),
-                        "stat_mc": _num(stat_m),
-                        "eff_data": _num(e_d),
-                        "eff_mc": _num(e_m),
-                        "cut": None if cut is None else cut["value"],
-                        "quark_side": tagger.quark_side,
-                        "f_forward_quark": _num(ex.f_fq),
-                        "f_central_quark": _num(ex.f_cq),
-                        "flags": sorted(set(rec_flags)),
-                    })
-    return records
-
-
-def extraction_summary(extractions: Mapping[str, list[Extraction]]) -> dict[str, Any]:
-    """The extracted shapes and fractions, for plots and reports (JSON, NaN as null)."""
-    def arr(a: np.ndarray) -> list[float | None]:
-        return [_num(float(x)) for x in a]
-
-    out: dict[str, Any] = {}
-    for name, bins in sorted(extractions.items()):
-        out[name] = [{
-            "pt_low": ex.pt_low, "pt_high": ex.pt_high, "f_forward_quark": _num(ex.f_fq),
-            "f_central_quark": _num(ex.f_cq), "reweighting": arr(ex.weights),
-            "p_q_mc": arr(ex.p_q_mc), "p_g_mc": arr(ex.p_g_mc), "p_q_data": arr(ex.p_q_data),
-            "p_g_data": arr(ex.p_g_data), "truth_q_mc": arr(ex.truth_q_mc), "truth_g_mc": arr(ex.truth_g_mc),
-            "data_jets": [float(x) for x in ex.data_jets], "flags": sorted(set(ex.flags)),
-        } for ex in bins]
-    return out
+        plot_extractions(cfg, syst, ex, results / "plots")
+    if skipped:
+        names = ", ".join(sorted({Path(r["file"]).name for r in skipped}))
+        log.warning("%s: %d input file(s) skipped as bad, %d events lost (%s); listed in %s", syst,
+                    len({r["file"] for r in skipped}), metadata["events_lost"], names, results / "scale_factors.json")
+    if flagged:
+        reasons = sorted({f for r in records for f in r["flags"]})
+        log.warning("%s: %d of %d scale factors flagged (%s); see %s", syst, flagged, len(records),
+                    ", ".join(reasons), results / "scale_factors.json")
+    return FinalResult(syst, results, records, skipped=skipped_files)
 
 
 def pass_config(cfg: Config, syst: str) -> dict[str, Any]:
@@ -409,8 +152,6 @@ def pass_config(cfg: Config, syst: str) -> dict[str, Any]:
     results made with another luminosity, cross-section, working point or numerical setting
     can be told from current ones without reading any histogram.
     """
-    from qgcal.plan import mc_sample_for, reweighting_for
-
     samples = sorted({cfg.data, cfg.nominal_mc, mc_sample_for(cfg, syst)})
     return {
         "name": cfg.name,
@@ -442,9 +183,3 @@ def check_data(syst: str, data_info: Mapping[str, Any], data_sample: str) -> Non
             f"data sample {data_sample!r} has no events after selection; check the selection cuts "
             f"and the data files (systematic {syst!r})"
         )
-
-
-def save_merged(path: Path, hs: HistSet, info: Mapping[str, Any],
-                replicas: Mapping[str, np.ndarray] | None = None) -> None:
-    save_histset(path, hs, {"merge": dict(info), "qgcal": __version__},
-                 extra={f"replicas.{k}": v for k, v in (replicas or {}).items()})

@@ -8,12 +8,11 @@ The output keeps only what the histogram pass needs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from qgcal.artifacts import (
     ParquetArtifactWriter,
@@ -24,50 +23,49 @@ from qgcal.artifacts import (
     sha256_file,
 )
 from qgcal.config import BranchTagger, Config, ModelTagger
+from qgcal.contract import JET_COLUMNS, jet_table_schema, tagger_column
 from qgcal.errors import ArtifactError
+from qgcal.passes import PassInput, PassRun
+from qgcal.plan import FileTask, model_path
 
-__all__ = ["expected_provenance", "run_file", "tagger_column", "InferenceOverrides"]
+__all__ = ["PASS", "Pkl2PredPkl", "expected_provenance", "run_file"]
 
-PASS = "pkl2predpkl"
-KEEP = ("run", "event", "region", "pt", "eta", "lead_pt", "parton_label", "weight")
-
-
-@dataclass(frozen=True)
-class InferenceOverrides:
-    """CLI overrides of the config's ``inference`` section (None: use the config)."""
-
-    backend: str | None = None
-    device: str | None = None
-    triton_url: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def tagger_column(name: str) -> str:
-    return f"tagger.{name}"
-
-
-def model_path(cfg: Config, tagger: ModelTagger) -> Path:
-    """Where ``qgcal train`` writes and this pass reads a model: relative paths are under <output>/models."""
-    p = Path(tagger.model)
-    return p if p.is_absolute() else cfg.output_path / "models" / p
+NAME = "pkl2predpkl"
+# what root2pkl measured about the file, carried on to the histogram pass's metadata
+CARRY = ("sumw", "cutflow")
 
 
 def pass_config(cfg: Config) -> dict[str, Any]:
+    """The config fields the scores depend on, the inference route included.
+
+    Why the route (backend, device; the served model for Triton) is part of it: a
+    server may serve another model version than the local file, so scores made by
+    one route are not reused for a run that asks for another; switching rescores.
+    """
     out: dict[str, Any] = {}
+    models = False
     for name, tagger in sorted(cfg.taggers.items()):
         if isinstance(tagger, BranchTagger):
             out[name] = {"kind": "branch", "variable": tagger.variable}
         else:
+            models = True
             mp = model_path(cfg, tagger)
             out[name] = {"kind": "model", "features": tagger.features,
                          "model_sha256": sha256_file(mp) if mp.is_file() else "missing"}
+    if models:
+        inf = cfg.inference
+        route: dict[str, Any] = {"backend": inf.backend, "device": inf.device}
+        if inf.backend == "triton":
+            route["triton"] = {"model_name": inf.triton.model_name, "model_version": inf.triton.model_version,
+                               "fallback": inf.triton.fallback}
+        out["__inference__"] = route
     return out
 
 
 def expected_provenance(cfg: Config, upstream: Path) -> dict[str, Any]:
     up = read_parquet_provenance(upstream)
     return {
-        "pass": PASS,
+        "pass": NAME,
         "config_hash": config_hash(pass_config(cfg)),
         "inputs": {"root2pkl": config_hash(up) if up else "missing"},
     }
@@ -85,18 +83,15 @@ class _ScorerCache:
     def __init__(self) -> None:
         self._local: dict[tuple[Any, ...], Any] = {}
 
-    def get(self, cfg: Config, path: Path, overrides: InferenceOverrides) -> tuple[Any, bool]:
+    def get(self, cfg: Config, path: Path) -> tuple[Any, bool]:
         from qgcal.inference import make_scorer  # heavy imports only when a model tagger exists
 
-        backend = overrides.backend or cfg.inference.backend
-        if backend != "local":
-            return make_scorer(cfg.inference, path, backend_override=overrides.backend,
-                               device_override=overrides.device, triton_url_override=overrides.triton_url), True
+        if cfg.inference.backend != "local":
+            return make_scorer(cfg.inference, path), True
         st = path.stat()
-        key = (str(path), st.st_size, st.st_mtime_ns, overrides.device or cfg.inference.device)
+        key = (str(path), st.st_size, st.st_mtime_ns, cfg.inference.device)
         if key not in self._local:
-            self._local[key] = make_scorer(cfg.inference, path, backend_override="local",
-                                           device_override=overrides.device)
+            self._local[key] = make_scorer(cfg.inference, path)
         return self._local[key], False
 
 
@@ -116,7 +111,7 @@ def _one_thread_in_workers() -> Any:
     return threadpool_limits(limits=1)
 
 
-def _scorers(cfg: Config, overrides: InferenceOverrides) -> dict[str, tuple[Any, bool]]:
+def _scorers(cfg: Config) -> dict[str, tuple[Any, bool]]:
     """Per model tagger: (scorer, whether this file must close it)."""
     out = {}
     for name, tagger in cfg.taggers.items():
@@ -126,28 +121,22 @@ def _scorers(cfg: Config, overrides: InferenceOverrides) -> dict[str, tuple[Any,
         if not path.is_file():
             raise ArtifactError(f"{path}: model of tagger {name!r} not found; "
                                 "run 'qgcal train --config <config>' first")
-        out[name] = _CACHE.get(cfg, path, overrides)
+        out[name] = _CACHE.get(cfg, path)
     return out
 
 
-def run_file(cfg: Config, upstream: Path, out_path: Path,
-             overrides: InferenceOverrides = InferenceOverrides()) -> int:
+def run_file(cfg: Config, upstream: Path, out_path: Path) -> int:
     """Score one jet table; returns the number of jets."""
     if not upstream.is_file():
         raise ArtifactError(f"{upstream}: root2pkl artifact missing; rerun root2pkl")
     provenance = expected_provenance(cfg, upstream)
-    fields = [pa.field(k, t) for k, t in (
-        ("run", pa.int64()), ("event", pa.int64()), ("region", pa.int8()), ("pt", pa.float32()),
-        ("eta", pa.float32()), ("lead_pt", pa.float32()), ("parton_label", pa.int32()),
-        ("weight", pa.float64()))]
-    fields += [pa.field(tagger_column(n), pa.float64()) for n in sorted(cfg.taggers)]
-    schema = pa.schema(fields)
-    scorers = _scorers(cfg, overrides)
+    schema = jet_table_schema(taggers=sorted(cfg.taggers))
+    scorers = _scorers(cfg)
     n_jets = 0
     try:
         with ParquetArtifactWriter(out_path, schema) as writer:
             for table in iter_parquet_batches(upstream):
-                cols: dict[str, Any] = {k: table.column(k).to_numpy() for k in KEEP}
+                cols: dict[str, Any] = {k: table.column(k).to_numpy() for k in JET_COLUMNS}
                 for name, tagger in cfg.taggers.items():
                     if isinstance(tagger, BranchTagger):
                         cols[tagger_column(name)] = table.column(tagger.variable).to_numpy().astype(np.float64)
@@ -160,7 +149,9 @@ def run_file(cfg: Config, upstream: Path, out_path: Path,
                         cols[tagger_column(name)] = np.asarray(scores, dtype=np.float32).astype(np.float64)
                 writer.write(cols)
                 n_jets += table.num_rows
+            up = read_parquet_provenance(upstream) or {}
             prov = dict(provenance)
+            prov["carry"] = {k: up.get(k) for k in CARRY}
             prov["inference"] = {n: s.provenance() for n, (s, _) in scorers.items()}
             prov["versions"] = library_versions()
             writer.commit(prov)
@@ -169,3 +160,31 @@ def run_file(cfg: Config, upstream: Path, out_path: Path,
             if owned:
                 s.close()
     return n_jets
+
+
+class Pkl2PredPkl:
+    """The :class:`qgcal.passes.FilePass` of pass 2: one job per file task."""
+
+    name = NAME
+    ext = ".parquet"
+    unit = "files"
+
+    def jobs(self, tasks: Sequence[FileTask]) -> list[list[FileTask]]:
+        return [[t] for t in tasks]
+
+    def expected_provenance(self, cfg: Config, item: PassInput) -> dict[str, Any]:
+        assert item.upstream is not None
+        return expected_provenance(cfg, item.upstream)
+
+    def read_provenance(self, path: Path) -> dict[str, Any] | None:
+        return read_parquet_provenance(path)
+
+    def run(self, cfg: Config, items: Sequence[PassInput]) -> list[PassRun]:
+        out = []
+        for item in items:
+            assert item.upstream is not None
+            out.append(PassRun(run_file(cfg, item.upstream, item.out) // 2))  # two jets per event
+        return out
+
+
+PASS = Pkl2PredPkl()

@@ -12,6 +12,7 @@ result does not depend on how the jet table was chunked into row groups.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,31 +20,26 @@ import hist
 import numpy as np
 
 from qgcal.artifacts import config_hash, iter_parquet_batches, library_versions, read_parquet_provenance
-from qgcal.config import Config
-from qgcal.errors import ArtifactError
 from qgcal.bootstrap import poisson_replicas, quantise, replica_bincount
-from qgcal.histset import HistSet, save_histset
-from qgcal.stages.pkl2predpkl import tagger_column
+from qgcal.config import Config
+from qgcal.contract import (
+    FLAVOURS,
+    LEAD_PT_HIST,
+    REGION_FORWARD,
+    REGIONS,
+    REPLICA_CLASSES,
+    flavour_codes,
+    replica_class,
+    tagger_column,
+)
+from qgcal.errors import ArtifactError
+from qgcal.histset import HistSet, read_histset_meta, save_histset
+from qgcal.passes import PassInput, PassRun
+from qgcal.plan import FileTask
 
-__all__ = ["expected_provenance", "run_file", "book", "FLAVOURS", "flavour_codes"]
+__all__ = ["PASS", "PredPkl2Hist", "book", "expected_provenance", "replica_shape", "run_file"]
 
-PASS = "predpkl2hist"
-FLAVOUR_DATA, FLAVOUR_LIGHT, FLAVOUR_CHARM, FLAVOUR_BOTTOM, FLAVOUR_GLUON, FLAVOUR_OTHER = 0, 1, 4, 5, 21, 99
-FLAVOURS = (FLAVOUR_DATA, FLAVOUR_LIGHT, FLAVOUR_CHARM, FLAVOUR_BOTTOM, FLAVOUR_GLUON, FLAVOUR_OTHER)
-QUARK_FLAVOURS = (FLAVOUR_LIGHT, FLAVOUR_CHARM, FLAVOUR_BOTTOM)
-
-
-def flavour_codes(cfg: Config, labels: np.ndarray, is_data: bool) -> np.ndarray:
-    """Map parton labels to histogram categories (labels are already |.| if configured)."""
-    if is_data:
-        return np.zeros(len(labels), dtype=np.int64)
-    out = np.full(len(labels), FLAVOUR_OTHER, dtype=np.int64)
-    quark = np.isin(labels, cfg.truth.quark)
-    out[quark] = FLAVOUR_LIGHT
-    out[quark & (np.abs(labels) == 4)] = FLAVOUR_CHARM
-    out[quark & (np.abs(labels) == 5)] = FLAVOUR_BOTTOM
-    out[np.isin(labels, cfg.truth.gluon)] = FLAVOUR_GLUON
-    return out
+NAME = "predpkl2hist"
 
 
 def lead_pt_axis(cfg: Config) -> Any:
@@ -57,13 +53,13 @@ def book(cfg: Config) -> HistSet:
     hs: HistSet = {}
     for name, tagger in sorted(cfg.taggers.items()):
         hs[tagger_column(name)] = hist.Hist(
-            hist.axis.IntCategory([0, 1], name="region"),
+            hist.axis.IntCategory(list(REGIONS), name="region"),
             hist.axis.IntCategory(list(FLAVOURS), name="flavour"),
             hist.axis.Variable(cfg.pt_bins_gev, name="pt"),
             hist.axis.Variable(tagger.bins.bin_edges(), name="score", flow=False),
             storage=hist.storage.Weight(),
         )
-    hs["lead_pt"] = hist.Hist(
+    hs[LEAD_PT_HIST] = hist.Hist(
         hist.axis.IntCategory(list(FLAVOURS), name="flavour"), lead_pt_axis(cfg),
         storage=hist.storage.Weight(),
     )
@@ -82,7 +78,7 @@ def pass_config(cfg: Config) -> dict[str, Any]:
 def expected_provenance(cfg: Config, upstream: Path) -> dict[str, Any]:
     up = read_parquet_provenance(upstream)
     return {
-        "pass": PASS,
+        "pass": NAME,
         "config_hash": config_hash(pass_config(cfg)),
         "inputs": {"pkl2predpkl": config_hash(up) if up else "missing"},
     }
@@ -92,18 +88,6 @@ def _fold(values: np.ndarray, edges: list[float]) -> np.ndarray:
     """Clip into [first edge, last edge) so under/overflow land in the edge bins."""
     hi = np.nextafter(edges[-1], -np.inf)
     return np.clip(values, edges[0], hi)
-
-
-# bootstrap replica classes: data, quark (all flavours), gluon, other
-REPLICA_CLASSES = 4
-
-
-def replica_class(flav: np.ndarray) -> np.ndarray:
-    out = np.full(len(flav), 3, dtype=np.int64)
-    out[flav == FLAVOUR_DATA] = 0
-    out[np.isin(flav, QUARK_FLAVOURS)] = 1
-    out[flav == FLAVOUR_GLUON] = 2
-    return out
 
 
 def replica_shape(cfg: Config, tagger: str) -> tuple[int, int, int, int, int]:
@@ -135,7 +119,7 @@ def _fill_replicas(cfg: Config, reps: dict[str, np.ndarray], table: Any, region:
 
 def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool,
              carry: dict[str, Any]) -> int:
-    """Fill and save; ``carry`` (sumw, cut flow) goes into the artifact's metadata."""
+    """Fill and save; ``carry`` (sample, slice, sumw, cut flow) goes into the artifact's metadata."""
     if not upstream.is_file():
         raise ArtifactError(f"{upstream}: pkl2predpkl artifact missing; rerun pkl2predpkl")
     provenance = expected_provenance(cfg, upstream)
@@ -143,11 +127,13 @@ def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool,
     reps = {name: np.zeros(replica_shape(cfg, name), dtype=np.int64) for name in cfg.taggers} if cfg.bootstrap else {}
     n_nan = {name: 0 for name in cfg.taggers}
     n_jets = 0
+    truth = cfg.truth
     for table in iter_parquet_batches(upstream):
         region = table.column("region").to_numpy().astype(np.int64)
         pt = table.column("pt").to_numpy().astype(np.float64)
         weight = table.column("weight").to_numpy()
-        flav = flavour_codes(cfg, table.column("parton_label").to_numpy(), is_data)
+        flav = flavour_codes(table.column("parton_label").to_numpy(), quark=truth.quark, gluon=truth.gluon,
+                             is_data=is_data)
         for name, tagger in cfg.taggers.items():
             score = table.column(tagger_column(name)).to_numpy()
             ok = ~np.isnan(score)
@@ -156,9 +142,10 @@ def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool,
                 region=region[ok], flavour=flav[ok], pt=pt[ok],
                 score=_fold(score[ok], tagger.bins.bin_edges()), weight=weight[ok],
             )
-        fwd = region == 0  # one row per event: the leading-jet pT spectrum
-        hs["lead_pt"].fill(flavour=flav[fwd], lead_pt=table.column("lead_pt").to_numpy()[fwd].astype(np.float64),
-                           weight=weight[fwd])
+        fwd = region == REGION_FORWARD  # one row per event: the leading-jet pT spectrum
+        hs[LEAD_PT_HIST].fill(flavour=flav[fwd],
+                              lead_pt=table.column("lead_pt").to_numpy()[fwd].astype(np.float64),
+                              weight=weight[fwd])
         if reps:
             _fill_replicas(cfg, reps, table, region, pt, weight, flav, carry["sample"])
         n_jets += table.num_rows
@@ -166,3 +153,45 @@ def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool,
     meta.update({"carry": carry, "jets": n_jets, "nan_scores": n_nan, "versions": library_versions()})
     save_histset(out_path, hs, meta, extra={f"replicas.{k}": v for k, v in reps.items()})
     return n_jets
+
+
+def carry_for(task: FileTask, upstream: Path) -> dict[str, Any]:
+    """What the merge needs besides the histograms: the slice, its sum of weights, the cut flow."""
+    up = (read_parquet_provenance(upstream) or {}).get("carry") or {}
+    return {
+        "sample": task.sample,
+        "slice": task.slice,
+        "file": Path(task.path).name,
+        "sumw": up.get("sumw", 0.0),
+        "cutflow": up.get("cutflow", {}),
+    }
+
+
+class PredPkl2Hist:
+    """The :class:`qgcal.passes.FilePass` of pass 3: one histogram set per file task."""
+
+    name = NAME
+    ext = ".npz"
+    unit = "files"
+
+    def jobs(self, tasks: Sequence[FileTask]) -> list[list[FileTask]]:
+        return [[t] for t in tasks]
+
+    def expected_provenance(self, cfg: Config, item: PassInput) -> dict[str, Any]:
+        assert item.upstream is not None
+        return expected_provenance(cfg, item.upstream)
+
+    def read_provenance(self, path: Path) -> dict[str, Any] | None:
+        return read_histset_meta(path)
+
+    def run(self, cfg: Config, items: Sequence[PassInput]) -> list[PassRun]:
+        out = []
+        for item in items:
+            assert item.upstream is not None
+            n = run_file(cfg, item.upstream, item.out, is_data=item.task.kind == "data",
+                         carry=carry_for(item.task, item.upstream))
+            out.append(PassRun(n // 2))
+        return out
+
+
+PASS = PredPkl2Hist()

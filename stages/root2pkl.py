@@ -10,30 +10,31 @@ every per-file artifact independent of every other file.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import awkward as ak
 import numpy as np
-import pyarrow as pa
 
 from qgcal.artifacts import (
     ParquetArtifactWriter,
     config_hash,
     file_fingerprint,
     library_versions,
+    read_parquet_provenance,
 )
 from qgcal.config import BranchExpr, Config, parse_branch_expr
+from qgcal.contract import REGION_CENTRAL, REGION_FORWARD, jet_table_schema
 from qgcal.errors import InputError
+from qgcal.passes import PassInput, PassRun
 from qgcal.plan import FileTask, jet_variables
 from qgcal.rootio import OpenTree, chunk_ranges, open_tree, read_chunk, read_th1_bin, resolve_branches
 
-__all__ = ["expected_provenance", "run_file", "run_files", "Root2PklResult", "REGION_FORWARD", "REGION_CENTRAL"]
+__all__ = ["PASS", "Root2Pkl", "Root2PklResult", "expected_provenance", "group_by_read", "run_file", "run_files"]
 
-PASS = "root2pkl"
-REGION_FORWARD = 0
-REGION_CENTRAL = 1
+NAME = "root2pkl"
 
 
 @dataclass(frozen=True)
@@ -66,25 +67,10 @@ def expected_provenance(cfg: Config, task: FileTask) -> dict[str, Any]:
         raise InputError(f"{task.path}: cannot read ({err.strerror or type(err).__name__}); check the file "
                          f"(listed by samples.{task.sample})") from None
     return {
-        "pass": PASS,
+        "pass": NAME,
         "config_hash": config_hash(pass_config(cfg, task)),
         "inputs": {task.path: fingerprint},
     }
-
-
-def _schema(variables: dict[str, np.dtype]) -> pa.Schema:
-    fields = [
-        pa.field("run", pa.int64()),
-        pa.field("event", pa.int64()),
-        pa.field("region", pa.int8()),
-        pa.field("pt", pa.float32()),
-        pa.field("eta", pa.float32()),
-        pa.field("lead_pt", pa.float32()),
-        pa.field("parton_label", pa.int32()),
-        pa.field("weight", pa.float64()),
-    ]
-    fields += [pa.field(name, pa.from_numpy_dtype(dt)) for name, dt in variables.items()]
-    return pa.schema(fields)
 
 
 def _flat(arr: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -319,12 +305,13 @@ class _Stream:
         for k, v in flow.items():
             self.flow[k] = self.flow.get(k, 0) + v
         if self.writer is None:
-            self.writer = ParquetArtifactWriter(self.out_path, _schema({v: cols[v].dtype for v in variables}))
+            self.writer = ParquetArtifactWriter(self.out_path, jet_table_schema({v: cols[v].dtype for v in variables}))
         self.writer.write(cols)
 
     def commit(self, events_read: int, variables: list[str]) -> Root2PklResult:
         if self.writer is None:  # empty tree: still a valid (empty) artifact
-            self.writer = ParquetArtifactWriter(self.out_path, _schema({v: np.dtype(np.float64) for v in variables}))
+            self.writer = ParquetArtifactWriter(self.out_path,
+                                                jet_table_schema({v: np.dtype(np.float64) for v in variables}))
         task = self.task
         sumw = self.branch_sumw if task.sumw_branch else self.sumw
         prov = dict(self.provenance)
@@ -354,3 +341,36 @@ def _tree_key(cfg: Config, task: FileTask) -> str:
     if cfg.samples[task.sample].tree:
         return f"samples.{task.sample}.tree"
     return "tree"
+
+
+def group_by_read(tasks: Sequence[FileTask]) -> list[list[FileTask]]:
+    """Tasks sharing a (file, tree): branch and weight variations read it once together."""
+    groups: dict[tuple[str, str], list[FileTask]] = {}
+    for t in tasks:
+        groups.setdefault((t.path, t.tree), []).append(t)
+    return [groups[k] for k in sorted(groups)]
+
+
+class Root2Pkl:
+    """The :class:`qgcal.passes.FilePass` of pass 1: one job per (file, tree) read."""
+
+    name = NAME
+    ext = ".parquet"
+    unit = "reads"
+
+    def jobs(self, tasks: Sequence[FileTask]) -> list[list[FileTask]]:
+        return group_by_read(tasks)
+
+    def expected_provenance(self, cfg: Config, item: PassInput) -> dict[str, Any]:
+        return expected_provenance(cfg, item.task)
+
+    def read_provenance(self, path: Path) -> dict[str, Any] | None:
+        return read_parquet_provenance(path)
+
+    def run(self, cfg: Config, items: Sequence[PassInput]) -> list[PassRun]:
+        results = run_files(cfg, [i.task for i in items], [i.out for i in items])
+        # one read: its events count once, for the first task of the group
+        return [PassRun(r.events_read if k == 0 else 0) for k, r in enumerate(results)]
+
+
+PASS = Root2Pkl()

@@ -15,7 +15,7 @@ import awkward as ak
 import numpy as np
 import uproot
 
-SEL = dict(sub_min=500.0, lead_max=2000.0, balance=1.5, eta_max=2.1, w_max=100.0, ntrk_min=2)
+SEL = {"sub_min": 500.0, "lead_max": 2000.0, "balance": 1.5, "eta_max": 2.1, "w_max": 100.0, "ntrk_min": 2}
 
 
 @dataclass
@@ -62,7 +62,8 @@ def _select(path: str, *, is_data: bool, norm: float) -> ForwardJets:
 
 
 def _concat(parts: list[ForwardJets]) -> ForwardJets:
-    return ForwardJets(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("pt", "label", "weight", "ntrk", "bdt")))
+    fields = ("pt", "label", "weight", "ntrk", "bdt")
+    return ForwardJets(*(np.concatenate([getattr(p, f) for p in parts]) for f in fields))
 
 
 def forward_jets(sample_dir: Path, sample: str) -> ForwardJets:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import awkward as ak
 import numpy as np
 import uproot
 
+import qgcal
 from qgcal.bootstrap import poisson_replicas, quantise, replica_bincount
 from qgcal.histset import load_extra
-from qgcal.workflows.single import run_systematic
 
 
 def test_replica_weights_are_poisson_and_keyed_by_event():
@@ -80,7 +79,7 @@ def test_different_file_splits_give_identical_replica_histograms(small_sample, m
             doc["plots"] = {"enabled": False}
 
         _, cfg = make_config(small_sample, mutate=mutate)
-        run_systematic(cfg, "nominal", workers=1)
+        qgcal.run(cfg, "nominal", workers=1)
         fr = cfg.output_path / "nominal" / "final_reweighting"
         results.append({name: load_extra(fr / name) for name in ("merged_data.npz", "merged_pythia.npz")})
     one, three = results
@@ -97,7 +96,7 @@ def test_bootstrap_error_agrees_with_analytic(shifted_sample, make_config):
         doc["plots"] = {"enabled": False}
 
     _, cfg = make_config(shifted_sample, mutate=mutate)
-    records = run_systematic(cfg, "nominal", workers=2).records
+    records = qgcal.run(cfg, "nominal", workers=2).records
     ratios = np.array([r["stat"] / r["stat_analytic"] for r in records if r["stat"] and r["stat_analytic"]])
     assert len(ratios) >= 0.9 * len(records)
     assert all(r["stat_method"] == "bootstrap" for r in records)

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from closure_truth import forward_jets, true_efficiency
-from qgcal.workflows.single import run_systematic
+
+import qgcal
 
 
 def _pulls(sample_base: Path, records: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -25,7 +25,7 @@ def _pulls(sample_base: Path, records: list[dict]) -> tuple[np.ndarray, np.ndarr
 
 def test_shifted_data_recover_true_scale_factors(shifted_sample, make_config):
     _, cfg = make_config(shifted_sample)
-    result = run_systematic(cfg, "nominal", workers=2)
+    result = qgcal.run(cfg, "nominal", workers=2)
     records = result.records
     assert len(records) == 2 * 6 * 4 * 2  # taggers x pT bins x WPs x partons
     # low-statistics bins may give an unphysical extraction (efficiency > 1): it must be
@@ -51,7 +51,7 @@ def test_shifted_data_recover_true_scale_factors(shifted_sample, make_config):
 
 def test_data_equal_to_mc_give_unit_scale_factors(unshifted_sample, make_config):
     _, cfg = make_config(unshifted_sample)
-    records = run_systematic(cfg, "nominal", workers=2).records
+    records = qgcal.run(cfg, "nominal", workers=2).records
     sf = np.array([r["sf"] for r in records])
     stat = np.array([r["stat"] for r in records])
     assert np.all(np.abs(sf - 1.0) < 3 * stat), sf[np.abs(sf - 1.0) >= 3 * stat]
@@ -62,7 +62,7 @@ def test_data_equal_to_mc_give_unit_scale_factors(unshifted_sample, make_config)
 
 def test_records_carry_the_contract_fields(shifted_sample, make_config):
     _, cfg = make_config(shifted_sample)
-    run_systematic(cfg, "nominal", workers=1)
+    qgcal.run(cfg, "nominal", workers=1)
     doc = json.loads((cfg.output_path / "results" / "nominal" / "scale_factors.json").read_text())
     needed = {"tagger", "working_point", "parton", "pt_low", "pt_high", "sf", "stat", "eff_data", "eff_mc",
               "cut", "flags"}

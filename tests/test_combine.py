@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import DEMO
 
+from conftest import DEMO
 from qgcal.combine import (
     VariationSpec,
     combine,

@@ -7,9 +7,9 @@ import copy
 import pytest
 import yaml
 
-from qgcal.config import parse_config
-from qgcal.errors import ConfigError
 from conftest import DEMO
+from qgcal.config import load_config, parse_config
+from qgcal.errors import ConfigError
 
 BASE = yaml.safe_load(DEMO.read_text())
 
@@ -114,3 +114,21 @@ def test_pair_must_point_back():
 def test_sample_variation_needs_an_mc_sample():
     msg = _err(lambda d: d["variations"]["herwig"].__setitem__("sample", "herwg"))
     assert "variations.herwig.sample" in msg and "did you mean 'herwig'" in msg
+
+
+def test_command_line_settings_are_applied_once_and_validated():
+    import argparse
+
+    from qgcal.cli.options import config_overrides
+
+    cfg = load_config(DEMO)
+    args = argparse.Namespace(workers=3, executor=None, backend="triton", device=None, triton_url="[::1]:9001",
+                              skip_bad_files=None)
+    got = cfg.with_overrides(config_overrides(args))
+    assert (got.executor.workers, got.inference.backend, got.inference.triton.url) == (3, "triton", "[::1]:9001")
+    assert got.executor.kind == cfg.executor.kind and got.inference.device == cfg.inference.device  # None keeps
+    assert cfg.executor.workers != 3 or cfg.inference.backend != "triton"  # the original is untouched
+    with pytest.raises(ConfigError, match=r"^command-line option: executor\.workers: Input should be greater"):
+        cfg.with_overrides({"executor.workers": 0})
+    with pytest.raises(ConfigError, match=r"executor\.wrkers: no such config setting \(did you mean 'workers'"):
+        cfg.with_overrides({"executor.wrkers": 2})

@@ -11,12 +11,12 @@ from typing import Any
 import distributed  # the dask extra is part of the test set-up: missing, this fails (never skips)
 import pytest
 
+import qgcal
 import qgcal.executors
 from qgcal.cli import main
 from qgcal.config import Config
 from qgcal.errors import ConfigError
 from qgcal.executors import DaskExecutor, dask_executor
-from qgcal.workflows.sweep import run_many
 
 SYSTS = ["nominal", "JER_up"]
 
@@ -36,7 +36,7 @@ def result_bytes(cfg: Config) -> dict[str, bytes]:
 @pytest.fixture
 def local_bytes(small_sample: Path, make_config) -> dict[str, bytes]:
     _, cfg = make_config(small_sample, mutate=small_sweep)
-    run_many(cfg, SYSTS, workers=2)
+    qgcal.sweep(cfg, SYSTS, workers=2)
     return result_bytes(cfg)
 
 

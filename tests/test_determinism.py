@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-from qgcal.workflows.single import run_systematic
+import qgcal
 
 
 def _outputs(cfg) -> dict[str, bytes]:
@@ -32,11 +32,11 @@ def _shuffled(base: Path):
 
 def test_workers_executors_and_file_order_give_identical_bytes(small_sample, make_config):
     _, c1 = make_config(small_sample)
-    run_systematic(c1, "nominal", workers=1)
+    qgcal.run(c1, "nominal", workers=1)
     _, c2 = make_config(small_sample)
-    run_systematic(c2, "nominal", workers=2)
+    qgcal.run(c2, "nominal", workers=2)
     _, c3 = make_config(small_sample, mutate=_shuffled(small_sample))
-    run_systematic(c3, "nominal", workers=2, executor="process")
+    qgcal.run(c3, "nominal", workers=2, executor="process")
     a, b, c = _outputs(c1), _outputs(c2), _outputs(c3)
     assert a == b
     assert a == c
@@ -44,12 +44,12 @@ def test_workers_executors_and_file_order_give_identical_bytes(small_sample, mak
 
 def test_chunk_size_does_not_change_results(small_sample, make_config):
     _, big = make_config(small_sample)
-    run_systematic(big, "nominal", workers=1)
+    qgcal.run(big, "nominal", workers=1)
 
     def tiny_chunks(doc):
         doc["reading"]["step_size"] = 1000  # entries; many chunks per file
 
     _, small = make_config(small_sample, mutate=tiny_chunks)
-    run_systematic(small, "nominal", workers=1)
+    qgcal.run(small, "nominal", workers=1)
     assert _outputs(big)["sf"] == _outputs(small)["sf"]
     assert _outputs(big)["mc"] == _outputs(small)["mc"]

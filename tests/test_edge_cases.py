@@ -20,16 +20,16 @@ import numpy as np
 import pytest
 import uproot
 import yaml
-from conftest import DEMO
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import DEMO
+from qgcal import extraction as fr
 from qgcal.calibration import Binned, wp_cut_index
 from qgcal.combine import VariationSpec, combine_records
 from qgcal.config import parse_config
 from qgcal.outputs.correction import write_corrections
 from qgcal.outputs.rootfile import write_root
-from qgcal.stages import final_reweighting as fr
 
 NUMBERS = ("sf", "stat", "stat_data", "stat_mc", "eff_data", "eff_mc", "cut", "f_forward_quark",
            "f_central_quark")

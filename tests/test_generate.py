@@ -7,6 +7,7 @@ so a change of model numbers only fails tests that it really breaks.
 
 from __future__ import annotations
 
+import itertools
 import json
 import zlib
 from pathlib import Path
@@ -238,7 +239,7 @@ def test_truth_slice_table(truth: dict[str, Any]) -> None:
         assert [s["name"] for s in slices] == ["JZ4", "JZ5", "JZ6", "JZ7"]
         assert slices[0]["pt_hat_min_gev"] == sp["pt_min_gev"]
         assert slices[-1]["pt_hat_max_gev"] == sp["pt_max_gev"]
-        for lo, hi in zip(slices[:-1], slices[1:], strict=True):
+        for lo, hi in itertools.pairwise(slices):
             assert lo["pt_hat_max_gev"] == hi["pt_hat_min_gev"]
         for s in slices:
             sigma = integral(s["pt_hat_min_gev"], s["pt_hat_max_gev"])
@@ -304,7 +305,7 @@ def test_forward_jets_more_quark_like(sample: GeneratedSample, truth: dict[str, 
     sel = _select(mc, "jet_PartonTruthLabelID", mc=True)
     w = w[ak.to_numpy(mc.njet) >= 2][sel["ok"]]
     diffs = []
-    for lo, hi in zip(PT_EDGES[:-1], PT_EDGES[1:], strict=True):
+    for lo, hi in itertools.pairwise(PT_EDGES):
         fq = {}
         for side in "FC":
             m = (sel[f"pt_{side}"] >= lo) & (sel[f"pt_{side}"] < hi)
@@ -475,7 +476,7 @@ def test_power_law_sampling_and_weights_reproduce_the_true_spectrum() -> None:
     assert w.mean() == pytest.approx(1.0, abs=0.01)
     edges = np.array([800.0, 900.0, 1000.0, 1100.0, 1300.0])
     weighted, _ = np.histogram(pt, edges, weights=w)
-    expected = np.array([TRUE_SPECTRUM.integral(a, b) for a, b in zip(edges[:-1], edges[1:])])
+    expected = np.array([TRUE_SPECTRUM.integral(a, b) for a, b in itertools.pairwise(edges)])
     np.testing.assert_allclose(weighted / weighted.sum(), expected / expected.sum(), rtol=0.02)
     unweighted, _ = np.histogram(pt, edges)
     assert unweighted[-1] / unweighted[0] > 1.5 * expected[-1] / expected[0]  # flatter proposal

@@ -18,6 +18,7 @@ from triton_fixture import MODEL_NAME, ServerProcess, closed_port, free_port, se
 
 from qgcal.inference import InferenceError, TritonScorer, TritonSettings, export_repo, make_scorer
 from qgcal.inference.export import bundled_server_command
+from qgcal.inference.triton_client import _Backoff
 
 PROTOCOLS = ["grpc", "http"]
 
@@ -62,6 +63,40 @@ def test_batches_not_dividing_n_and_empty_input(
     assert empty.shape == (0,) and empty.dtype == np.float32
     np.testing.assert_allclose(one, local_scores[:1], rtol=0, atol=1e-5)
     assert requests == -(-n // 7_777) + 1  # the empty call sent nothing
+
+
+class _FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_backoff_doubles_to_one_second_and_never_sleeps_past_the_budget():
+    clock = _FakeClock()
+    backoff = _Backoff(3.0, clock=clock, sleep=clock.sleep)
+    assert backoff.remaining() == 3.0
+    while backoff.wait():
+        pass
+    assert clock.slept == [0.05, 0.1, 0.2, 0.4, 0.8, 1.0]  # 2.55 s; one more 1 s would pass 3 s
+    assert backoff.remaining() == pytest.approx(0.45)
+    clock.now += 10.0
+    assert backoff.remaining() == 0.05  # past the deadline a last attempt still gets a timeout
+
+    # an outage that began earlier counts from its start: 1.5 s of a 2 s budget are gone
+    since = clock.now - 1.5
+    later = _Backoff(2.0, since=since, clock=clock, sleep=clock.sleep)
+    clock.slept.clear()
+    while later.wait():
+        pass
+    assert clock.slept == [0.05, 0.1, 0.2]
+    assert _Backoff(0.0, clock=clock, sleep=clock.sleep).wait() is False
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

@@ -29,14 +29,14 @@ from typing import Any, Self
 
 import psutil
 import pytest
-from conftest import write_config
 
+import qgcal
+from conftest import write_config
 from qgcal.config import Config
-from qgcal.plan import STAGES
-from qgcal.status import collect_status
+from qgcal.locking import LOCK_NAME, output_lock
+from qgcal.stages import PASS_NAMES as STAGES
 from qgcal.workflows.runner import WorkerCrashError
-from qgcal.workflows.single import LOCK_NAME, output_lock
-from qgcal.workflows.sweep import run_many
+from qgcal.workflows.status import collect_status
 
 KILL_SEED = 20240611
 N_KILL_TRIALS = 3
@@ -183,8 +183,13 @@ def test_main_process_killed_alone_leaves_nothing_running_and_resumes(clean, sma
                 break
             time.sleep(0.01)
         time.sleep(rng.uniform(0.0, 0.5) * clean["seconds"])
-        workers = [p for p in main.children(recursive=True) if _alive(p)] if proc.poll() is None else []
-        os.kill(proc.pid, signal.SIGKILL)
+        workers = []
+        if proc.poll() is None:
+            workers = [p for p in main.children(recursive=True) if _alive(p)]
+            try:
+                os.kill(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it finished meanwhile
+                workers = []
         proc.wait(timeout=30)
         killed_busy += bool(workers)
         gone_by = time.monotonic() + 5
@@ -309,7 +314,7 @@ def test_a_worker_killed_mid_run_is_retried_and_results_equal_a_clean_run(clean,
         caplog.clear()
         cfg = _crash_config(small_sample, tmp_path / f"out{attempt}", f"crash-{attempt}", retries=2)
         with WorkerKiller(once=True) as killer:
-            run_many(cfg, cfg.variation_names(), executor="process", workers=2)
+            qgcal.sweep(cfg, cfg.variation_names(), executor="process", workers=2)
         died = [r for r in caplog.records if "a worker died" in r.getMessage()]
         if killer.killed and died:
             break
@@ -326,7 +331,7 @@ def test_a_file_that_kills_every_worker_stops_the_run_naming_it(small_sample, tm
     cfg = _crash_config(small_sample, tmp_path / "out", "crash-always", retries=retries)
     inputs = {t for t in (str(p) for p in small_sample.rglob("*.root"))}
     with WorkerKiller(once=False) as killer, pytest.raises(WorkerCrashError) as info:
-        run_many(cfg, ["nominal"], executor="process", workers=2)
+        qgcal.sweep(cfg, ["nominal"], executor="process", workers=2)
     msg = str(info.value)
     named = msg.split(":")[0]
     assert named in inputs, msg
@@ -354,7 +359,7 @@ def test_a_killed_dask_worker_is_retried_on_the_same_cluster(clean, small_sample
         with dask.config.set({"distributed.scheduler.allowed-failures": 0}):  # the first death: KilledWorker
             executor = dask_executor("dask-local", scheduler=None, workers=2)
         with WorkerKiller(once=True, dask=True) as killer:
-            run_many(cfg, cfg.variation_names(), executor=executor)
+            qgcal.sweep(cfg, cfg.variation_names(), executor=executor)
         assert executor.client.status == "closed"  # closed once, at the end
         if killer.killed and any("a worker died" in r.getMessage() for r in caplog.records):
             break

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+import qgcal
 from qgcal.histset import load_histset
-from qgcal.workflows.single import run_systematic
 
 
 def _chi2(cfg) -> tuple[float, int, float]:
@@ -29,7 +29,7 @@ def _same_selection(doc):
 
 def test_stitched_mc_matches_data_spectrum(shifted_sample, make_config):
     _, cfg = make_config(shifted_sample, mutate=_same_selection)
-    run_systematic(cfg, "nominal", workers=2)
+    qgcal.run(cfg, "nominal", workers=2)
     chi2, ndf, ratio = _chi2(cfg)
     assert ndf > 20
     assert chi2 / ndf < 2.0, (chi2, ndf)
@@ -42,6 +42,6 @@ def test_wrong_slice_weight_bends_the_spectrum(shifted_sample, make_config):
         doc["samples"]["pythia"]["slices"]["JZ5"]["filter_eff"] = 1.0  # forgot the filter efficiency
 
     _, cfg = make_config(shifted_sample, mutate=wrong)
-    run_systematic(cfg, "nominal", workers=2)
+    qgcal.run(cfg, "nominal", workers=2)
     chi2, ndf, _ = _chi2(cfg)
     assert chi2 / ndf > 5.0, (chi2, ndf)

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import uproot
 from closure_truth import SEL
-from conftest import write_config
 
+from conftest import write_config
 from qgcal.combine import combine
 from qgcal.outputs import publish
 from qgcal.outputs.correction import write_corrections
@@ -74,7 +74,8 @@ def check_correctionlib(path: Path, records: list[dict[str, Any]], groups: list[
             points += [last, last * 10]  # clamped at and above the last edge
         for pt in points:
             for syst, value in values.items():
-                assert sf.evaluate(r["tagger"], wp, r["parton"], syst, pt) == pytest.approx(value, rel=1e-12), (r, syst, pt)
+                got = sf.evaluate(r["tagger"], wp, r["parton"], syst, pt)
+                assert got == pytest.approx(value, rel=1e-12), (r, syst, pt)
                 n += 1
             assert flags.evaluate(r["tagger"], wp, r["parton"], pt) == code
     return n
@@ -164,7 +165,7 @@ def published_small(small_sample: Path, tmp_path_factory: pytest.TempPathFactory
     Cached at module level, so test_status (which imports this fixture) reuses the same run.
     """
     if "run" not in _PUBLISHED:
-        from qgcal.workflows.sweep import run_many
+        import qgcal
 
         base = tmp_path_factory.mktemp("published")
 
@@ -172,7 +173,7 @@ def published_small(small_sample: Path, tmp_path_factory: pytest.TempPathFactory
             doc["plots"] = {"enabled": False}  # the per-systematic extraction plots: ~3 s each
 
         path, cfg = write_config(small_sample, base / "out", name="published-small", mutate=no_sweep_plots)
-        results = run_many(cfg, cfg.variation_names())
+        results = qgcal.sweep(cfg, cfg.variation_names())
         published = publish(cfg, plots=True, config_path=str(path))
         _PUBLISHED["run"] = {"config_path": path, "cfg": cfg, "results": results, "published": published}
     return _PUBLISHED["run"]
@@ -362,7 +363,7 @@ def test_jes_shift_has_expected_sign_and_size(shifted_sample, tmp_path):
     grossly wrong shift. The expected change itself is ~1 % of the SF: small, as for a real
     2 % JES variation.
     """
-    from qgcal.workflows.sweep import run_many
+    import qgcal
 
     truth = json.loads((shifted_sample / "sample" / "truth.json").read_text())
     trees = truth["systematics"]["trees"]
@@ -376,7 +377,7 @@ def test_jes_shift_has_expected_sign_and_size(shifted_sample, tmp_path):
 
     _, cfg = write_config(shifted_sample, tmp_path / "out", name=f"jes-{tmp_path.name}", mutate=only_jes_and_ntrk)
     assert cfg.variations["JES_up"].tree == "syst_JET_JES__1up"
-    run_many(cfg, ["nominal", "JES_up", "JES_down"])
+    qgcal.sweep(cfg, ["nominal", "JES_up", "JES_down"])
     records = [r for r in combine(cfg).records if r["parton"] == "quark" and not r["flags"]]
     assert len(records) >= 12  # most of the 24 (pT bin, WP) pairs are healthy at 200k events
 

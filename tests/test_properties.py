@@ -21,10 +21,10 @@ import hist
 import numpy as np
 import pytest
 import yaml
-from conftest import DEMO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import DEMO
 from qgcal.config import Config, load_config
 from qgcal.errors import ConfigError
 from qgcal.histset import HistSet, _to_arrays, load_histset, merge, save_histset

@@ -22,18 +22,20 @@ import numpy as np
 import pytest
 import uproot
 import yaml
-from conftest import DEMO, write_config
 
+import qgcal
+from conftest import DEMO, write_config
 from qgcal.artifacts import file_fingerprint
 from qgcal.cli import main
 from qgcal.config import Config, load_config, parse_config
 from qgcal.errors import ArtifactError, ConfigError
 from qgcal.histset import load_histset
-from qgcal.plan import STAGES, artifact_path, plan_tasks
+from qgcal.plan import plan_tasks
+from qgcal.stages import PASS_NAMES as STAGES
+from qgcal.stages import artifact
 from qgcal.stages.final_reweighting import config_hash_for
-from qgcal.status import collect_status, print_status
 from qgcal.workflows.runner import skip_record_path
-from qgcal.workflows.single import run_systematic
+from qgcal.workflows.status import collect_status, print_status
 from qgcal.workflows.tasks import pass_is_valid
 
 # ----------------------------------------------------------------------------- building bad inputs
@@ -154,7 +156,7 @@ def test_config_changes_rerun_the_passes_that_depend_on_them_only(small_sample, 
 
     cfg = cfg_with("base")
     n = len(plan_tasks(cfg, "nominal"))
-    first = run_systematic(cfg, "nominal", workers=1)
+    first = qgcal.run(cfg, "nominal", workers=1)
     assert first.files_processed == {s: n for s in STAGES}
     sf = (cfg.output_path / "results" / "nominal" / "scale_factors.json").read_bytes()
 
@@ -162,7 +164,7 @@ def test_config_changes_rerun_the_passes_that_depend_on_them_only(small_sample, 
     plots = cfg_with("plots", lambda d: d.__setitem__("plots", {"enabled": False, "label": "Preliminary",
                                                                  "com_energy_tev": 13.6}))
     assert _status_rows(plots) == {s: {"done": n, "missing": 0, "stale": 0} for s in STAGES} | {"results": "done"}
-    assert run_systematic(plots, "nominal", workers=1).files_processed == {s: 0 for s in STAGES}
+    assert qgcal.run(plots, "nominal", workers=1).files_processed == {s: 0 for s in STAGES}
     assert (cfg.output_path / "results" / "nominal" / "scale_factors.json").read_bytes() == sf
 
     # a cross-section: only the final pass (always rerun) depends on it
@@ -171,7 +173,7 @@ def test_config_changes_rerun_the_passes_that_depend_on_them_only(small_sample, 
     xsec_cfg = cfg_with("xsec", xsec)
     assert config_hash_for(xsec_cfg, "nominal") != config_hash_for(cfg, "nominal")
     assert config_hash_for(plots, "nominal") == config_hash_for(cfg, "nominal")
-    res = run_systematic(xsec_cfg, "nominal", workers=1)
+    res = qgcal.run(xsec_cfg, "nominal", workers=1)
     assert res.files_processed == {s: 0 for s in STAGES}
     doc = json.loads((cfg.output_path / "results" / "nominal" / "scale_factors.json").read_text())
     assert doc["metadata"]["config_hash"] == config_hash_for(xsec_cfg, "nominal")  # what status can compare
@@ -185,7 +187,7 @@ def test_config_changes_rerun_the_passes_that_depend_on_them_only(small_sample, 
         "root2pkl": {"done": n, "missing": 0, "stale": 0}, "pkl2predpkl": {"done": n, "missing": 0, "stale": 0},
         "predpkl2hist": {"done": 0, "missing": 0, "stale": n}, "results": "stale"}
     assert _status_text(rebinned).split()[-4:] == ["0", "done,", f"{n}", "stale", "stale"][-4:]
-    assert run_systematic(rebinned, "nominal", workers=1).files_processed == {
+    assert qgcal.run(rebinned, "nominal", workers=1).files_processed == {
         "root2pkl": 0, "pkl2predpkl": 0, "predpkl2hist": n}
 
     # a selection cut: everything from root2pkl
@@ -196,7 +198,7 @@ def test_config_changes_rerun_the_passes_that_depend_on_them_only(small_sample, 
     assert _status_rows(recut_cfg) == {s: {"done": 0, "missing": 0, "stale": n} for s in STAGES} | {
         "results": "stale"}
     assert f"0 done, {n} stale" in _status_text(recut_cfg)
-    assert run_systematic(recut_cfg, "nominal", workers=1).files_processed == {s: n for s in STAGES}
+    assert qgcal.run(recut_cfg, "nominal", workers=1).files_processed == {s: n for s in STAGES}
     assert _status_rows(recut_cfg)["results"] == "done"
 
 
@@ -215,7 +217,7 @@ def test_changed_input_file_is_reprocessed_alone(small_sample, data_dir, tmp_pat
 
     _, cfg = write_config(small_sample, tmp_path / "out", name=f"input-{tmp_path.name}", mutate=mutate)
     n = len(plan_tasks(cfg, "nominal"))
-    run_systematic(cfg, "nominal", workers=1)
+    qgcal.run(cfg, "nominal", workers=1)
     sf_path = cfg.output_path / "results" / "nominal" / "scale_factors.json"
     sf = sf_path.read_bytes()
     data0 = data_dir / "data_000.root"
@@ -254,7 +256,7 @@ def test_changed_input_file_is_reprocessed_alone(small_sample, data_dir, tmp_pat
         rows = _status_rows(cfg)
         assert rows == {s: {"done": n - 1, "missing": 0, "stale": 1} for s in STAGES} | {"results": "stale"}, what
         assert _status_text(cfg).count(f"{n - 1} done, 1 stale") == 3, what
-        res = run_systematic(cfg, "nominal", workers=1)
+        res = qgcal.run(cfg, "nominal", workers=1)
         assert res.files_processed == {s: 1 for s in STAGES}, what  # that file only
         # the bytes the calibration reads did not change: nor do the results
         assert sf_path.read_bytes() == sf, what
@@ -276,12 +278,12 @@ def test_fingerprint_covers_every_byte_of_files_up_to_two_mib(tmp_path):
 
 def test_corrupt_artifacts_are_recomputed(small_sample, make_config):
     _, cfg = make_config(small_sample, mutate=lambda d: d.__setitem__("plots", {"enabled": False}))
-    run_systematic(cfg, "nominal", workers=1)
+    qgcal.run(cfg, "nominal", workers=1)
     sf = (cfg.output_path / "results" / "nominal" / "scale_factors.json").read_bytes()
     tasks = plan_tasks(cfg, "nominal")
     for task, stage in ((tasks[0], "root2pkl"), (tasks[3], "pkl2predpkl"), (tasks[5], "predpkl2hist")):
-        truncate(artifact_path(cfg.output_path, task, stage), artifact_path(cfg.output_path, task, stage), 0.5)
-    res = run_systematic(cfg, "nominal", workers=1)
+        truncate(artifact(cfg, task, stage), artifact(cfg, task, stage), 0.5)
+    res = qgcal.run(cfg, "nominal", workers=1)
     # a recomputed artifact has the same provenance, so what was built on it stays valid
     assert res.files_processed == {"root2pkl": 1, "pkl2predpkl": 1, "predpkl2hist": 1}
     assert (cfg.output_path / "results" / "nominal" / "scale_factors.json").read_bytes() == sf
@@ -295,7 +297,7 @@ def test_each_bad_input_stops_the_run_with_one_line_and_keeps_good_artifacts(sma
     out = tmp_path / "out"
     _, cfg0 = write_config(small_sample, out, name=f"good-{tmp_path.name}",
                                mutate=lambda d: _data_files(d, [str(data_dir / "*.root")]))
-    run_systematic(cfg0, "nominal", workers=1)
+    qgcal.run(cfg0, "nominal", workers=1)
     good_tasks = plan_tasks(cfg0, "nominal")
     bad_dir = tmp_path / "bad"
     bad_dir.mkdir()
@@ -310,7 +312,7 @@ def test_each_bad_input_stops_the_run_with_one_line_and_keeps_good_artifacts(sma
         for w in words:
             assert w in line, (kind, w, line)
         task = next(t for t in plan_tasks(cfg, "nominal") if t.path == str(bad))
-        assert not artifact_path(cfg.output_path, task, "root2pkl").exists()
+        assert not artifact(cfg, task, "root2pkl").exists()
         assert not skip_record_path(cfg, task).exists()
         for t in good_tasks:  # the work already done is kept, valid
             assert all(pass_is_valid(cfg, t, s) for s in STAGES), (kind, t.path)
@@ -329,11 +331,11 @@ def test_bad_file_with_a_process_pool_stops_after_running_files_and_keeps_their_
     code, _, err = _cli(["-q", "run", "--config", str(path)])
     assert code == 1 and "a_truncated.root" in _one_error_line(err)
     tasks = [t for t in plan_tasks(cfg, "nominal") if t.path != str(bad)]
-    done = [t for t in tasks if artifact_path(cfg.output_path, t, "root2pkl").exists()]
+    done = [t for t in tasks if artifact(cfg, t, "root2pkl").exists()]
     assert all(pass_is_valid(cfg, t, "root2pkl") for t in done)  # nothing half-written kept
     assert not [p for p in cfg.output_path.rglob("*") if ".tmp-" in p.name]
     bad.unlink()
-    res = run_systematic(cfg, "nominal", workers=2)
+    res = qgcal.run(cfg, "nominal", workers=2)
     assert res.files_processed["root2pkl"] == len(tasks) - len(done)
 
 
@@ -420,7 +422,7 @@ def test_a_file_that_breaks_after_it_was_processed_is_skipped_not_merged_from_ol
     code, out, err = _cli(["-q", "run", "--config", str(path), "--workers", "1", "--skip-bad-files"])
     assert code == 0 and str(broken) in out and "skipped as bad" in out, err
     task = next(t for t in plan_tasks(cfg, "nominal") if t.path == str(broken))
-    assert not any(artifact_path(cfg.output_path, task, s).exists() for s in STAGES)
+    assert not any(artifact(cfg, task, s).exists() for s in STAGES)
     ref_path, ref = cfg_for("only-good", [str(data_dir / "data_000.root")], tmp_path / "ref")
     assert _cli(["-q", "run", "--config", str(ref_path), "--workers", "1"])[0] == 0
 
@@ -526,7 +528,7 @@ def test_every_artifact_and_result_path_stays_inside_the_output(small_sample, ma
     for syst in cfg.variation_names():
         for task in plan_tasks(cfg, syst):
             for stage in STAGES:
-                assert artifact_path(cfg.output_path, task, stage).resolve().is_relative_to(out)
+                assert artifact(cfg, task, stage).resolve().is_relative_to(out)
             assert skip_record_path(cfg, task).resolve().is_relative_to(out)
         assert (cfg.output_path / "results" / syst).resolve().parent == out / "results"
 
@@ -603,9 +605,9 @@ class _Payload:
 
 def test_an_artifact_with_a_pickled_object_is_rejected_never_loaded(small_sample, make_config, tmp_path):
     cfg_path, cfg = make_config(small_sample, mutate=lambda d: d.__setitem__("plots", {"enabled": False}))
-    run_systematic(cfg, "nominal", workers=1)
+    qgcal.run(cfg, "nominal", workers=1)
     task = plan_tasks(cfg, "nominal")[0]
-    hpath = artifact_path(cfg.output_path, task, "predpkl2hist")
+    hpath = artifact(cfg, task, "predpkl2hist")
     marker = tmp_path / "executed"
     with np.load(hpath, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from qgcal.plan import artifact_path, plan_tasks
-from qgcal.stages import root2pkl
-from qgcal.workflows.tasks import group_by_read
+from qgcal.plan import plan_tasks
+from qgcal.stages import artifact, root2pkl
+from qgcal.stages.root2pkl import group_by_read
 
 
 def test_one_read_feeds_every_variation_identically(small_sample, make_config, tmp_path, monkeypatch):
@@ -34,7 +34,7 @@ def test_one_read_feeds_every_variation_identically(small_sample, make_config, t
         return real(*args, **kwargs)
 
     monkeypatch.setattr(root2pkl, "read_chunk", counting)
-    outs = [artifact_path(cfg.output_path, t, "root2pkl") for t in group]
+    outs = [artifact(cfg, t, "root2pkl") for t in group]
     root2pkl.run_files(cfg, group, outs)
     n_chunks = calls["n"]
     assert n_chunks >= 1
@@ -55,12 +55,12 @@ def test_progress_lines_name_the_tree_and_variations_of_each_read(small_sample, 
     import logging
     import re
 
-    from qgcal.workflows.sweep import run_many
+    import qgcal
 
     _, cfg = make_config(small_sample, mutate=lambda d: d.__setitem__("plots", {"enabled": False}))
     systs = ["nominal", "JES_up", "trk_eff", "pdf_1"]
     with caplog.at_level(logging.INFO, logger="qgcal"):
-        run_many(cfg, systs, executor="serial")
+        qgcal.sweep(cfg, systs, executor="serial")
     lines = [r.getMessage() for r in caplog.records if re.match(r"root2pkl: \d+/\d+ reads", r.getMessage())]
     labels = [ln.split(" events/s ")[1] for ln in lines]
     assert len(labels) == len(set(labels)), labels

@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from slurm_cluster import SlurmCluster, SlurmStartError, start
 
+import qgcal
 import qgcal.cli
+from conftest import write_config
 from qgcal.config import Config
 from qgcal.errors import ConfigError
 from qgcal.workflows import slurm
-from qgcal.workflows.sweep import run_many
-
-from conftest import write_config
-from slurm_cluster import SlurmCluster, SlurmStartError, start
 
 VARIATIONS = ("JES_up", "JES_down", "trk_eff")
 SYSTS = ["nominal", *VARIATIONS]
@@ -75,7 +74,7 @@ def reference(small_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     """A local sweep of the same config (and combine, when it exists)."""
     out = tmp_path_factory.mktemp("slurm-reference")
     path, cfg = write_config(small_sample, out / "out", name="slurm-reference", mutate=sweep_config)
-    run_many(cfg, SYSTS, workers=2)
+    qgcal.sweep(cfg, SYSTS, workers=2)
     if COMBINE:
         assert qgcal.cli.main(["combine", "--config", str(path)]) == 0
     return result_bytes(cfg)

@@ -7,11 +7,11 @@ import json
 from typing import Any
 
 import pytest
-from conftest import write_config
 from test_outputs import _cli, published_small  # noqa: F401  (the finished sweep + combination, shared)
 
-from qgcal.plan import STAGES
-from qgcal.status import collect_status, print_status
+from conftest import write_config
+from qgcal.stages import PASS_NAMES as STAGES
+from qgcal.workflows.status import collect_status, print_status
 
 
 def _row(status: Any, name: str) -> Any:

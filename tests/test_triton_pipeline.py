@@ -8,14 +8,14 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from triton_fixture import MODEL_NAME, serve_process
 
+import qgcal
 from qgcal.artifacts import read_parquet_provenance
 from qgcal.cli import main
-from qgcal.plan import artifact_path, plan_tasks
+from qgcal.plan import plan_tasks
+from qgcal.stages import artifact
 from qgcal.stages.pkl2predpkl import model_path
-from qgcal.workflows.single import run_systematic
-from qgcal.workflows.train import train_from_config
-from triton_fixture import MODEL_NAME, serve_process
 
 
 def _fast_model(doc):
@@ -27,15 +27,21 @@ def _fast_model(doc):
 
 def test_train_then_run_through_triton_equals_local(small_sample, make_config, tmp_path, capsys):
     path, cfg = make_config(small_sample, mutate=_fast_model, model_taggers=True)
-    [model] = train_from_config(cfg, workers=1)
+    [model] = qgcal.train(cfg, workers=1)
     assert model == model_path(cfg, cfg.taggers["gbdt"]) and model.is_file()
     metrics = (model.parent / "gbdt-training" / "metrics.json").read_text()
     assert '"auc_model"' in metrics
-    local = run_systematic(cfg, "nominal", workers=1)
+    local = qgcal.run(cfg, "nominal", workers=1)
     sf = cfg.output_path / "results" / "nominal" / "scale_factors.json"
     local_bytes = sf.read_bytes()
     assert {r["tagger"] for r in local.records} == {"ntrk", "gbdt"}
     assert all(r["sf"] is not None for r in local.records if r["tagger"] == "gbdt")
+    # the inference route is part of the predict pass's validity: switching backends rescores
+    # (a server may serve another model than the local file), everything before it is reused
+    switched = qgcal.status(cfg.with_overrides({"inference.backend": "triton"})).total.passes
+    n = switched["root2pkl"].done
+    assert n > 0 and switched["pkl2predpkl"].stale == n and switched["pkl2predpkl"].done == 0
+    assert qgcal.status(cfg).total.passes["pkl2predpkl"].done == n
 
     workspace = Path(tempfile.mkdtemp(prefix="qgt", dir="/tmp"))
     server = serve_process(model, tmp_path, workspace)
@@ -55,7 +61,7 @@ def test_train_then_run_through_triton_equals_local(small_sample, make_config, t
     # every jet's score came back from the server bit-identical, so the bytes agree
     assert sf.read_bytes() == local_bytes
     task = plan_tasks(cfg, "nominal")[0]
-    prov = read_parquet_provenance(artifact_path(cfg.output_path, task, "pkl2predpkl"))
+    prov = read_parquet_provenance(artifact(cfg, task, "pkl2predpkl"))
     assert prov["inference"]["gbdt"]["backend"] == "triton"
 
 
@@ -63,7 +69,7 @@ def test_trained_model_beats_ntracks_on_the_generated_sample(small_sample, make_
     import json
 
     _, cfg = make_config(small_sample, mutate=_fast_model, model_taggers=True)
-    [model] = train_from_config(cfg, workers=1)
+    [model] = qgcal.train(cfg, workers=1)
     metrics = json.loads((model.parent / "gbdt-training" / "metrics.json").read_text())
     bins = metrics["pt_bins"] if "pt_bins" in metrics else metrics["bins"]
     auc_model = np.array([b["auc_model"] for b in bins])

@@ -11,8 +11,8 @@ record the loss) is calibration policy, the same for every executor.
   used up ``executor.retries`` retries and then killed its worker while running
   alone stops the run with an error naming it.
 * A bad input file (``InputError``) stops the run after the files already running
-  have finished (their artifacts are kept). With ``reading.skip_bad_files`` /
-  ``--skip-bad-files`` the file is skipped instead, and a skip record (file,
+  have finished (their artifacts are kept). With ``reading.skip_bad_files`` (the CLI's
+  ``--skip-bad-files`` sets it) the file is skipped instead, and a skip record (file,
   reason, events lost) is written where its artifact would be, so the final pass,
   the report and a Slurm final job all see it. Never silent.
 """
@@ -30,10 +30,12 @@ from typing import Any
 from qgcal.artifacts import write_json_atomic
 from qgcal.config import Config
 from qgcal.errors import InputError, QgcalError
-from qgcal.plan import STAGES, FileTask, artifact_path
+from qgcal.passes import artifact_of
+from qgcal.plan import FileTask
 from qgcal.progress import PassProgress, log
+from qgcal.stages import FILE_PASSES
 
-__all__ = ["Runner", "skip_record_path", "read_skip_record", "WorkerCrashError"]
+__all__ = ["Runner", "WorkerCrashError", "read_skip_record", "skip_record_path"]
 
 
 class WorkerCrashError(QgcalError):
@@ -41,7 +43,8 @@ class WorkerCrashError(QgcalError):
 
 
 def skip_record_path(cfg: Config, task: FileTask) -> Path:
-    return artifact_path(cfg.output_path, task, "root2pkl").with_suffix(".skipped.json")
+    """Where a file skipped as bad is recorded: beside the first pass's artifact, which it replaces."""
+    return artifact_of(cfg, task, FILE_PASSES[0]).with_suffix(".skipped.json")
 
 
 def read_skip_record(cfg: Config, task: FileTask) -> dict[str, Any] | None:
@@ -61,7 +64,7 @@ def _events_in(path: str, tree: str) -> int | None:
 
         with uproot.open(path) as f:
             return int(f[tree].num_entries)
-    except Exception:
+    except Exception:  # noqa: BLE001 - a file skipped as bad may fail to open in any way: unknown
         return None
 
 
@@ -100,12 +103,11 @@ class Runner:
     thousands costs one serial wave, not a serial pass.
     """
 
-    def __init__(self, cfg: Config, make_executor: Callable[[], Executor], *, skip_bad_files: bool = False,
-                 width: int = 1):
+    def __init__(self, cfg: Config, make_executor: Callable[[], Executor], *, width: int = 1):
         self.cfg = cfg
         self._make = make_executor
         self._executor: Executor | None = None
-        self.skip_bad_files = skip_bad_files
+        self.skip_bad_files = cfg.reading.skip_bad_files
         self.width = max(1, int(width))
         self.skipped: list[FileTask] = []
         self.last_crash = ""
@@ -128,8 +130,8 @@ class Runner:
         if self._executor is not None:
             try:
                 self._executor.shutdown(wait=False, cancel_futures=True)
-            except Exception:  # noqa: BLE001 - a broken pool may fail to shut down cleanly
-                pass
+            except Exception as problem:  # noqa: BLE001 - a broken pool may fail to shut down cleanly
+                log.debug("shutting down the broken pool: %s", problem)
         self._executor = None
 
     def shutdown(self) -> None:
@@ -187,18 +189,18 @@ class Runner:
                 # error that ends the run, as a pool does (see below)
                 if fut.done() and not fut.cancelled() and self._is_fatal(fut.exception()):
                     break
-        except (BrokenProcessPool, OSError, EOFError) as err:
+        except (BrokenProcessPool, OSError, EOFError) as lost:
             # submit() starts workers on demand. A worker that dies meanwhile breaks the pool under
             # it (the pool's clean-up closes the new worker's fds: OSError EBADF, EOFError), and the
             # forkserver can die of the half-sent request (ConnectionRefusedError for the next
             # pool): the pool is lost like in a crash, and the next one restarts the forkserver
-            if not isinstance(err, BrokenProcessPool) and not isinstance(self._executor, ProcessPoolExecutor):
+            if not isinstance(lost, BrokenProcessPool) and not isinstance(self._executor, ProcessPoolExecutor):
                 raise
             submitted = set(futures.values())
             crashed = [i for i in batch if i not in submitted]
-            crash = err
-            if not isinstance(err, BrokenProcessPool):
-                crash = BrokenProcessPool(f"could not start a worker process ({type(err).__name__}: {err})")
+            crash = lost
+            if not isinstance(lost, BrokenProcessPool):
+                crash = BrokenProcessPool(f"could not start a worker process ({type(lost).__name__}: {lost})")
                 time.sleep(0.5)  # let a dying forkserver exit, so that the next pool starts a new one
         pending = set(futures)
         while pending:
@@ -240,8 +242,8 @@ class Runner:
         for task in job.tasks:
             # artifacts of an earlier version of the file (valid before it changed and broke) must
             # not be merged as if it had been read: the skip record replaces them
-            for old in STAGES:
-                artifact_path(self.cfg.output_path, task, old).unlink(missing_ok=True)
+            for p in FILE_PASSES:
+                artifact_of(self.cfg, task, p).unlink(missing_ok=True)
             write_json_atomic(skip_record_path(self.cfg, task), {
                 "file": task.path, "sample": task.sample, "slice": task.slice, "variation": task.variation,
                 "tree": task.tree, "stage": stage, "reason": str(err), "events_lost": events,

@@ -31,13 +31,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from qgcal import __version__
 from qgcal.artifacts import write_json_atomic
 from qgcal.config import Config, Slurm
 from qgcal.errors import ConfigError, QgcalError
-from qgcal.plan import STAGES, FileTask
+from qgcal.plan import FileTask
+from qgcal.stages import pass_index
 from qgcal.workflows.sweep import missing_artifacts, shards, sweep_tasks
 
 __all__ = [
@@ -72,21 +71,14 @@ class SlurmError(QgcalError):
 
 
 def slurm_options(cfg: Config, **overrides: Any) -> Slurm:
-    """The config's ``slurm:`` section with CLI overrides (None = keep) applied and validated."""
-    data = cfg.slurm.model_dump()
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        if key in {"extra_sbatch", "setup"}:
-            data[key] = [*data[key], *value]
-        else:
-            data[key] = value
-    try:
-        opts = Slurm.model_validate(data)
-    except ValidationError as err:
-        msgs = [f"slurm.{'.'.join(map(str, e['loc']))}: {e['msg']} (found {e.get('input')!r})"
-                for e in err.errors()]
-        raise ConfigError("; ".join(msgs) + " (from the config's slurm: section or the CLI option)") from None
+    """The config's ``slurm:`` section with CLI overrides (None = keep) applied and validated.
+
+    ``extra_sbatch`` and ``setup`` given on the command line add to the config's lines.
+    """
+    for key in ("extra_sbatch", "setup"):
+        if overrides.get(key):
+            overrides[key] = [*getattr(cfg.slurm, key), *overrides[key]]
+    opts = cfg.with_overrides({f"slurm.{k}": v for k, v in overrides.items()}).slurm
     for key in ("partition", "account", "qos", "time", "final_time", "mem", "constraint", "gres", "workdir"):
         _one_line(f"slurm.{key}", getattr(opts, key))
     for i, line in enumerate(opts.extra_sbatch):
@@ -281,7 +273,8 @@ def plan(cfg: Config, sub: Submission, opts: Slurm, indices: Sequence[int], *, t
             ['echo "qgcal: shard $SLURM_ARRAY_TASK_ID of array job $SLURM_ARRAY_JOB_ID on $(hostname)"', run])
         array_cmd = ["sbatch", "--parsable", str(array_path)]
     final_path = slurm_dir / f"final{tag}.sh"
-    body = ['echo "qgcal: final job $SLURM_JOB_ID on $(hostname)"', f"{cmd} sweep {base} --finalise-only --executor serial"]
+    body = ['echo "qgcal: final job $SLURM_JOB_ID on $(hostname)"',
+            f"{cmd} sweep {base} --finalise-only --executor serial"]
     if sub.combine:
         body.append(f"{cmd} combine --config {shlex.quote(sub.config)}")
     final_text = _script(_header(f"{name}-final", opts, logs, workdir, final=True, array=None), opts,
@@ -542,7 +535,7 @@ def status(cfg: Config, sub: Submission, *, query: bool = True) -> dict[str, Any
         row: dict[str, Any] = {"index": i, "job": job, "state": js.state if js else None,
                                "missing": len(miss), "tasks": len(keys)}
         if miss:  # the earliest pass that is missing points at the cause
-            t, stage = min(miss, key=lambda m: STAGES.index(m[1]))
+            t, stage = min(miss, key=lambda m: pass_index(m[1]))
             row["first_missing"] = f"{stage} of {t.path} for {t.variation}"
         if job and js and js.state not in ACTIVE_STATES | {"COMPLETED"}:
             row["log"] = logs.get(job)

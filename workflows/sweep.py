@@ -14,13 +14,15 @@ from concurrent.futures import Executor
 
 from qgcal.config import Config
 from qgcal.errors import ArtifactError, ConfigError
-from qgcal.plan import STAGES, FileTask, artifact_path
-from qgcal.stages.pkl2predpkl import InferenceOverrides
+from qgcal.locking import output_lock
+from qgcal.passes import artifact_of
+from qgcal.plan import FileTask
+from qgcal.stages import FILE_PASSES, file_pass
 from qgcal.workflows.runner import read_skip_record
-from qgcal.workflows.single import RunResult, finalise, make_runner, output_lock, run_file_passes, tasks_for
+from qgcal.workflows.single import RunResult, finalise, make_runner, run_file_passes, tasks_for
 from qgcal.workflows.tasks import pass_is_valid
 
-__all__ = ["run_many", "sweep_tasks", "shards", "run_shard", "finalise_many", "missing_artifacts"]
+__all__ = ["finalise_many", "missing_artifacts", "run_many", "run_shard", "shards", "sweep_tasks"]
 
 
 def sweep_tasks(cfg: Config, systs: Sequence[str]) -> list[FileTask]:
@@ -41,8 +43,7 @@ def shards(tasks: Sequence[FileTask], shard_size: int) -> list[list[FileTask]]:
 
 
 def run_shard(cfg: Config, systs: Sequence[str], index: int, shard_size: int, *,
-              workers: int | None = None, executor: str | Executor | None = None, force: bool = False,
-              overrides: InferenceOverrides | None = None, skip_bad_files: bool | None = None) -> list[FileTask]:
+              executor: Executor | None = None, force: bool = False) -> list[FileTask]:
     """The per-file passes of shard ``index`` only; writes only that shard's artifacts.
 
     No output lock: array tasks run concurrently and each writes different files
@@ -53,24 +54,23 @@ def run_shard(cfg: Config, systs: Sequence[str], index: int, shard_size: int, *,
     if not 0 <= index < len(parts):
         raise ConfigError(f"--task-index {index} out of range: this sweep has {len(parts)} shards of {shard_size}")
     mine = parts[index]
-    skip = cfg.reading.skip_bad_files if skip_bad_files is None else skip_bad_files
-    runner = make_runner(cfg, executor, workers, skip_bad_files=skip)
+    runner = make_runner(cfg, executor)
     try:
-        run_file_passes(cfg, mine, runner, force=force, overrides=overrides)
+        run_file_passes(cfg, mine, runner, force=force)
     finally:
         runner.shutdown()
     return mine
 
 
 def missing_artifacts(cfg: Config, tasks: Sequence[FileTask]) -> list[tuple[FileTask, str]]:
-    """(task, stage) pairs whose artifact is missing or stale (files skipped as bad excepted)."""
+    """(task, pass name) pairs whose artifact is missing or stale (files skipped as bad excepted)."""
     out = []
     for t in tasks:
-        if read_skip_record(cfg, t) is not None and not artifact_path(cfg.output_path, t, "root2pkl").is_file():
+        if read_skip_record(cfg, t) is not None and not artifact_of(cfg, t, FILE_PASSES[0]).is_file():
             continue
-        for stage in STAGES:
-            if not pass_is_valid(cfg, t, stage):
-                out.append((t, stage))
+        for index, p in enumerate(FILE_PASSES):
+            if not pass_is_valid(cfg, t, index):
+                out.append((t, p.name))
                 break
     return out
 
@@ -83,22 +83,20 @@ def finalise_many(cfg: Config, systs: Sequence[str]) -> dict[str, RunResult]:
         t, stage = missing[0]
         raise ArtifactError(
             f"{len(missing)} file tasks are not done (first: {stage} of {t.path} for {t.variation}, "
-            f"expected {artifact_path(cfg.output_path, t, stage)}); run them first"
+            f"expected {artifact_of(cfg, t, file_pass(stage))}); run them first"
         )
     with output_lock(cfg.output_path):
         return {s: finalise(cfg, s) for s in systs}
 
 
-def run_many(cfg: Config, systs: Sequence[str], *, workers: int | None = None,
-             executor: str | Executor | None = None, force: bool = False,
-             overrides: InferenceOverrides | None = None, skip_bad_files: bool | None = None) -> dict[str, RunResult]:
+def run_many(cfg: Config, systs: Sequence[str], *, executor: Executor | None = None,
+             force: bool = False) -> dict[str, RunResult]:
     """Per-file passes for all systematics through one pool, then each final pass."""
     tasks = sweep_tasks(cfg, systs)
-    skip = cfg.reading.skip_bad_files if skip_bad_files is None else skip_bad_files
     with output_lock(cfg.output_path):
-        runner = make_runner(cfg, executor, workers, skip_bad_files=skip)
+        runner = make_runner(cfg, executor)
         try:
-            run_file_passes(cfg, tasks, runner, force=force, overrides=overrides)
+            run_file_passes(cfg, tasks, runner, force=force)
         finally:
             runner.shutdown()
         return {s: finalise(cfg, s) for s in systs}

@@ -1,22 +1,25 @@
-"""The per-file work of each pass, as top-level functions a worker process can run.
+"""The per-file work of any pass, as top-level functions a worker process can run.
 
-Each function checks the artifact's provenance first and returns at once when a
-valid one exists (unless forced), so a local rerun, a Slurm array task and a
-Dask task all share one notion of "done".
+Generic over the registry (``qgcal.stages.FILE_PASSES``): validity is the pass's
+provenance check applied down the chain, and a job is whatever the pass groups
+together. Each job checks provenance first and returns at once for valid artifacts
+(unless forced), so a local rerun, a Slurm array task and a Dask task all share one
+notion of "done".
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from qgcal.artifacts import is_valid, read_parquet_provenance
+from qgcal.artifacts import is_valid
 from qgcal.config import Config
-from qgcal.histset import read_histset_meta
-from qgcal.plan import FileTask, artifact_path
-from qgcal.stages import pkl2predpkl, predpkl2hist, root2pkl
+from qgcal.passes import PassInput, artifact_of
+from qgcal.plan import FileTask
+from qgcal.stages import FILE_PASSES, pass_index
 
-__all__ = ["TaskOutcome", "group_by_read", "pass_is_valid", "run_pass", "run_root2pkl_group"]
+__all__ = ["TaskOutcome", "pass_input", "pass_is_valid", "run_job"]
 
 
 @dataclass(frozen=True)
@@ -27,66 +30,35 @@ class TaskOutcome:
     reused: bool
 
 
-def pass_is_valid(cfg: Config, task: FileTask, stage: str) -> bool:
-    """Whether the artifact of ``stage`` for ``task`` exists and matches inputs and config."""
-    out = artifact_path(cfg.output_path, task, stage)
-    if not out.is_file():
+def pass_input(cfg: Config, task: FileTask, index: int) -> PassInput:
+    """Output path and upstream artifact of pass ``index`` for ``task``."""
+    upstream = artifact_of(cfg, task, FILE_PASSES[index - 1]) if index > 0 else None
+    return PassInput(task, artifact_of(cfg, task, FILE_PASSES[index]), upstream)
+
+
+def pass_is_valid(cfg: Config, task: FileTask, stage: str | int) -> bool:
+    """Whether the artifact of ``stage`` for ``task`` exists and matches inputs and config, down the chain."""
+    index = stage if isinstance(stage, int) else pass_index(stage)
+    item = pass_input(cfg, task, index)
+    if not item.out.is_file():
         return False
-    if stage == "root2pkl":
-        return is_valid(out, root2pkl.expected_provenance(cfg, task))
-    up_stage = "root2pkl" if stage == "pkl2predpkl" else "pkl2predpkl"
-    upstream = artifact_path(cfg.output_path, task, up_stage)
-    if not pass_is_valid(cfg, task, up_stage):
+    if index > 0 and not pass_is_valid(cfg, task, index - 1):
         return False
-    if stage == "pkl2predpkl":
-        return is_valid(out, pkl2predpkl.expected_provenance(cfg, upstream))
-    return is_valid(out, predpkl2hist.expected_provenance(cfg, upstream), reader=read_histset_meta)
+    p = FILE_PASSES[index]
+    return is_valid(item.out, p.expected_provenance(cfg, item), reader=p.read_provenance)
 
 
-def run_pass(cfg: Config, task: FileTask, stage: str, force: bool = False,
-             overrides: pkl2predpkl.InferenceOverrides | None = None) -> TaskOutcome:
-    out = artifact_path(cfg.output_path, task, stage)
-    if not force and pass_is_valid(cfg, task, stage):
-        return TaskOutcome(task.key, stage, 0, True)
-    if stage == "root2pkl":
-        res = root2pkl.run_file(cfg, task, out)
-        return TaskOutcome(task.key, stage, res.events_read, False)
-    if stage == "pkl2predpkl":
-        upstream = artifact_path(cfg.output_path, task, "root2pkl")
-        n = pkl2predpkl.run_file(cfg, upstream, out, overrides or pkl2predpkl.InferenceOverrides())
-        return TaskOutcome(task.key, stage, n // 2, False)
-    upstream = artifact_path(cfg.output_path, task, "pkl2predpkl")
-    carry = _carry(cfg, task)
-    n = predpkl2hist.run_file(cfg, upstream, out, is_data=task.kind == "data", carry=carry)
-    return TaskOutcome(task.key, stage, n // 2, False)
-
-
-def _carry(cfg: Config, task: FileTask) -> dict[str, object]:
-    """What the merge needs from root2pkl: the slice, its sum of weights, the cut flow."""
-    prov = read_parquet_provenance(artifact_path(cfg.output_path, task, "root2pkl")) or {}
-    return {
-        "sample": task.sample,
-        "slice": task.slice,
-        "file": Path(task.path).name,
-        "sumw": prov.get("sumw", 0.0),
-        "cutflow": prov.get("cutflow", {}),
-    }
-
-
-def group_by_read(tasks: list[FileTask]) -> list[list[FileTask]]:
-    """Tasks sharing a (file, tree): branch and weight variations read it once together."""
-    groups: dict[tuple[str, str], list[FileTask]] = {}
-    for t in tasks:
-        groups.setdefault((t.path, t.tree), []).append(t)
-    return [groups[k] for k in sorted(groups)]
-
-
-def run_root2pkl_group(cfg: Config, tasks: list[FileTask], force: bool = False) -> list[TaskOutcome]:
-    """root2pkl for every task of one (file, tree) group, with a single read of the file."""
-    todo = [t for t in tasks if force or not pass_is_valid(cfg, t, "root2pkl")]
-    outcomes = [TaskOutcome(t.key, "root2pkl", 0, True) for t in tasks if t not in todo]
+def run_job(cfg: Config, stage: str, tasks: Sequence[FileTask], force: bool = False) -> list[TaskOutcome]:
+    """Pass ``stage`` for one job's tasks; valid artifacts are reused unless ``force``."""
+    index = pass_index(stage)
+    todo = [t for t in tasks if force or not pass_is_valid(cfg, t, index)]
+    outcomes = {t: TaskOutcome(t.key, stage, 0, True) for t in tasks if t not in todo}
     if todo:
-        results = root2pkl.run_files(cfg, todo, [artifact_path(cfg.output_path, t, "root2pkl") for t in todo])
-        outcomes += [TaskOutcome(t.key, "root2pkl", r.events_read if i == 0 else 0, False)
-                     for i, (t, r) in enumerate(zip(todo, results))]
-    return outcomes
+        runs = FILE_PASSES[index].run(cfg, [pass_input(cfg, t, index) for t in todo])
+        outcomes.update({t: TaskOutcome(t.key, stage, r.events, False) for t, r in zip(todo, runs)})
+    return [outcomes[t] for t in tasks]
+
+
+def upstream_exists(cfg: Config, task: FileTask, index: int) -> bool:
+    item = pass_input(cfg, task, index)
+    return item.upstream is None or Path(item.upstream).is_file()

@@ -1,6 +1,6 @@
 """``qgcal train``: the config's model taggers, trained on nominal MC jet tables.
 
-The jets are the nominal MC root2pkl artifacts (made here when missing), with
+The jets are the nominal MC jet tables of the first pass (made here when missing), with
 each MC slice normalised as in the calibration (lumi x xsec x filter_eff /
 sum_of_weights), so the pT spectrum the training sees is the physical one
 before the flat-pT training weights are applied.
@@ -16,20 +16,22 @@ import numpy as np
 from qgcal.artifacts import read_parquet, read_parquet_provenance
 from qgcal.config import Config, ModelTagger
 from qgcal.errors import ConfigError
-from qgcal.plan import artifact_path, plan_tasks
+from qgcal.locking import output_lock
+from qgcal.passes import artifact_of
+from qgcal.plan import jet_variables, model_path, plan_tasks
 from qgcal.progress import log
-from qgcal.stages.pkl2predpkl import model_path
-from qgcal.workflows.single import make_runner, output_lock, run_file_passes
+from qgcal.stages import FILE_PASSES
+from qgcal.workflows.single import make_runner, run_file_passes
 
 __all__ = ["train_from_config", "training_columns"]
 
 
 def training_columns(cfg: Config, features: list[str]) -> dict[str, np.ndarray]:
-    """Nominal MC jets (both regions) with physical weights, from root2pkl artifacts, in sorted order."""
+    """Nominal MC jets (both regions) with physical weights, from the jet tables, in sorted order."""
     tasks = plan_tasks(cfg, "nominal", include_data=False)
     sample = cfg.samples[cfg.nominal_mc]
     slices = sample.slice_map()
-    provs = {t.key: read_parquet_provenance(artifact_path(cfg.output_path, t, "root2pkl")) or {} for t in tasks}
+    provs = {t.key: read_parquet_provenance(artifact_of(cfg, t, FILE_PASSES[0])) or {} for t in tasks}
     sumw = {name: math.fsum(float(provs[t.key].get("sumw", 0.0)) for t in tasks if t.slice == name)
             for name in {t.slice for t in tasks}}
     names = sorted({*features, "pt", "event", "parton_label", "weight", "nTracks"} & _available(cfg))
@@ -37,7 +39,7 @@ def training_columns(cfg: Config, features: list[str]) -> dict[str, np.ndarray]:
     for t in tasks:
         sl = slices[t.slice]
         scale = sl.scale(cfg.lumi_pb, sumw[t.slice])
-        table = read_parquet(artifact_path(cfg.output_path, t, "root2pkl"), columns=names)
+        table = read_parquet(artifact_of(cfg, t, FILE_PASSES[0]), columns=names)
         for n in names:
             col = table.column(n).to_numpy()
             parts[n].append(col * scale if n == "weight" else col)
@@ -45,12 +47,10 @@ def training_columns(cfg: Config, features: list[str]) -> dict[str, np.ndarray]:
 
 
 def _available(cfg: Config) -> set[str]:
-    from qgcal.plan import jet_variables
-
     return {"pt", "eta", "event", "parton_label", "weight", *jet_variables(cfg)}
 
 
-def train_from_config(cfg: Config, *, workers: int | None = None) -> list[Path]:
+def train_from_config(cfg: Config) -> list[Path]:
     """Train every model tagger; returns the model paths written."""
     from qgcal.training import train_tagger, write_training_outputs
 
@@ -59,9 +59,9 @@ def train_from_config(cfg: Config, *, workers: int | None = None) -> list[Path]:
         raise ConfigError("taggers: no tagger of kind 'model' to train; add one (see docs/config.md)")
     written = []
     with output_lock(cfg.output_path):
-        runner = make_runner(cfg, None, workers)
-        try:
-            run_file_passes(cfg, plan_tasks(cfg, "nominal", include_data=False), runner, stages=("root2pkl",))
+        runner = make_runner(cfg)
+        try:  # only the jet tables: the first pass
+            run_file_passes(cfg, plan_tasks(cfg, "nominal", include_data=False), runner, through=0)
         finally:
             runner.shutdown()
         for name, tagger in sorted(taggers.items()):

@@ -23,8 +23,8 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from qgcal.demo import run_demo
     from qgcal.report import print_sf_table
+    from qgcal.workflows.demo import run_demo
 
     res = run_demo(args.out, events=args.events, files=args.files, seed=args.seed, workers=args.workers)
     nominal = res.results["nominal"].records

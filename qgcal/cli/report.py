@@ -22,8 +22,8 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from qgcal.config import load_config
+    from qgcal.locking import output_lock
     from qgcal.outputs import rebuild_report
-    from qgcal.workflows.single import output_lock
 
     cfg = load_config(args.config)
     with output_lock(cfg.output_path):

@@ -21,6 +21,18 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from qgcal.workflows.serve import serve_from_config
+    from qgcal.config import load_config
+    from qgcal.workflows.serve import export_model_repo, serve_tagger
 
-    return serve_from_config(args)
+    cfg = load_config(args.config)
+    if args.export_repo is not None:
+        out = export_model_repo(cfg, args.export_repo, tagger=args.tagger)
+        print(f"Triton model repository written: {out} (tritonserver --model-repository {args.export_repo})")
+        return 0
+
+    def ready(name: str, info: dict[str, Any]) -> None:
+        model = cfg.inference.triton.model_name
+        print(f"serving {name} as {model!r}: {info}; Ctrl-C or SIGTERM stops", flush=True)
+
+    serve_tagger(cfg, tagger=args.tagger, http_port=args.http_port, grpc_port=args.grpc_port, ready=ready)
+    return 0

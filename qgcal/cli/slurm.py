@@ -8,7 +8,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from qgcal.cli.run import add_inference_options
+from qgcal.cli.options import add_inference_options
 
 _OVERRIDES = (  # key of slurm:, type, metavar, help (None: keep the config's value)
     ("partition", str, "NAME", "--partition of both jobs"),

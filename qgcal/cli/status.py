@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from qgcal.config import load_config
-    from qgcal.status import collect_status, print_status
+    from qgcal.workflows.status import collect_status, print_status
 
     cfg = load_config(args.config)
     status = collect_status(cfg, args.syst)

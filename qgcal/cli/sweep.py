@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from qgcal.cli.run import add_inference_options, overrides_from
+from qgcal.cli.options import add_execution_options, add_inference_options
 
 
 def register(sub: Any) -> None:
@@ -19,13 +19,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--config", "-c", required=True, type=Path, help="YAML config")
     p.add_argument("--syst", nargs="+", metavar="NAME", help="systematics (default: nominal and all variations)")
-    p.add_argument("--workers", "-j", type=int, help="worker processes (default: executor.workers)")
-    p.add_argument("--executor", choices=["process", "serial", "dask", "dask-local"], help="override executor.kind")
-    p.add_argument("--scheduler", help="Dask scheduler address (with --executor dask)")
     p.add_argument("--force", action="store_true", help="redo every pass even where artifacts are valid")
-    p.add_argument("--skip-bad-files", action="store_true", default=None,
-                   help="skip unreadable input files (recorded, with the events lost, in the results) "
-                        "instead of stopping (config: reading.skip_bad_files)")
+    add_execution_options(p, executors=("process", "serial", "dask", "dask-local"))
     g = p.add_argument_group("batch")
     g.add_argument("--task-index", type=int, help="process only this shard of the file tasks (0-based)")
     g.add_argument("--shard-size", type=int, help="file tasks per shard (default: slurm.shard_size)")
@@ -35,11 +30,11 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from qgcal.config import load_config
+    from qgcal.cli.options import load_config_from_args
     from qgcal.report import print_sf_table, skipped_summary
     from qgcal.workflows.sweep import finalise_many, run_many, run_shard
 
-    cfg = load_config(args.config)
+    cfg = load_config_from_args(args)
     systs = args.syst or cfg.variation_names()
     if "nominal" not in systs:
         systs = ["nominal", *systs]
@@ -48,28 +43,14 @@ def _run(args: argparse.Namespace) -> int:
         print_sf_table(results["nominal"].records, title=f"{cfg.name}: nominal", wp=cfg.working_points[0])
         print(f"results: {cfg.output_path / 'results'} ({len(results)} systematics)")
         return 0
-    executor = _executor(args, cfg)
     if args.task_index is not None:
-        done = run_shard(cfg, systs, args.task_index, args.shard_size or cfg.slurm.shard_size,
-                         workers=args.workers, executor=executor, force=args.force, overrides=overrides_from(args),
-                            skip_bad_files=args.skip_bad_files)
+        done = run_shard(cfg, systs, args.task_index, args.shard_size or cfg.slurm.shard_size, force=args.force)
         print(f"shard {args.task_index}: {len(done)} file tasks done")
         return 0
-    results = run_many(cfg, systs, workers=args.workers, executor=executor, force=args.force,
-                       overrides=overrides_from(args), skip_bad_files=args.skip_bad_files)
+    results = run_many(cfg, systs, force=args.force)
     print_sf_table(results["nominal"].records, title=f"{cfg.name}: nominal", wp=cfg.working_points[0])
     print(f"results: {cfg.output_path / 'results'} ({len(results)} systematics)")
     skipped = [r for res in results.values() for r in res.skipped]
     if skipped:
         print(skipped_summary(skipped))
     return 0
-
-
-def _executor(args: argparse.Namespace, cfg: Any) -> Any:
-    kind = args.executor or cfg.executor.kind
-    if kind in {"dask", "dask-local"}:
-        from qgcal.executors import dask_executor
-
-        return dask_executor(kind, scheduler=args.scheduler or cfg.executor.scheduler,
-                             workers=args.workers or cfg.executor.workers)
-    return kind

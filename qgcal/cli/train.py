@@ -13,15 +13,15 @@ def register(sub: Any) -> None:
                        "'model' (even events train, odd events evaluate), saves it with skops plus a metadata "
                        "record, and writes ROC curves and the AUC per pT bin.")
     p.add_argument("--config", "-c", required=True, type=Path, help="YAML config")
-    p.add_argument("--workers", "-j", type=int, help="worker processes for root2pkl")
+    p.add_argument("--workers", "-j", type=int, help="worker processes for root2pkl (executor.workers)")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from qgcal.config import load_config
+    from qgcal.cli.options import load_config_from_args
     from qgcal.workflows.train import train_from_config
 
-    cfg = load_config(args.config)
-    for path in train_from_config(cfg, workers=args.workers):
+    cfg = load_config_from_args(args)
+    for path in train_from_config(cfg):
         print(f"model: {path}")
     return 0

@@ -15,7 +15,7 @@ import numpy as np
 
 from qgcal.generate import model as m
 
-__all__ = ["JetBlock", "generate_jets", "bdt_score", "smear_and_sort", "quantise"]
+__all__ = ["JetBlock", "bdt_score", "generate_jets", "quantise", "smear_and_sort"]
 
 
 @dataclass(frozen=True)

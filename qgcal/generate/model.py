@@ -16,22 +16,22 @@ import numpy as np
 from qgcal.generate.spectrum import SliceSpec, WeightModel
 
 __all__ = [
+    "DATA_RUNS",
+    "DATA_SHIFT",
+    "HERWIG_SHAPES",
+    "HERWIG_SLICES",
+    "HERWIG_WEIGHTS",
+    "PYTHIA_SHAPES",
+    "PYTHIA_SLICES",
+    "PYTHIA_WEIGHTS",
+    "SLICE_EVENT_FRACTIONS",
     "PartonShape",
     "ShapeModel",
-    "PYTHIA_SHAPES",
-    "HERWIG_SHAPES",
-    "DATA_SHIFT",
-    "PYTHIA_SLICES",
-    "HERWIG_SLICES",
-    "PYTHIA_WEIGHTS",
-    "HERWIG_WEIGHTS",
-    "SLICE_EVENT_FRACTIONS",
-    "DATA_RUNS",
+    "c1_mean",
     "gluon_fraction",
     "ntrk_mean_quark",
-    "width_mean",
-    "c1_mean",
     "pdf_weights",
+    "width_mean",
 ]
 
 # --- parton composition (identical for data, Pythia and Herwig) -------------

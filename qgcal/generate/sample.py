@@ -33,12 +33,12 @@ from qgcal.generate.writer import (
 )
 
 __all__ = [
-    "GeneratedSample",
-    "FilePlan",
-    "generate_sample",
-    "plan_files",
     "BLOCK_SIZE",
     "EVENT_NUMBER_STRIDE",
+    "FilePlan",
+    "GeneratedSample",
+    "generate_sample",
+    "plan_files",
 ]
 
 BLOCK_SIZE = 25_000

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "TRUE_SPECTRUM",
     "PowerLaw",
     "SliceSpec",
     "WeightModel",
-    "TRUE_SPECTRUM",
     "draw_weights",
 ]
 

@@ -20,18 +20,18 @@ from qgcal.generate.spectrum import TRUE_SPECTRUM
 from qgcal.generate.writer import (
     COMMON_BRANCHES,
     COMPRESSION_LEVEL,
-    UNCOMPRESSED,
     DATA_BRANCHES,
     DATA_TREES,
     JET_COUNTER,
     MC_BRANCHES,
     MC_TREES,
+    UNCOMPRESSED,
 )
 
 if TYPE_CHECKING:
     from qgcal.generate.sample import FilePlan
 
-__all__ = ["build_truth", "DESCRIPTION"]
+__all__ = ["DESCRIPTION", "build_truth"]
 
 DESCRIPTION = (
     "qgcal generated ATLAS-style dijet sample. Pseudo-data are drawn unweighted from "

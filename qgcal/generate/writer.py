@@ -14,7 +14,7 @@ import os
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import awkward as ak
 import numpy as np
@@ -24,16 +24,16 @@ from qgcal.generate.compress import BasketCompressor
 from qgcal.generate.jets import JetBlock
 
 __all__ = [
-    "DATA_TREES",
-    "MC_TREES",
     "COMMON_BRANCHES",
-    "MC_BRANCHES",
     "DATA_BRANCHES",
+    "DATA_TREES",
     "JET_COUNTER",
-    "branch_types",
-    "jet_arrays",
-    "jagged",
+    "MC_BRANCHES",
+    "MC_TREES",
     "TreeFile",
+    "branch_types",
+    "jagged",
+    "jet_arrays",
 ]
 
 JET_COUNTER = "njet"
@@ -90,7 +90,7 @@ def branch_types(is_mc: bool) -> dict[str, str]:
     return {**COMMON_BRANCHES, **extra}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _uproot_type(spec: str) -> Any:
     """numpy dtype or parsed awkward type for a type string.
 
@@ -184,7 +184,7 @@ class TreeFile:
         """Bin 1: generated events, bin 2: sum of weights, bin 3: sum of squares."""
         self._event_count = (float(n), float(sumw), float(sumw2))
 
-    def __enter__(self) -> TreeFile:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -2,19 +2,37 @@
 
 The predict pass only needs :func:`make_scorer` and the :class:`Scorer` protocol; model
 files go through :mod:`.model_io` (skops + metadata sidecar, never pickle); serving and
-repository export live in :mod:`.serve` and :mod:`.export`.  Heavy optional packages
+repository export live in :mod:`.serve` (``qgcal.inference.serve.serve``) and :mod:`.export`.  Heavy optional packages
 (torch, tritonclient, pytriton) are imported on first use only.
 """
 
 from __future__ import annotations
 
-from .backends import Scorer, SklearnScorer, available_backends, make_local_scorer, make_scorer
-from .config import InferenceConfig, TritonSettings
-from .errors import InferenceError
-from .export import export_repo
-from .model_io import LoadedModel, ModelMeta, load_model, meta_path, read_meta, save_model
-from .serve import serve
-from .triton_client import TritonScorer
+import importlib
+from typing import Any
+
+# name -> submodule; imported on first use, so that ``qgcal.inference.config`` (which the
+# config schema needs) loads no backend, model file format or server code
+_LAZY = {
+    "InferenceConfig": "config", "TritonSettings": "config",
+    "Scorer": "backends", "SklearnScorer": "backends", "available_backends": "backends",
+    "make_local_scorer": "backends", "make_scorer": "backends",
+    "InferenceError": "errors",
+    "export_repo": "export",
+    "LoadedModel": "model_io", "ModelMeta": "model_io", "load_model": "model_io", "meta_path": "model_io",
+    "read_meta": "model_io", "save_model": "model_io",
+    "TritonScorer": "triton_client",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "InferenceConfig",
@@ -33,5 +51,4 @@ __all__ = [
     "meta_path",
     "read_meta",
     "save_model",
-    "serve",
 ]

@@ -189,38 +189,20 @@ def available_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def _one_line(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "inference"
-        parts.append(f"inference.{loc}: {err['msg']} (got {err.get('input')!r})")
-    return "; ".join(parts)
-
-
 def make_scorer(
     inference_cfg: InferenceConfig | Mapping[str, Any] | None,
     model_path: str | os.PathLike[str] | None,
-    *,
-    device_override: str | None = None,
-    backend_override: str | None = None,
-    triton_url_override: str | None = None,
 ) -> BaseScorer:
-    """Build the scorer the config (plus CLI overrides) asks for.
+    """Build the scorer the ``inference:`` settings ask for.
 
     Call once per worker process (after any fork: gRPC channels do not survive one) and
     reuse it for every chunk of the file; close it (or use ``with``) at the end.
     """
-    if backend_override is not None and backend_override not in _BACKENDS:
-        raise InferenceError(
-            f"unknown inference backend {backend_override!r}; valid backends: "
-            + ", ".join(available_backends())
-        )
+    from qgcal.config import format_validation
+
     try:
         cfg = InferenceConfig.model_validate(inference_cfg or {})
-        cfg = cfg.with_overrides(
-            backend=backend_override, device=device_override, triton_url=triton_url_override
-        )
     except ValidationError as exc:
-        raise InferenceError(_one_line(exc)) from exc
+        raise InferenceError(format_validation(exc, "inference settings", prefix=("inference",))) from None
     path = Path(model_path) if model_path is not None else None
     return _BACKENDS[cfg.backend](cfg, path)

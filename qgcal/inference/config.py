@@ -3,7 +3,8 @@
 Why pydantic with ``extra="forbid"``: a misspelled key (``batchsize``) must fail with a
 precise message instead of silently running with the default.  The pipeline embeds
 :class:`InferenceConfig` as its ``inference:`` field; the CLI overrides (``--backend``,
-``--device``, ``--triton-url``) are applied by :func:`InferenceConfig.with_overrides`.
+``--device``, ``--triton-url``) are applied to the whole config once, by
+:meth:`qgcal.config.Config.with_overrides`.
 """
 
 from __future__ import annotations
@@ -120,20 +121,3 @@ class InferenceConfig(BaseModel):
         default_factory=TritonSettings,
         description="Triton client settings (used when backend=triton).",
     )
-
-    def with_overrides(
-        self,
-        *,
-        backend: str | None = None,
-        device: str | None = None,
-        triton_url: str | None = None,
-    ) -> InferenceConfig:
-        """Return a copy with the CLI overrides applied (validated like the YAML)."""
-        data = self.model_dump()
-        if backend is not None:
-            data["backend"] = backend
-        if device is not None:
-            data["device"] = device
-        if triton_url is not None:
-            data["triton"]["url"] = triton_url
-        return InferenceConfig.model_validate(data)

@@ -9,20 +9,20 @@ pass, the Triton server and the provenance record all need to know *which* model
 the jets, in which feature order, and what the score means, without loading the model.
 The fingerprint also detects a model file replaced or truncated after training.
 
-Why a canonical archive: skops writes the current time and Python object ids into the
-archive, so two dumps of the same model differ byte-wise; we rewrite it (fixed timestamps,
-ids renumbered) so that the same training (same data and seed) gives the same bytes and
-the same fingerprint, and reruns can skip unchanged artifacts.
+Why the fingerprint is of the file, not of the model: skops writes the current time and
+Python object ids into its archive, so two saves of the same fitted model differ byte-wise.
+Normalising that would mean rewriting skops' private archive layout, which any skops
+release may change.  So the SHA-256 names one model *file*: a retrained model is a new file
+with a new fingerprint (and the predict pass rescoring after a retrain is correct), while
+reproducibility is a property of the training: the same data and seed give the same trees
+and bit-identical scores, which the tests check on the predictions themselves.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import re
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +59,6 @@ SCORE_DEFINITION = (
     "HistGradientBoostingClassifier.decision_function: raw log-odds of class 1 (gluon); "
     "higher = more gluon-like"
 )
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
-_ID_FILE = re.compile(r"^(\d+)(\.[A-Za-z0-9]+)$")
 
 
 class ModelMeta(BaseModel):
@@ -128,54 +126,8 @@ def columns_fingerprint(columns: Mapping[str, np.ndarray], names: Sequence[str])
 
 def library_versions() -> dict[str, str]:
     """What a model's metadata records: the versions that can change its scores."""
-    return {k: v for k, v in _all_versions().items() if k in {"qgcal", "numpy", "scikit-learn", "skops"}}
-
-
-def _canonical_skops(raw: bytes) -> bytes:
-    """Make a skops archive reproducible: object ids -> 1, 2, ... and fixed zip timestamps.
-
-    skops names the arrays after ``id(obj)`` and records ``__id__`` memo keys, both of
-    which change from one process to the next.  Renumbering them in order of appearance
-    (consistently, so shared references stay shared) keeps the archive loadable by
-    ``skops.io.load`` and makes equal models byte-identical.
-    """
-    mapping: dict[int, int] = {}
-    file_names: dict[str, str] = {}
-
-    def renumber(old: int) -> int:
-        return mapping.setdefault(int(old), len(mapping) + 1)
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("__id__"), int):
-                node["__id__"] = renumber(node["__id__"])
-            name = node.get("file")
-            if isinstance(name, str):
-                match = _ID_FILE.match(name)
-                if match:
-                    new_name = f"{renumber(int(match.group(1)))}{match.group(2)}"
-                    file_names[name] = new_name
-                    node["file"] = new_name
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    out = io.BytesIO()
-    with zipfile.ZipFile(io.BytesIO(raw)) as src, zipfile.ZipFile(out, "w") as dst:
-        schema = json.loads(src.read("schema.json"))
-        walk(schema)
-        entries = {"schema.json": json.dumps(schema, indent=2).encode()}
-        for info in src.infolist():
-            if info.filename != "schema.json":
-                entries[file_names.get(info.filename, info.filename)] = src.read(info.filename)
-        for name in sorted(entries):
-            fixed = zipfile.ZipInfo(name, date_time=_ZIP_EPOCH)
-            fixed.compress_type = zipfile.ZIP_STORED
-            fixed.external_attr = 0o644 << 16
-            dst.writestr(fixed, entries[name])
-    return out.getvalue()
+    wanted = {"qgcal", "numpy", "scikit-learn", "skops"}
+    return {k: v for k, v in _all_versions().items() if k in wanted}
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -198,7 +150,7 @@ def save_model(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = _canonical_skops(sio.dumps(estimator))
+    data = sio.dumps(estimator)
     classes = [int(c) for c in estimator.classes_]
     meta = ModelMeta(
         model_kind=f"{type(estimator).__module__}.{type(estimator).__qualname__}",
@@ -252,13 +204,15 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
     if actual != meta.model_sha256:
         raise InferenceError(
             f"model file {path} has sha256 {actual[:12]} but its metadata {meta_path(path).name} "
-            f"says {meta.model_sha256[:12]}: the file was modified or truncated; retrain or restore it"
+            f"says {meta.model_sha256[:12]}: the file was modified or truncated; "
+            "retrain or restore it"
         )
     try:
         untrusted = set(sio.get_untrusted_types(file=path)) - set(TRUSTED_TYPES)
         if untrusted:
             raise InferenceError(
-                f"model file {path} contains types qgcal does not trust ({', '.join(sorted(untrusted))}); "
+                f"model file {path} contains types qgcal does not trust "
+                f"({', '.join(sorted(untrusted))}); "
                 "refusing to load it"
             )
         estimator = sio.load(path, trusted=list(TRUSTED_TYPES))

@@ -4,8 +4,8 @@ Why this shape: a GPU is fast at wide, branch-free gathers and slow at per-row p
 chasing.  All trees are flattened into one node table (feature, threshold, first child with the
 two children adjacent, missing-goes-right, leaf value); leaves point to themselves, so
 ``max_depth`` rounds of "gather the feature, compare, step to a child" move every
-(jet, tree) pair to its leaf with no data-dependent control flow.  The leaf values are then summed over trees in float64,
-plus the baseline, exactly like scikit-learn's ``_raw_predict``.
+(jet, tree) pair to its leaf with no data-dependent control flow.  The leaf values are then
+summed over trees in float64, plus the baseline, exactly like scikit-learn's ``_raw_predict``.
 
 Exactness: scikit-learn compares ``float64(x) <= num_threshold`` (float64).  For a float32
 ``x`` that equals ``x <= t32`` where ``t32`` is the largest float32 not above the float64

@@ -51,6 +51,49 @@ class _Unreachable(Exception):
     """Internal: the retry budget ran out on connection failures."""
 
 
+class _Backoff:
+    """Waits between retries of one outage: 0.05 s, doubling, at most 1 s, within a budget.
+
+    Why one helper: the start-up check and every batch retry must agree on what "within
+    ``retry_budget_s``" means (no sleep that would end past the deadline), and a single
+    schedule keeps the two from drifting apart.  ``since`` lets a batch retry count the
+    budget from when the outage began rather than from its own first failure, so the
+    scorer gives up after one budget per outage, not one per batch.  The clock is
+    monotonic because wall-clock jumps must neither extend nor cut the budget.
+    """
+
+    FIRST_S = 0.05
+    MAX_S = 1.0
+
+    def __init__(
+        self,
+        budget_s: float,
+        *,
+        since: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._clock = clock
+        self._sleep = sleep
+        self.deadline = (clock() if since is None else since) + budget_s
+        self._delay = self.FIRST_S
+
+    def remaining(self) -> float:
+        """Time left before the deadline, never below the first delay.
+
+        Why the floor: a last attempt still gets a usable timeout instead of zero.
+        """
+        return max(self.deadline - self._clock(), self.FIRST_S)
+
+    def wait(self) -> bool:
+        """Sleep before the next attempt; False (no sleep) if that would pass the deadline."""
+        if self._clock() + self._delay > self.deadline:
+            return False
+        self._sleep(self._delay)
+        self._delay = min(self._delay * 2, self.MAX_S)
+        return True
+
+
 def _connection_problem(exc: BaseException) -> str | None:
     """A short reason when ``exc`` is a (retryable) connection failure, else None."""
     if isinstance(exc, OSError):  # HTTP: refused/reset/timeout sockets
@@ -218,7 +261,8 @@ class TritonScorer(BaseScorer):
         self._transport: _GrpcTransport | _HttpTransport | None = None
         if settings.fallback == "local" and self.model_path is None:
             raise InferenceError(
-                f"triton.fallback is local but no local model path was given for {settings.model_name!r}; "
+                "triton.fallback is local but no local model path was given for "
+                f"{settings.model_name!r}; "
                 "set the tagger's model path or use fallback: none"
             )
         # Local metadata (cheap, no model load) tells the expected feature count and fingerprint.
@@ -254,11 +298,9 @@ class TritonScorer(BaseScorer):
         """Wait (within the retry budget) for the server and model, then check the layout."""
         assert self._transport is not None
         s = self.settings
-        deadline = time.monotonic() + s.retry_budget_s
-        backoff, reason = 0.05, "no attempt made"
+        backoff, reason = _Backoff(s.retry_budget_s), "no attempt made"
         while True:
-            remaining = max(deadline - time.monotonic(), 0.05)
-            timeout = min(s.timeout_s, remaining)
+            timeout = min(s.timeout_s, backoff.remaining())
             try:
                 if self._transport.live(timeout) and self._transport.ready(timeout):
                     break
@@ -273,7 +315,7 @@ class TritonScorer(BaseScorer):
                         f"{_describe(exc)}"
                     ) from exc
                 reason = problem
-            if time.monotonic() + backoff > deadline:
+            if not backoff.wait():
                 if reason.startswith("model state"):
                     raise InferenceError(
                         f"{self._model_label()} on {self._where} is not ready after "
@@ -282,8 +324,6 @@ class TritonScorer(BaseScorer):
                 raise _Unreachable(
                     f"{self._where} unreachable after {s.retry_budget_s:g} s ({reason})"
                 )
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 1.0)
         self._check_layout(min(s.timeout_s, 10.0))
 
     def _not_ready_reason(self, timeout: float) -> str:
@@ -326,7 +366,8 @@ class TritonScorer(BaseScorer):
             problems.append(f"no input {s.input_name!r} (inputs: {', '.join(map(str, inputs))})")
         elif inputs[s.input_name].get("data_type") != f"TYPE_{s.input_dtype}":
             problems.append(
-                f"input {s.input_name} is {inputs[s.input_name].get('data_type')}, config says {s.input_dtype}"
+                f"input {s.input_name} is {inputs[s.input_name].get('data_type')}, "
+                f"config says {s.input_dtype}"
             )
         if s.output_name not in outputs:
             problems.append(
@@ -334,7 +375,8 @@ class TritonScorer(BaseScorer):
             )
         elif outputs[s.output_name].get("data_type") != f"TYPE_{s.output_dtype}":
             problems.append(
-                f"output {s.output_name} is {outputs[s.output_name].get('data_type')}, config says {s.output_dtype}"
+                f"output {s.output_name} is {outputs[s.output_name].get('data_type')}, "
+                f"config says {s.output_dtype}"
             )
         max_batch = int(cfg.get("max_batch_size", 0) or 0)
         if max_batch and s.batch_size > max_batch:
@@ -343,16 +385,17 @@ class TritonScorer(BaseScorer):
             )
         if problems:
             raise InferenceError(
-                f"{self._model_label()} on {self._where} does not match the config: {'; '.join(problems)}"
+                f"{self._model_label()} on {self._where} does not match the config: "
+                f"{'; '.join(problems)}"
             )
         params = cfg.get("parameters", {}) or {}
         served_sha = (params.get(SHA_PARAMETER) or {}).get("string_value") or None
         self._served = {"max_batch_size": max_batch, "model_sha256": served_sha}
         if served_sha and self._meta and served_sha != self._meta.model_sha256:
             raise InferenceError(
-                f"{self._model_label()} on {self._where} serves model sha256 {served_sha[:12]} but the "
-                f"configured model {self.model_path} is {self._meta.model_sha256[:12]}; restart the server "
-                "with the current model or point the tagger at the served one"
+                f"{self._model_label()} on {self._where} serves model sha256 {served_sha[:12]} "
+                f"but the configured model {self.model_path} is {self._meta.model_sha256[:12]}; "
+                "restart the server with the current model or point the tagger at the served one"
             )
 
     # --- fallback -----------------------------------------------------------------------
@@ -407,7 +450,7 @@ class TritonScorer(BaseScorer):
     def _collect(self, x: np.ndarray, start: int, result: Callable[[], np.ndarray]) -> np.ndarray:
         """Wait for one batch; on connection failure resubmit it until the budget is spent."""
         batch = x[start : start + self.settings.batch_size]
-        backoff = 0.05
+        backoff: _Backoff | None = None
         while True:
             try:
                 out = result()
@@ -420,18 +463,17 @@ class TritonScorer(BaseScorer):
                 problem = _connection_problem(exc)
                 if problem is None:
                     raise InferenceError(
-                        f"{self._model_label()} on {self._where} rejected a request of {batch.shape[0]} rows: "
-                        f"{_describe(exc)}"
+                        f"{self._model_label()} on {self._where} rejected a request of "
+                        f"{batch.shape[0]} rows: {_describe(exc)}"
                     ) from exc
-                now = time.monotonic()
-                self._outage_since = self._outage_since or now
                 budget = self.settings.retry_budget_s
-                if now + backoff - self._outage_since > budget:
+                if backoff is None:
+                    self._outage_since = self._outage_since or time.monotonic()
+                    backoff = _Backoff(budget, since=self._outage_since)
+                if not backoff.wait():
                     raise _Unreachable(
                         f"{self._where} unreachable after {budget:g} s ({problem})"
                     ) from exc
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 1.0)
                 result = self._submit(batch)
 
     def _check_output(self, out: np.ndarray | None, rows: int) -> np.ndarray:
@@ -444,7 +486,8 @@ class TritonScorer(BaseScorer):
             out = out[:, 0]
         if out.shape[:1] != (rows,) or out.dtype != self._np_out:
             raise InferenceError(
-                f"{self._model_label()} on {self._where} returned {s.output_name} {out.dtype}{list(out.shape)} "
+                f"{self._model_label()} on {self._where} returned "
+                f"{s.output_name} {out.dtype}{list(out.shape)} "
                 f"for {rows} rows; config expects {s.output_dtype} [{rows}]"
             )
         return out

@@ -28,8 +28,12 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from qgcal.config import Config
-from qgcal.plan import STAGES, FileTask, artifact_path, plan_tasks
+from qgcal.passes import artifact_of
+from qgcal.plan import FileTask, plan_tasks
 from qgcal.report import print_table
+from qgcal.stages import FILE_PASSES, PASS_NAMES, file_pass, pass_index
+from qgcal.stages.final_reweighting import config_hash_for
+from qgcal.workflows.tasks import pass_is_valid
 
 __all__ = [
     "COMBINED_FILES",
@@ -137,14 +141,12 @@ class _Checker:
         return self.cache[key]
 
     def _state(self, task: FileTask, stage: str) -> State:
-        from qgcal.workflows.tasks import pass_is_valid
-
-        if not artifact_path(self.cfg.output_path, task, stage).is_file():
+        if not artifact_of(self.cfg, task, file_pass(stage)).is_file():
             return "missing"
         if not Path(task.path).is_file():
             return "stale"  # the input is gone: the artifact cannot be trusted
-        i = STAGES.index(stage)
-        if i > 0 and self.state(task, STAGES[i - 1]) != "done":
+        i = pass_index(stage)
+        if i > 0 and self.state(task, PASS_NAMES[i - 1]) != "done":
             return "stale"
         return "done" if pass_is_valid(self.cfg, task, stage) else "stale"
 
@@ -153,8 +155,6 @@ def _results_state(cfg: Config, syst: str, tasks: Sequence[FileTask], checker: _
     path = cfg.output_path / "results" / syst / "scale_factors.json"
     if not path.is_file():
         return "missing"
-    from qgcal.stages.final_reweighting import config_hash_for
-
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))["metadata"].get("config_hash")
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -163,9 +163,9 @@ def _results_state(cfg: Config, syst: str, tasks: Sequence[FileTask], checker: _
         return "stale"
     mtime = path.stat().st_mtime_ns
     for t in tasks:
-        if checker.state(t, STAGES[-1]) != "done":
+        if checker.state(t, PASS_NAMES[-1]) != "done":
             return "stale"
-        if artifact_path(cfg.output_path, t, STAGES[-1]).stat().st_mtime_ns > mtime:
+        if artifact_of(cfg, t, FILE_PASSES[-1]).stat().st_mtime_ns > mtime:
             return "stale"
     return "done"
 
@@ -193,9 +193,9 @@ def _combined_state(cfg: Config) -> CombinedStatus:
 
 
 def _row(name: str, group: str, kind: str, tasks: Sequence[FileTask], checker: _Checker, results: str) -> SystStatus:
-    passes = {stage: PassCounts() for stage in STAGES}
+    passes = {stage: PassCounts() for stage in PASS_NAMES}
     for t in tasks:
-        for stage in STAGES:
+        for stage in PASS_NAMES:
             passes[stage].add(checker.state(t, stage))
     missing_inputs = sum(1 for t in {t.path for t in tasks} if not Path(t).is_file())
     return SystStatus(name, group, kind, len(tasks), missing_inputs, passes, results)
@@ -226,11 +226,11 @@ def collect_status(cfg: Config, systs: Iterable[str] | None = None) -> Status:
 
 
 def _table_rows(status: Status) -> tuple[list[str], list[list[str]]]:
-    header = ["systematic", "group", "kind", "files", *STAGES, "results"]
+    header = ["systematic", "group", "kind", "files", *PASS_NAMES, "results"]
     rows = []
     for s in [*status.systematics, status.total]:
         files = f"{s.files}" + (f" ({s.inputs_missing} inputs missing)" if s.inputs_missing else "")
-        rows.append([s.name, s.group, s.kind, files, *(s.passes[k].text() for k in STAGES), s.results])
+        rows.append([s.name, s.group, s.kind, files, *(s.passes[k].text() for k in PASS_NAMES), s.results])
     return header, rows
 
 

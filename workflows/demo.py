@@ -11,14 +11,14 @@ import json
 import re
 import shutil
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 from qgcal.config import Config, ModelTagger, load_config
+from qgcal.configs import demo_config_text
 from qgcal.progress import log
 from qgcal.workflows.single import RunResult
 
-__all__ = ["run_demo", "DemoResult", "demo_config_text"]
+__all__ = ["DemoResult", "run_demo"]
 
 
 @dataclass
@@ -28,12 +28,10 @@ class DemoResult:
     results: dict[str, RunResult]
 
 
-def demo_config_text() -> str:
-    return resources.files("qgcal.configs").joinpath("demo.yaml").read_text(encoding="utf-8")
-
-
 def run_demo(out: Path, *, events: int = 200_000, files: int = 2, seed: int = 1, workers: int | None = None,
              data_shift: bool = True) -> DemoResult:
+    """Generate, train, sweep every systematic and publish; ``workers`` (None: the config's) is
+    applied to the demo config once, like the CLI's ``--workers``."""
     from qgcal.generate import generate_sample
     from qgcal.workflows.sweep import run_many
 
@@ -47,12 +45,12 @@ def run_demo(out: Path, *, events: int = 200_000, files: int = 2, seed: int = 1,
     config_path = out / "config.yaml"
     text = re.sub(r"(?m)^lumi_pb: .*$", f"lumi_pb: {lumi!r}", demo_config_text(), count=1)
     config_path.write_text(text, encoding="utf-8")
-    cfg = load_config(config_path)
+    cfg = load_config(config_path).with_overrides({"executor.workers": workers})
     if any(isinstance(t, ModelTagger) for t in cfg.taggers.values()):
         from qgcal.workflows.train import train_from_config
 
-        train_from_config(cfg, workers=workers)
-    results = run_many(cfg, cfg.variation_names(), workers=workers)
+        train_from_config(cfg)
+    results = run_many(cfg, cfg.variation_names())
     from qgcal.outputs import publish
 
     publish(cfg, config_path=str(config_path))

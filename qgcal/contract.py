@@ -1,0 +1,102 @@
+"""The data contract between passes: jet-table columns, region and flavour codes, histogram names.
+
+Why one module: the passes are independent modules that meet only through their
+artifacts. What one writes and the next reads (column names and types, the codes
+stored in them, the names of the histograms) is defined here once, so no pass
+imports another and a change of the contract is a change of this file.
+
+Light on purpose (numpy only): the config layer and every pass import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ALL_MC_FLAVOURS", "FLAVOURS", "FLAVOUR_BOTTOM", "FLAVOUR_CHARM", "FLAVOUR_DATA", "FLAVOUR_GLUON",
+    "FLAVOUR_LIGHT", "FLAVOUR_OTHER", "JET_COLUMNS", "LEAD_PT_HIST", "QUARK_FLAVOURS", "REGIONS",
+    "REGION_CENTRAL", "REGION_FORWARD", "REPLICA_CLASSES", "REPLICA_DATA", "REPLICA_GLUON", "REPLICA_OTHER",
+    "REPLICA_QUARK", "TAGGER_DTYPE", "flavour_codes", "jet_table_schema", "replica_class", "tagger_column",
+]
+
+# ----------------------------------------------------------------------------- jet tables
+# root2pkl writes two rows per selected event, forward jet first; pkl2predpkl keeps these
+# columns and adds one ``tagger_column`` per tagger; predpkl2hist reads both.
+
+REGION_FORWARD = 0  # the jet with the larger |eta| of the two leading jets
+REGION_CENTRAL = 1
+REGIONS = (REGION_FORWARD, REGION_CENTRAL)
+
+# name -> numpy dtype of every jet-table column (before the per-jet tagger inputs)
+JET_COLUMNS: Mapping[str, np.dtype[Any]] = {
+    "run": np.dtype(np.int64),
+    "event": np.dtype(np.int64),
+    "region": np.dtype(np.int8),
+    "pt": np.dtype(np.float32),            # GeV
+    "eta": np.dtype(np.float32),
+    "lead_pt": np.dtype(np.float32),       # GeV, the event's leading jet
+    "parton_label": np.dtype(np.int32),    # truth label (|.| if configured); 0 in data
+    "weight": np.dtype(np.float64),        # raw event weight; slices are normalised at merge
+}
+TAGGER_DTYPE = np.dtype(np.float64)
+
+
+def tagger_column(name: str) -> str:
+    """The jet-table column and the histogram holding tagger ``name``'s values."""
+    return f"tagger.{name}"
+
+
+LEAD_PT_HIST = "lead_pt"  # histogram of the leading-jet pT (normalisation check)
+
+
+def jet_table_schema(variables: Mapping[str, np.dtype[Any]] | Sequence[tuple[str, np.dtype[Any]]] = (),
+                     taggers: Sequence[str] = ()) -> Any:
+    """Arrow schema of a jet table: the fixed columns, then tagger inputs, then tagger values."""
+    import pyarrow as pa  # only the passes that write tables need Arrow
+
+    items = list(variables.items()) if isinstance(variables, Mapping) else list(variables)
+    fields = [pa.field(k, pa.from_numpy_dtype(t)) for k, t in JET_COLUMNS.items()]
+    fields += [pa.field(k, pa.from_numpy_dtype(t)) for k, t in items]
+    fields += [pa.field(tagger_column(n), pa.from_numpy_dtype(TAGGER_DTYPE)) for n in taggers]
+    return pa.schema(fields)
+
+
+# ----------------------------------------------------------------------------- flavours
+# histogram categories of the ``flavour`` axis (PDG-like codes; data is its own category)
+
+FLAVOUR_DATA, FLAVOUR_LIGHT, FLAVOUR_CHARM, FLAVOUR_BOTTOM, FLAVOUR_GLUON, FLAVOUR_OTHER = 0, 1, 4, 5, 21, 99
+FLAVOURS = (FLAVOUR_DATA, FLAVOUR_LIGHT, FLAVOUR_CHARM, FLAVOUR_BOTTOM, FLAVOUR_GLUON, FLAVOUR_OTHER)
+QUARK_FLAVOURS = (FLAVOUR_LIGHT, FLAVOUR_CHARM, FLAVOUR_BOTTOM)
+ALL_MC_FLAVOURS = (*QUARK_FLAVOURS, FLAVOUR_GLUON, FLAVOUR_OTHER)
+
+
+def flavour_codes(labels: np.ndarray, *, quark: Sequence[int], gluon: Sequence[int], is_data: bool) -> np.ndarray:
+    """Parton labels -> flavour categories (labels already |.| where the config says so)."""
+    if is_data:
+        return np.zeros(len(labels), dtype=np.int64)
+    out = np.full(len(labels), FLAVOUR_OTHER, dtype=np.int64)
+    is_quark = np.isin(labels, quark)
+    out[is_quark] = FLAVOUR_LIGHT
+    out[is_quark & (np.abs(labels) == 4)] = FLAVOUR_CHARM
+    out[is_quark & (np.abs(labels) == 5)] = FLAVOUR_BOTTOM
+    out[np.isin(labels, gluon)] = FLAVOUR_GLUON
+    return out
+
+
+# ----------------------------------------------------------------------------- bootstrap replicas
+# replica arrays: (region, class, pT bin, score bin, replica), int64 exact sums
+
+REPLICA_DATA, REPLICA_QUARK, REPLICA_GLUON, REPLICA_OTHER = 0, 1, 2, 3
+REPLICA_CLASSES = 4
+
+
+def replica_class(flavour: np.ndarray) -> np.ndarray:
+    """Flavour categories -> the four replica classes (data, quark of any flavour, gluon, other)."""
+    out = np.full(len(flavour), REPLICA_OTHER, dtype=np.int64)
+    out[flavour == FLAVOUR_DATA] = REPLICA_DATA
+    out[np.isin(flavour, QUARK_FLAVOURS)] = REPLICA_QUARK
+    out[flavour == FLAVOUR_GLUON] = REPLICA_GLUON
+    return out

@@ -1,0 +1,95 @@
+"""Merging per-file histograms into one set per sample, MC slices normalised to the luminosity.
+
+Why its own module: the merge is where determinism is made (sorted keys, exact
+bootstrap sums) and where the slice normalisation lumi * xsec * filter_eff *
+kfactor / sum_of_weights(slice, all files) is applied; the final pass and the
+tests use it, and it reads nothing but histogram artifacts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qgcal import __version__
+from qgcal.bootstrap import QUANTUM_BITS
+from qgcal.config import Config
+from qgcal.errors import ArtifactError, QgcalError
+from qgcal.histset import HistSet, add_into, empty_like, load_artifact, merge, save_histset
+
+__all__ = ["merge_sample", "save_merged"]
+
+
+def merge_sample(cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]
+                 ) -> tuple[HistSet, dict[str, Any], dict[str, np.ndarray]]:
+    """Merge per-file histograms of one sample; MC slices normalised to the luminosity.
+
+    Also returns the merged bootstrap replicas (empty without ``bootstrap``): exact int64
+    sums per slice, then scaled and added in slice order, from the same read of each file.
+    """
+    kind = cfg.samples[sample].kind
+    by_slice: dict[str, list[tuple[str, HistSet, dict[str, Any]]]] = {}
+    replica_sums: dict[str, dict[str, np.ndarray]] = {}
+    for key, path in sorted(artifacts):
+        hs, meta, extra = load_artifact(path)
+        slice_name = meta["carry"]["slice"]
+        by_slice.setdefault(slice_name, []).append((key, hs, meta))
+        if cfg.bootstrap:
+            acc = replica_sums.setdefault(slice_name, {})
+            for name, arr in extra.items():
+                if name.startswith("replicas."):
+                    tagger = name[len("replicas."):]
+                    acc[tagger] = acc[tagger] + arr if tagger in acc else arr.astype(np.int64, copy=True)
+    if not by_slice:
+        raise QgcalError(f"sample {sample!r}: no histogram artifacts to merge")
+    info: dict[str, Any] = {"slices": {}}
+    total: HistSet | None = None
+    slice_defs = cfg.samples[sample].slice_map()
+    for slice_name in sorted(by_slice):
+        entries = by_slice[slice_name]
+        merged = merge((k, hs) for k, hs, _ in entries)
+        sumw = math.fsum(float(m["carry"]["sumw"]) for _, _, m in entries)
+        jets = sum(int(m["jets"]) for _, _, m in entries)
+        if kind == "mc":
+            sl = slice_defs[slice_name]
+            if not sumw > 0:
+                raise QgcalError(
+                    f"samples.{sample}.slices.{slice_name}: sum of weights is {sumw} over "
+                    f"{len(entries)} files; check sum_of_weights in the config"
+                )
+            scale = sl.scale(cfg.lumi_pb, sumw)
+        else:
+            scale = 1.0
+        info["slices"][slice_name] = {"files": len(entries), "sumw": sumw, "scale": scale, "jets": jets}
+        if total is None:
+            total = empty_like(merged)
+        add_into(total, merged, scale)
+    assert total is not None
+    return total, info, _scale_replicas(cfg, replica_sums, info)
+
+
+def _scale_replicas(cfg: Config, per_slice: Mapping[str, Mapping[str, np.ndarray]],
+                    info: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Exact per-slice replica sums -> weights, each slice scaled, added in slice order."""
+    if not cfg.bootstrap:
+        return {}
+    out: dict[str, np.ndarray] = {}
+    quantum = 2.0 ** -QUANTUM_BITS
+    for slice_name in sorted(per_slice):
+        scale = float(info["slices"][slice_name]["scale"]) * quantum
+        for name, arr in per_slice[slice_name].items():
+            out[name] = out[name] + scale * arr if name in out else scale * arr.astype(np.float64)
+    missing = set(cfg.taggers) - set(out)
+    if missing:
+        raise ArtifactError(f"bootstrap replicas missing for {sorted(missing)}; rerun predpkl2hist with --force")
+    return out
+
+
+def save_merged(path: Path, hs: HistSet, info: Mapping[str, Any],
+                replicas: Mapping[str, np.ndarray] | None = None) -> None:
+    save_histset(path, hs, {"merge": dict(info), "qgcal": __version__},
+                 extra={f"replicas.{k}": v for k, v in (replicas or {}).items()})
