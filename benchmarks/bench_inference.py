@@ -41,18 +41,14 @@ def main() -> int:
     parser.add_argument("--train-jets", type=int, default=200_000)
     parser.add_argument("--max-iter", type=int, default=200)
     parser.add_argument("--max-in-flight", type=int, default=4)
-    parser.add_argument(
-        "--torch", action="store_true", help="also time the torch tree backend on cpu"
-    )
+    parser.add_argument("--torch", action="store_true", help="also time the torch tree backend on cpu")
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="qgbench"))
     try:
         t0 = time.perf_counter()
-        result = train_tagger(
-            synthetic_jets(args.train_jets, seed=1), features=FEATURES, max_iter=args.max_iter
-        )
+        result = train_tagger(synthetic_jets(args.train_jets, seed=1), features=FEATURES, max_iter=args.max_iter)
         model_path = work / "tagger.skops"
         result.save(model_path)
         print(

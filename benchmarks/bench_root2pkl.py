@@ -98,8 +98,7 @@ print(hwm(), before)
 
 def peak_rss(config: Path) -> tuple[int, int]:
     """Peak resident memory (kB) of a fresh process running root2pkl on one data file."""
-    out = subprocess.run([sys.executable, "-c", _RSS_SNIPPET, str(config)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", _RSS_SNIPPET, str(config)], capture_output=True, text=True, check=True)
     after, before = (int(x) for x in out.stdout.split())
     return after, before
 
@@ -140,7 +139,6 @@ def main() -> None:
     print(f"| peak RSS, file = 10 chunks | {mem['peak_rss_big_MB']:.0f} MB |")
     print(f"| peak RSS, file = 1 chunk | {mem['peak_rss_small_MB']:.0f} MB |")
     print(f"| ratio | {mem['ratio_big_over_small']:.2f} |")
-
 
 
 if __name__ == "__main__":

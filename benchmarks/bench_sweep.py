@@ -64,13 +64,25 @@ def main() -> None:
             qgcal.sweep(cfg, cfg.variation_names(), workers=args.workers)
             best[name] = min(best[name], time.perf_counter() - t0)
     n_var = len(sweep_cfg.variations)
-    print(json.dumps({"events": args.events, "workers": args.workers, "variations": n_var,
-                      "nominal_s": best["nominal"], "sweep_s": best["sweep"],
-                      "ratio": best["sweep"] / best["nominal"]}, indent=2))
+    print(
+        json.dumps(
+            {
+                "events": args.events,
+                "workers": args.workers,
+                "variations": n_var,
+                "nominal_s": best["nominal"],
+                "sweep_s": best["sweep"],
+                "ratio": best["sweep"] / best["nominal"],
+            },
+            indent=2,
+        )
+    )
     print("\n| run | wall time | ratio |\n|---|---|---|")
     print(f"| nominal only | {best['nominal']:.1f} s | 1.00 |")
-    print(f"| nominal + {n_var} weight/branch variations | {best['sweep']:.1f} s | "
-          f"{best['sweep'] / best['nominal']:.2f} |")
+    print(
+        f"| nominal + {n_var} weight/branch variations | {best['sweep']:.1f} s | "
+        f"{best['sweep'] / best['nominal']:.2f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -42,28 +42,64 @@ def _instance(executor: str | Executor | None) -> Executor | None:
     return None if executor is None or isinstance(executor, str) else executor
 
 
-def run(cfg: Config, syst: str = "nominal", *, executor: str | Executor | None = None, force: bool = False,
-        workers: int | None = None, skip_bad_files: bool | None = None, backend: str | None = None,
-        device: str | None = None, triton_url: str | None = None) -> Any:
+def run(
+    cfg: Config,
+    syst: str = "nominal",
+    *,
+    executor: str | Executor | None = None,
+    force: bool = False,
+    workers: int | None = None,
+    skip_bad_files: bool | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+    triton_url: str | None = None,
+) -> Any:
     """``qgcal run --syst SYST``: the per-file passes, then the final pass; returns a ``RunResult``."""
     from qgcal.workflows.single import run_systematic
 
-    cfg = _configured(cfg, executor, {"workers": workers, "skip_bad_files": skip_bad_files, "backend": backend,
-                                      "device": device, "triton_url": triton_url})
+    cfg = _configured(
+        cfg,
+        executor,
+        {
+            "workers": workers,
+            "skip_bad_files": skip_bad_files,
+            "backend": backend,
+            "device": device,
+            "triton_url": triton_url,
+        },
+    )
     return run_systematic(cfg, syst, executor=_instance(executor), force=force)
 
 
-def sweep(cfg: Config, systs: Sequence[str] | None = None, *, executor: str | Executor | None = None,
-          force: bool = False, workers: int | None = None, skip_bad_files: bool | None = None,
-          backend: str | None = None, device: str | None = None, triton_url: str | None = None) -> dict[str, Any]:
+def sweep(
+    cfg: Config,
+    systs: Sequence[str] | None = None,
+    *,
+    executor: str | Executor | None = None,
+    force: bool = False,
+    workers: int | None = None,
+    skip_bad_files: bool | None = None,
+    backend: str | None = None,
+    device: str | None = None,
+    triton_url: str | None = None,
+) -> dict[str, Any]:
     """``qgcal sweep``: nominal and every (or the named) variation through one pool; ``{syst: RunResult}``."""
     from qgcal.workflows.sweep import run_many
 
     names = list(systs) if systs else cfg.variation_names()
     if "nominal" not in names:
         names = ["nominal", *names]
-    cfg = _configured(cfg, executor, {"workers": workers, "skip_bad_files": skip_bad_files, "backend": backend,
-                                      "device": device, "triton_url": triton_url})
+    cfg = _configured(
+        cfg,
+        executor,
+        {
+            "workers": workers,
+            "skip_bad_files": skip_bad_files,
+            "backend": backend,
+            "device": device,
+            "triton_url": triton_url,
+        },
+    )
     return run_many(cfg, names, executor=_instance(executor), force=force)
 
 

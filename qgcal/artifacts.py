@@ -60,8 +60,11 @@ def file_fingerprint(path: Path) -> dict[str, Any]:
     size and mtime is still seen.
     """
     st = path.stat()
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "edges_sha256": _edges_sha256(str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)}
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "edges_sha256": _edges_sha256(str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
+    }
 
 
 @functools.lru_cache(maxsize=65536)
@@ -137,8 +140,9 @@ class ParquetArtifactWriter:
         self._tmp = self._ctx.__enter__()
         # no dictionary encoding or statistics: float columns do not compress by dictionary
         # and building it cost 25x the write itself
-        self._writer = pq.ParquetWriter(self._tmp, schema, compression="lz4", use_dictionary=False,
-                                        write_statistics=False)
+        self._writer = pq.ParquetWriter(
+            self._tmp, schema, compression="lz4", use_dictionary=False, write_statistics=False
+        )
         self.rows = 0
 
     def write(self, columns: Mapping[str, Any]) -> None:
@@ -195,14 +199,18 @@ def iter_parquet_batches(path: Path, columns: list[str] | None = None) -> Iterat
         raise ArtifactError(f"{path}: unreadable artifact ({type(err).__name__}); rerun with --force") from None
 
 
-def provenance_matches(found: Mapping[str, Any] | None, expected: Mapping[str, Any],
-                       keys: tuple[str, ...] = ("pass", "config_hash", "inputs")) -> bool:
+def provenance_matches(
+    found: Mapping[str, Any] | None,
+    expected: Mapping[str, Any],
+    keys: tuple[str, ...] = ("pass", "config_hash", "inputs"),
+) -> bool:
     """An artifact is reusable when the fields that determine its content agree."""
     if not found:
         return False
     return all(found.get(k) == expected.get(k) for k in keys)
 
 
-def is_valid(path: Path, expected: Mapping[str, Any],
-             reader: Callable[[Path], dict[str, Any] | None] = read_parquet_provenance) -> bool:
+def is_valid(
+    path: Path, expected: Mapping[str, Any], reader: Callable[[Path], dict[str, Any] | None] = read_parquet_provenance
+) -> bool:
     return path.is_file() and provenance_matches(reader(path), expected)

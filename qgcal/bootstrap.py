@@ -43,8 +43,10 @@ def poisson_replicas(sample: str, run: np.ndarray, event: np.ndarray, n: int) ->
     """(len(event), n) uint8 Poisson(1) weights keyed by (sample, run, event, replica)."""
     key = np.uint64(sample_key(sample))
     with np.errstate(over="ignore"):
-        base = _splitmix64(_splitmix64(np.asarray(run, dtype=np.int64).view(np.uint64) ^ key)
-                           ^ np.asarray(event, dtype=np.int64).view(np.uint64))
+        base = _splitmix64(
+            _splitmix64(np.asarray(run, dtype=np.int64).view(np.uint64) ^ key)
+            ^ np.asarray(event, dtype=np.int64).view(np.uint64)
+        )
         replicas = np.arange(n, dtype=np.uint64)
         h = _splitmix64(base[:, None] ^ _splitmix64(replicas + key)[None, :])
     u = (h >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)  # 53-bit uniform in [0, 1)

@@ -111,8 +111,10 @@ class Fractions:
 
 def fractions(fq: Binned, f_total: Binned, cq: Binned, c_total: Binned) -> Fractions:
     """Quark yield over total yield, forward and central (NaN when a region is empty)."""
+
     def frac(a: Binned, b: Binned) -> float:
         return a.total / b.total if b.total > 0 else float("nan")
+
     return Fractions(f_fq=frac(fq, f_total), f_cq=frac(cq, c_total))
 
 

@@ -119,8 +119,15 @@ class Combined:
 def specs_from_config(cfg: Config) -> list[VariationSpec]:
     """The config's variations (ranges already expanded), in config order."""
     return [
-        VariationSpec(name=name, group=var.group, kind=var.kind, direction=var.direction, pair=var.pair,
-                      set=var.set, set_combine=var.set_combine)
+        VariationSpec(
+            name=name,
+            group=var.group,
+            kind=var.kind,
+            direction=var.direction,
+            pair=var.pair,
+            set=var.set,
+            set_combine=var.set_combine,
+        )
         for name, var in cfg.variations.items()
     ]
 
@@ -132,20 +139,25 @@ def components(specs: Sequence[VariationSpec]) -> list[Component]:
     sets: dict[str, list[VariationSpec]] = {}
     for s in specs:
         if s.group.strip() in RESERVED_GROUPS or not s.group.strip():
-            raise ConfigError(f"variations.{s.name}.group: {s.group!r} is reserved or empty; "
-                              f"choose another group name (reserved: {', '.join(sorted(RESERVED_GROUPS))})")
+            raise ConfigError(
+                f"variations.{s.name}.group: {s.group!r} is reserved or empty; "
+                f"choose another group name (reserved: {', '.join(sorted(RESERVED_GROUPS))})"
+            )
         if s.set is not None:
             if s.pair is not None or s.direction != "single":
-                raise ConfigError(f"variations.{s.name}: a member of replica set {s.set!r} cannot be "
-                                  "half of an up/down pair")
+                raise ConfigError(
+                    f"variations.{s.name}: a member of replica set {s.set!r} cannot be half of an up/down pair"
+                )
             sets.setdefault(s.set, []).append(s)
         elif s.pair is not None:
             other = by_name.get(s.pair)
             if other is None:
                 raise ConfigError(f"variations.{s.name}.pair: no variation named {s.pair!r}")
             if other.group != s.group:
-                raise ConfigError(f"variations.{s.name}: the pair {s.name!r}/{s.pair!r} has two groups "
-                                  f"({s.group!r}, {other.group!r}); give both the same group")
+                raise ConfigError(
+                    f"variations.{s.name}: the pair {s.name!r}/{s.pair!r} has two groups "
+                    f"({s.group!r}, {other.group!r}); give both the same group"
+                )
             up, down = (s, other) if s.direction == "up" else (other, s)
             if {up.direction, down.direction} != {"up", "down"}:
                 raise ConfigError(f"variations.{s.name}: a pair needs one direction: up and one down")
@@ -157,12 +169,12 @@ def components(specs: Sequence[VariationSpec]) -> list[Component]:
         groups = {m.group for m in members}
         rules = {m.set_combine for m in members}
         if len(groups) != 1 or len(rules) != 1:
-            raise ConfigError(f"variations: the members of replica set {set_name!r} disagree on group or "
-                              "set_combine")
+            raise ConfigError(f"variations: the members of replica set {set_name!r} disagree on group or set_combine")
         if set_name in out:
             raise ConfigError(f"variations: replica set {set_name!r} has the name of another variation")
-        out[set_name] = Component(set_name, members[0].group, members[0].set_combine,
-                                  tuple(sorted(m.name for m in members)))
+        out[set_name] = Component(
+            set_name, members[0].group, members[0].set_combine, tuple(sorted(m.name for m in members))
+        )
     return sorted(out.values(), key=lambda c: (c.group, c.name))
 
 
@@ -211,8 +223,9 @@ def component_errors(comp: Component, shifts: Mapping[str, float | None]) -> Err
     return set_errors([shifts[m] for m in comp.members], comp.rule)
 
 
-def combine_bin(nominal: Mapping[str, Any], variations: Mapping[str, Mapping[str, Any]],
-                comps: Sequence[Component]) -> dict[str, Any]:
+def combine_bin(
+    nominal: Mapping[str, Any], variations: Mapping[str, Mapping[str, Any]], comps: Sequence[Component]
+) -> dict[str, Any]:
     """One combined record: the nominal fields plus shifts, per-group and total errors."""
     sf0 = nominal["sf"]
     shifts: dict[str, float | None] = {}
@@ -241,25 +254,29 @@ def combine_bin(nominal: Mapping[str, Any], variations: Mapping[str, Mapping[str
     if sf0 is None and not flags:
         flags.add("undefined")
     out = dict(nominal)
-    out.update({
-        "flags": sorted(flags),
-        "variations": shifts,
-        "undefined_variations": undefined if sf0 is not None else [],
-        "variation_flags": variation_flags,
-        "groups": groups,
-        "total_up": quadrature(g["up"] for g in groups.values()),
-        "total_down": quadrature(g["down"] for g in groups.values()),
-    })
+    out.update(
+        {
+            "flags": sorted(flags),
+            "variations": shifts,
+            "undefined_variations": undefined if sf0 is not None else [],
+            "variation_flags": variation_flags,
+            "groups": groups,
+            "total_up": quadrature(g["up"] for g in groups.values()),
+            "total_down": quadrature(g["down"] for g in groups.values()),
+        }
+    )
     return out
 
 
 def _key(rec: Mapping[str, Any]) -> BinKey:
-    return (rec["tagger"], float(rec["working_point"]), rec["parton"], float(rec["pt_low"]),
-            float(rec["pt_high"]))
+    return (rec["tagger"], float(rec["working_point"]), rec["parton"], float(rec["pt_low"]), float(rec["pt_high"]))
 
 
-def combine_records(specs: Sequence[VariationSpec], nominal: Sequence[Mapping[str, Any]],
-                    variations: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+def combine_records(
+    specs: Sequence[VariationSpec],
+    nominal: Sequence[Mapping[str, Any]],
+    variations: Mapping[str, Sequence[Mapping[str, Any]]],
+) -> list[dict[str, Any]]:
     """Combined records, one per nominal record, in nominal's order.
 
     Every variation must have a record for every nominal bin, made with the same cut
@@ -275,8 +292,10 @@ def combine_records(specs: Sequence[VariationSpec], nominal: Sequence[Mapping[st
     for name in names:
         idx = {_key(r): r for r in variations[name]}
         if set(idx) != set(nominal_keys):
-            raise ArtifactError(f"results/{name}/scale_factors.json has other bins than results/nominal "
-                                "(made with another config?); rerun 'qgcal sweep --config C'")
+            raise ArtifactError(
+                f"results/{name}/scale_factors.json has other bins than results/nominal "
+                "(made with another config?); rerun 'qgcal sweep --config C'"
+            )
         indexed[name] = idx
     out = []
     for key, rec in zip(nominal_keys, nominal):
@@ -286,7 +305,8 @@ def combine_records(specs: Sequence[VariationSpec], nominal: Sequence[Mapping[st
                 raise ArtifactError(
                     f"results/{n}/scale_factors.json: cut {vrec.get('cut')} differs from nominal's "
                     f"{rec.get('cut')} for {key[0]} WP {key[1]:g} {key[3]:g}-{key[4]:g} GeV (cuts are frozen "
-                    "from nominal: the results come from different runs); rerun 'qgcal sweep --config C'")
+                    "from nominal: the results come from different runs); rerun 'qgcal sweep --config C'"
+                )
         out.append(combine_bin(rec, per_var, comps))
     return out
 
@@ -304,15 +324,18 @@ def combined_path(cfg: Config) -> Path:
 
 def _read_records(path: Path, syst: str, config_path: str) -> list[dict[str, Any]]:
     if not path.is_file():
-        raise ArtifactError(f"{path}: not found (results of systematic {syst!r}); run "
-                            f"'qgcal sweep --config {config_path}' (or 'qgcal run --config {config_path} "
-                            f"--syst {syst}') first")
+        raise ArtifactError(
+            f"{path}: not found (results of systematic {syst!r}); run "
+            f"'qgcal sweep --config {config_path}' (or 'qgcal run --config {config_path} "
+            f"--syst {syst}') first"
+        )
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         records = doc["records"]
     except (ValueError, KeyError, TypeError) as err:
-        raise ArtifactError(f"{path}: not a qgcal scale_factors.json ({err}); rerun "
-                            f"'qgcal run --config {config_path} --syst {syst}'") from None
+        raise ArtifactError(
+            f"{path}: not a qgcal scale_factors.json ({err}); rerun 'qgcal run --config {config_path} --syst {syst}'"
+        ) from None
     return list(records)
 
 
@@ -325,8 +348,15 @@ def _metadata(cfg: Config, specs: Sequence[VariationSpec], records: Sequence[Map
     comps = components(specs)
     member_of = {m: c.name for c in comps for m in c.members}
     systematics = {
-        s.name: {"group": s.group, "kind": s.kind, "direction": s.direction, "pair": s.pair, "set": s.set,
-                 "set_combine": s.set_combine if s.set else None, "component": member_of[s.name]}
+        s.name: {
+            "group": s.group,
+            "kind": s.kind,
+            "direction": s.direction,
+            "pair": s.pair,
+            "set": s.set,
+            "set_combine": s.set_combine if s.set else None,
+            "component": member_of[s.name],
+        }
         for s in specs
     }
     groups: dict[str, list[dict[str, Any]]] = {}

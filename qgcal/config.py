@@ -85,9 +85,7 @@ def parse_branch_expr(text: str) -> BranchExpr:
     """Parse ``name`` or ``name[i]``; names may contain dots and slashes."""
     m = _BRANCH_EXPR.match(text.strip()) if isinstance(text, str) else None
     if m is None:
-        raise ValueError(
-            f"expected a branch name or 'name[i]' (element i of a per-event vector), found {text!r}"
-        )
+        raise ValueError(f"expected a branch name or 'name[i]' (element i of a per-event vector), found {text!r}")
     idx = m.group("index")
     return BranchExpr(name=m.group("name"), index=None if idx is None else int(idx))
 
@@ -113,9 +111,7 @@ class SumOfWeights(_Model):
         "all tree entries; value: a fixed number per slice"
     )
     histogram: str | None = Field(None, description="TH1 name in each MC file (source=histogram)")
-    bin: int | None = Field(
-        None, ge=1, description="1-based ROOT bin number holding the sum of weights"
-    )
+    bin: int | None = Field(None, ge=1, description="1-based ROOT bin number holding the sum of weights")
     branch: str | None = Field(None, description="branch expression summed (source=branch)")
     value: float | None = Field(None, gt=0, description="sum of weights of the whole slice")
 
@@ -488,9 +484,7 @@ class Config(_Model):
     )
     selection: Selection = Field(default_factory=Selection, description="event selection")
     truth: Truth = Field(default_factory=Truth, description="MC truth labelling")
-    pt_bins_gev: list[float] = Field(
-        [500, 600, 800, 1000, 1200, 1500, 2000], description="jet pT bin edges in GeV"
-    )
+    pt_bins_gev: list[float] = Field([500, 600, 800, 1000, 1200, 1500, 2000], description="jet pT bin edges in GeV")
     taggers: dict[str, Tagger] = Field(min_length=1, description="taggers by name")
     working_points: list[float] = Field([0.5, 0.6, 0.7, 0.8], description="quark efficiencies in (0,1)")
     variations: dict[str, Variation] = Field({}, description="systematic variations by name")
@@ -578,27 +572,36 @@ class Config(_Model):
                 "(set selection.min_ntracks: null to drop the cut)"
             )
         if sel.require_trigger and "trigger" not in self.branches:
-            raise ValueError("selection.require_trigger: no logical branch 'trigger' in 'branches' "
-                             "(map it, or set require_trigger: false)")
+            raise ValueError(
+                "selection.require_trigger: no logical branch 'trigger' in 'branches' "
+                "(map it, or set require_trigger: false)"
+            )
         if sel.require_cleaning and "jet_cleaning" not in self.branches:
-            raise ValueError("selection.require_cleaning: no logical branch 'jet_cleaning' in 'branches' "
-                             "(map it, or set require_cleaning: false)")
+            raise ValueError(
+                "selection.require_cleaning: no logical branch 'jet_cleaning' in 'branches' "
+                "(map it, or set require_cleaning: false)"
+            )
         if self.truth.label not in self.branches:
             raise ValueError(f"truth.label: {self.truth.label!r} is not a key of 'branches'")
         for vname, var in self.variations.items():
             if var.pair is not None:
                 other = self.variations.get(var.pair)
                 if other is None:
-                    raise ValueError(f"variations.{vname}.pair: no variation named {var.pair!r}"
-                                     f"{did_you_mean(var.pair, self.variations)}")
+                    raise ValueError(
+                        f"variations.{vname}.pair: no variation named {var.pair!r}"
+                        f"{did_you_mean(var.pair, self.variations)}"
+                    )
                 if other.pair != vname or {var.direction, other.direction} != {"up", "down"}:
-                    raise ValueError(f"variations.{vname}.pair: {var.pair!r} must name {vname!r} back, "
-                                     "and one of the two must be direction: up, the other down")
+                    raise ValueError(
+                        f"variations.{vname}.pair: {var.pair!r} must name {vname!r} back, "
+                        "and one of the two must be direction: up, the other down"
+                    )
             elif var.direction != "single":
                 raise ValueError(f"variations.{vname}: direction {var.direction!r} needs 'pair'")
             if isinstance(var, SampleVariation) and (var.sample not in samples or samples[var.sample].kind != "mc"):
-                raise ValueError(f"variations.{vname}.sample: no MC sample named {var.sample!r}"
-                                 f"{did_you_mean(var.sample, samples)}")
+                raise ValueError(
+                    f"variations.{vname}.sample: no MC sample named {var.sample!r}{did_you_mean(var.sample, samples)}"
+                )
             if isinstance(var, BranchVariation):
                 for logical in var.replace:
                     if logical not in self.branches:
@@ -655,8 +658,7 @@ class Config(_Model):
         if name not in self.variations:
             valid = self.variation_names()
             raise ConfigError(
-                f"--syst {name!r}: no such variation{did_you_mean(name, valid)}; "
-                f"valid: {', '.join(valid)}"
+                f"--syst {name!r}: no such variation{did_you_mean(name, valid)}; valid: {', '.join(valid)}"
             )
         return self.variations[name]
 
@@ -677,9 +679,7 @@ def _increasing(edges: list[float]) -> None:
 
 def _safe_name(name: str) -> str:
     if not isinstance(name, str) or not re.fullmatch(SAFE_NAME, name):
-        raise ValueError(
-            f"name {name!r} must start with a letter or digit and use only letters, digits, '_', '.', '-'"
-        )
+        raise ValueError(f"name {name!r} must start with a letter or digit and use only letters, digits, '_', '.', '-'")
     if name in RESERVED_NAMES or name in {".", ".."}:
         raise ValueError(f"name {name!r} is reserved")
     return name
@@ -687,8 +687,13 @@ def _safe_name(name: str) -> str:
 
 _TAGS = {"variations": {"tree", "branch", "weight", "sample", "reweighting"}, "taggers": {"branch", "model"}}
 _TAG_MODELS: dict[str, dict[str, type[BaseModel]]] = {
-    "variations": {"tree": TreeVariation, "branch": BranchVariation, "weight": WeightVariation,
-                   "sample": SampleVariation, "reweighting": ReweightingVariation},
+    "variations": {
+        "tree": TreeVariation,
+        "branch": BranchVariation,
+        "weight": WeightVariation,
+        "sample": SampleVariation,
+        "reweighting": ReweightingVariation,
+    },
     "taggers": {"branch": BranchTagger, "model": ModelTagger},
 }
 
@@ -764,12 +769,16 @@ def _range_aliases(variations: Any) -> dict[str, str]:
         return {}
     if not isinstance(expanded, Mapping):
         return {}
-    return {k: v["set"] for k, v in expanded.items()
-            if isinstance(v, Mapping) and isinstance(v.get("set"), str) and k not in variations}
+    return {
+        k: v["set"]
+        for k, v in expanded.items()
+        if isinstance(v, Mapping) and isinstance(v.get("set"), str) and k not in variations
+    }
 
 
-def format_validation(err: ValidationError, source: str, *, prefix: tuple[str, ...] = (),
-                      aliases: Mapping[str, str] | None = None) -> str:
+def format_validation(
+    err: ValidationError, source: str, *, prefix: tuple[str, ...] = (), aliases: Mapping[str, str] | None = None
+) -> str:
     """One line for a pydantic error: ``source: key.path: what is wrong (found X); ...``.
 
     The one formatter of validation errors (the YAML, command-line settings, the

@@ -16,10 +16,30 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "ALL_MC_FLAVOURS", "FLAVOURS", "FLAVOUR_BOTTOM", "FLAVOUR_CHARM", "FLAVOUR_DATA", "FLAVOUR_GLUON",
-    "FLAVOUR_LIGHT", "FLAVOUR_OTHER", "JET_COLUMNS", "LEAD_PT_HIST", "QUARK_FLAVOURS", "REGIONS",
-    "REGION_CENTRAL", "REGION_FORWARD", "REPLICA_CLASSES", "REPLICA_DATA", "REPLICA_GLUON", "REPLICA_OTHER",
-    "REPLICA_QUARK", "TAGGER_DTYPE", "flavour_codes", "jet_table_schema", "replica_class", "tagger_column",
+    "ALL_MC_FLAVOURS",
+    "FLAVOURS",
+    "FLAVOUR_BOTTOM",
+    "FLAVOUR_CHARM",
+    "FLAVOUR_DATA",
+    "FLAVOUR_GLUON",
+    "FLAVOUR_LIGHT",
+    "FLAVOUR_OTHER",
+    "JET_COLUMNS",
+    "LEAD_PT_HIST",
+    "QUARK_FLAVOURS",
+    "REGIONS",
+    "REGION_CENTRAL",
+    "REGION_FORWARD",
+    "REPLICA_CLASSES",
+    "REPLICA_DATA",
+    "REPLICA_GLUON",
+    "REPLICA_OTHER",
+    "REPLICA_QUARK",
+    "TAGGER_DTYPE",
+    "flavour_codes",
+    "jet_table_schema",
+    "replica_class",
+    "tagger_column",
 ]
 
 # ----------------------------------------------------------------------------- jet tables
@@ -35,11 +55,11 @@ JET_COLUMNS: Mapping[str, np.dtype[Any]] = {
     "run": np.dtype(np.int64),
     "event": np.dtype(np.int64),
     "region": np.dtype(np.int8),
-    "pt": np.dtype(np.float32),            # GeV
+    "pt": np.dtype(np.float32),  # GeV
     "eta": np.dtype(np.float32),
-    "lead_pt": np.dtype(np.float32),       # GeV, the event's leading jet
-    "parton_label": np.dtype(np.int32),    # truth label (|.| if configured); 0 in data
-    "weight": np.dtype(np.float64),        # raw event weight; slices are normalised at merge
+    "lead_pt": np.dtype(np.float32),  # GeV, the event's leading jet
+    "parton_label": np.dtype(np.int32),  # truth label (|.| if configured); 0 in data
+    "weight": np.dtype(np.float64),  # raw event weight; slices are normalised at merge
 }
 TAGGER_DTYPE = np.dtype(np.float64)
 
@@ -52,8 +72,9 @@ def tagger_column(name: str) -> str:
 LEAD_PT_HIST = "lead_pt"  # histogram of the leading-jet pT (normalisation check)
 
 
-def jet_table_schema(variables: Mapping[str, np.dtype[Any]] | Sequence[tuple[str, np.dtype[Any]]] = (),
-                     taggers: Sequence[str] = ()) -> Any:
+def jet_table_schema(
+    variables: Mapping[str, np.dtype[Any]] | Sequence[tuple[str, np.dtype[Any]]] = (), taggers: Sequence[str] = ()
+) -> Any:
     """Arrow schema of a jet table: the fixed columns, then tagger inputs, then tagger values."""
     import pyarrow as pa  # only the passes that write tables need Arrow
 

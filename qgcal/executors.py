@@ -48,8 +48,9 @@ class SerialExecutor(Executor):
         return fut
 
 
-def make_executor(kind: str | Executor, workers: int, *, scheduler: str | None = None,
-                  preload: Sequence[str] = ()) -> Executor:
+def make_executor(
+    kind: str | Executor, workers: int, *, scheduler: str | None = None, preload: Sequence[str] = ()
+) -> Executor:
     """Name-or-instance normaliser: 'process', 'serial', 'dask', 'dask-local' or an Executor-like object."""
     if not isinstance(kind, str):
         if not hasattr(kind, "submit"):
@@ -66,8 +67,12 @@ def make_executor(kind: str | Executor, workers: int, *, scheduler: str | None =
         # model taggers: seconds to import) are imported once by the fork server, not by every worker
         ctx.set_forkserver_preload(modules)
         _start_forkserver()
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_watch_parent,
-                                   initargs=(os.getpid(), _create_time(os.getpid())))
+        pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=ctx,
+            initializer=_watch_parent,
+            initargs=(os.getpid(), _create_time(os.getpid())),
+        )
         _check_worker_imports(pool, modules)
         return pool
     raise ConfigError(f"executor {kind!r} is not known; valid: {', '.join(EXECUTORS)}")
@@ -239,7 +244,10 @@ def dask_executor(kind: str, *, scheduler: str | None, workers: int) -> DaskExec
         if workers < 1:
             raise ConfigError(f"--workers must be >= 1 for dask-local, found {workers}")
         cluster = distributed.LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
         )
         try:
             client = distributed.Client(cluster, timeout=DASK_CONNECT_TIMEOUT_S, set_as_default=False)

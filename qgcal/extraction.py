@@ -41,14 +41,27 @@ from qgcal.contract import (
 )
 from qgcal.histset import HistSet
 
-__all__ = ["BinInputs", "Extraction", "bootstrap_stat", "extract_all", "extract_inputs", "extraction_summary",
-           "frozen_cuts", "scale_factor_records"]
+__all__ = [
+    "BinInputs",
+    "Extraction",
+    "bootstrap_stat",
+    "extract_all",
+    "extract_inputs",
+    "extraction_summary",
+    "frozen_cuts",
+    "scale_factor_records",
+]
 
 F, C = REGION_FORWARD, REGION_CENTRAL
 
 
-def bootstrap_stat(cfg: Config, mc: Mapping[str, np.ndarray], data: Mapping[str, np.ndarray],
-                   cuts: Mapping[str, list[dict[str, Any]]], reweight: str) -> dict[tuple[str, int, str, str], float]:
+def bootstrap_stat(
+    cfg: Config,
+    mc: Mapping[str, np.ndarray],
+    data: Mapping[str, np.ndarray],
+    cuts: Mapping[str, list[dict[str, Any]]],
+    reweight: str,
+) -> dict[tuple[str, int, str, str], float]:
     """Standard deviation of each scale factor over the replicas (cuts frozen from nominal)."""
     out: dict[tuple[str, int, str, str], float] = {}
     n_rep = cfg.bootstrap
@@ -137,26 +150,38 @@ class BinInputs:
 def inputs_from_hists(mc: Any, data: Any, ipt: int) -> BinInputs:
     edges = mc.axes["pt"].edges
     return BinInputs(
-        fq=_binned(mc, F, QUARK_FLAVOURS, ipt), fg=_binned(mc, F, (FLAVOUR_GLUON,), ipt),
-        f_all=_binned(mc, F, ALL_MC_FLAVOURS, ipt), cq=_binned(mc, C, QUARK_FLAVOURS, ipt),
-        cg=_binned(mc, C, (FLAVOUR_GLUON,), ipt), c_all=_binned(mc, C, ALL_MC_FLAVOURS, ipt),
-        d_f=_binned(data, F, (FLAVOUR_DATA,), ipt), d_c=_binned(data, C, (FLAVOUR_DATA,), ipt),
-        pt_low=float(edges[ipt]), pt_high=float(edges[ipt + 1]),
+        fq=_binned(mc, F, QUARK_FLAVOURS, ipt),
+        fg=_binned(mc, F, (FLAVOUR_GLUON,), ipt),
+        f_all=_binned(mc, F, ALL_MC_FLAVOURS, ipt),
+        cq=_binned(mc, C, QUARK_FLAVOURS, ipt),
+        cg=_binned(mc, C, (FLAVOUR_GLUON,), ipt),
+        c_all=_binned(mc, C, ALL_MC_FLAVOURS, ipt),
+        d_f=_binned(data, F, (FLAVOUR_DATA,), ipt),
+        d_c=_binned(data, C, (FLAVOUR_DATA,), ipt),
+        pt_low=float(edges[ipt]),
+        pt_high=float(edges[ipt + 1]),
     )
 
 
 def inputs_from_replica(mc: np.ndarray, data: np.ndarray, ipt: int, r: int, pt_edges: Sequence[float]) -> BinInputs:
     """One bootstrap replica: arrays (region, class[data, quark, gluon, other], pT, score, replica)."""
+
     def b(arr: np.ndarray, region: int, classes: Sequence[int]) -> Binned:
         v = arr[region, list(classes), ipt, :, r].sum(axis=0)
         return Binned(v, np.zeros_like(v))
 
     q, g, o = REPLICA_QUARK, REPLICA_GLUON, REPLICA_OTHER
     return BinInputs(
-        fq=b(mc, F, (q,)), fg=b(mc, F, (g,)), f_all=b(mc, F, (q, g, o)),
-        cq=b(mc, C, (q,)), cg=b(mc, C, (g,)), c_all=b(mc, C, (q, g, o)),
-        d_f=b(data, F, (REPLICA_DATA,)), d_c=b(data, C, (REPLICA_DATA,)),
-        pt_low=float(pt_edges[ipt]), pt_high=float(pt_edges[ipt + 1]),
+        fq=b(mc, F, (q,)),
+        fg=b(mc, F, (g,)),
+        f_all=b(mc, F, (q, g, o)),
+        cq=b(mc, C, (q,)),
+        cg=b(mc, C, (g,)),
+        c_all=b(mc, C, (q, g, o)),
+        d_f=b(data, F, (REPLICA_DATA,)),
+        d_c=b(data, C, (REPLICA_DATA,)),
+        pt_low=float(pt_edges[ipt]),
+        pt_high=float(pt_edges[ipt + 1]),
     )
 
 
@@ -197,11 +222,23 @@ def extract_inputs(cfg: Config, x: BinInputs, reweight: str = "quark") -> Extrac
         p_q_mc, p_g_mc = extract(fr, normalised(f_all), normalised(c_all_w))
         p_q_d, p_g_d = extract(fr, normalised(d_f), normalised(d_c_w))
     return Extraction(
-        pt_low=x.pt_low, pt_high=x.pt_high, f_fq=fr.f_fq, f_cq=fr.f_cq, weights=w,
-        mc_forward=f_all, mc_central=c_all_w, data_forward=d_f, data_central=d_c_w,
-        p_q_mc=p_q_mc, p_g_mc=p_g_mc, p_q_data=p_q_d, p_g_data=p_g_d,
-        truth_q_mc=normalised(fq), truth_g_mc=normalised(fg),
-        data_jets=(d_f.total, d_c.total), flags=flags,
+        pt_low=x.pt_low,
+        pt_high=x.pt_high,
+        f_fq=fr.f_fq,
+        f_cq=fr.f_cq,
+        weights=w,
+        mc_forward=f_all,
+        mc_central=c_all_w,
+        data_forward=d_f,
+        data_central=d_c_w,
+        p_q_mc=p_q_mc,
+        p_g_mc=p_g_mc,
+        p_q_data=p_q_d,
+        p_g_data=p_g_d,
+        truth_q_mc=normalised(fq),
+        truth_g_mc=normalised(fg),
+        data_jets=(d_f.total, d_c.total),
+        flags=flags,
     )
 
 
@@ -243,9 +280,13 @@ def _num(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def scale_factor_records(cfg: Config, syst: str, extractions: Mapping[str, list[Extraction]],
-                         cuts: Mapping[str, list[dict[str, Any]]],
-                         boot: Mapping[tuple[str, int, str, str], float] | None = None) -> list[dict[str, Any]]:
+def scale_factor_records(
+    cfg: Config,
+    syst: str,
+    extractions: Mapping[str, list[Extraction]],
+    cuts: Mapping[str, list[dict[str, Any]]],
+    boot: Mapping[tuple[str, int, str, str], float] | None = None,
+) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     for name in sorted(extractions):
         tagger = cfg.taggers[name]
@@ -289,45 +330,57 @@ def scale_factor_records(cfg: Config, syst: str, extractions: Mapping[str, list[
                         stat = boot.get((name, ipt, _wp_key(wp), parton), float("nan"))
                         if math.isfinite(sf) and not math.isfinite(stat):
                             rec_flags.append("bootstrap_unstable")
-                    records.append({
-                        "systematic": syst,
-                        "tagger": name,
-                        "working_point": wp,
-                        "parton": parton,
-                        "quantity": "quark_efficiency" if parton == "quark" else "gluon_rejection",
-                        "pt_low": ex.pt_low,
-                        "pt_high": ex.pt_high,
-                        "sf": _num(sf),
-                        "stat": _num(stat),
-                        "stat_method": "bootstrap" if boot is not None else "analytic",
-                        "stat_analytic": _num(stat_analytic),
-                        "stat_data": _num(stat_d),
-                        "stat_mc": _num(stat_m),
-                        "eff_data": _num(e_d),
-                        "eff_mc": _num(e_m),
-                        "cut": None if cut is None else cut["value"],
-                        "quark_side": tagger.quark_side,
-                        "f_forward_quark": _num(ex.f_fq),
-                        "f_central_quark": _num(ex.f_cq),
-                        "flags": sorted(set(rec_flags)),
-                    })
+                    records.append(
+                        {
+                            "systematic": syst,
+                            "tagger": name,
+                            "working_point": wp,
+                            "parton": parton,
+                            "quantity": "quark_efficiency" if parton == "quark" else "gluon_rejection",
+                            "pt_low": ex.pt_low,
+                            "pt_high": ex.pt_high,
+                            "sf": _num(sf),
+                            "stat": _num(stat),
+                            "stat_method": "bootstrap" if boot is not None else "analytic",
+                            "stat_analytic": _num(stat_analytic),
+                            "stat_data": _num(stat_d),
+                            "stat_mc": _num(stat_m),
+                            "eff_data": _num(e_d),
+                            "eff_mc": _num(e_m),
+                            "cut": None if cut is None else cut["value"],
+                            "quark_side": tagger.quark_side,
+                            "f_forward_quark": _num(ex.f_fq),
+                            "f_central_quark": _num(ex.f_cq),
+                            "flags": sorted(set(rec_flags)),
+                        }
+                    )
     return records
 
 
 def extraction_summary(extractions: Mapping[str, list[Extraction]]) -> dict[str, Any]:
     """The extracted shapes and fractions, for plots and reports (JSON, NaN as null)."""
+
     def arr(a: np.ndarray) -> list[float | None]:
         return [_num(float(x)) for x in a]
 
     out: dict[str, Any] = {}
     for name, bins in sorted(extractions.items()):
-        out[name] = [{
-            "pt_low": ex.pt_low, "pt_high": ex.pt_high, "f_forward_quark": _num(ex.f_fq),
-            "f_central_quark": _num(ex.f_cq), "reweighting": arr(ex.weights),
-            "p_q_mc": arr(ex.p_q_mc), "p_g_mc": arr(ex.p_g_mc), "p_q_data": arr(ex.p_q_data),
-            "p_g_data": arr(ex.p_g_data), "truth_q_mc": arr(ex.truth_q_mc), "truth_g_mc": arr(ex.truth_g_mc),
-            "data_jets": [float(x) for x in ex.data_jets], "flags": sorted(set(ex.flags)),
-        } for ex in bins]
+        out[name] = [
+            {
+                "pt_low": ex.pt_low,
+                "pt_high": ex.pt_high,
+                "f_forward_quark": _num(ex.f_fq),
+                "f_central_quark": _num(ex.f_cq),
+                "reweighting": arr(ex.weights),
+                "p_q_mc": arr(ex.p_q_mc),
+                "p_g_mc": arr(ex.p_g_mc),
+                "p_q_data": arr(ex.p_q_data),
+                "p_g_data": arr(ex.p_g_data),
+                "truth_q_mc": arr(ex.truth_q_mc),
+                "truth_g_mc": arr(ex.truth_g_mc),
+                "data_jets": [float(x) for x in ex.data_jets],
+                "flags": sorted(set(ex.flags)),
+            }
+            for ex in bins
+        ]
     return out
-
-

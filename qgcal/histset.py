@@ -31,8 +31,17 @@ from uhi.io.json import object_hook as uhi_json_hook
 from qgcal.artifacts import atomic_path
 from qgcal.errors import ArtifactError
 
-__all__ = ["FORMAT", "HistSet", "add_into", "empty_like", "load_artifact", "load_histset", "merge",
-           "read_histset_meta", "save_histset"]
+__all__ = [
+    "FORMAT",
+    "HistSet",
+    "add_into",
+    "empty_like",
+    "load_artifact",
+    "load_histset",
+    "merge",
+    "read_histset_meta",
+    "save_histset",
+]
 
 HistSet = dict[str, hist.Hist]
 # the layout of our .npz files; an artifact of another layout is not valid (it is redone)
@@ -53,8 +62,9 @@ def _rebuild(desc: Mapping[str, Any], values: np.ndarray, variances: np.ndarray)
     return hist.Hist(from_uhi(doc))
 
 
-def _to_arrays(hs: HistSet, meta: Mapping[str, Any],
-               extra: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def _to_arrays(
+    hs: HistSet, meta: Mapping[str, Any], extra: Mapping[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {f"extra.{k}": np.ascontiguousarray(v) for k, v in sorted((extra or {}).items())}
     described = {}
     for name in sorted(hs):
@@ -63,8 +73,9 @@ def _to_arrays(hs: HistSet, meta: Mapping[str, Any],
         arrays[f"{name}.values"] = np.ascontiguousarray(view["value"], dtype=np.float64)
         arrays[f"{name}.variances"] = np.ascontiguousarray(view["variance"], dtype=np.float64)
         described[name] = _describe(h)
-    blob = json.dumps({"format": FORMAT, "hists": described, "meta": meta}, sort_keys=True, allow_nan=False,
-                      default=uhi_json_default)
+    blob = json.dumps(
+        {"format": FORMAT, "hists": described, "meta": meta}, sort_keys=True, allow_nan=False, default=uhi_json_default
+    )
     arrays["__meta__"] = np.frombuffer(blob.encode(), dtype=np.uint8)
     return arrays
 
@@ -72,13 +83,15 @@ def _to_arrays(hs: HistSet, meta: Mapping[str, Any],
 def _read_doc(npz: Any) -> dict[str, Any]:
     doc: dict[str, Any] = json.loads(bytes(npz["__meta__"]).decode(), object_hook=uhi_json_hook)
     if doc.get("format") != FORMAT:
-        raise ArtifactError(f"histogram file of another layout ({doc.get('format', 'unversioned')!r}, "
-                            f"expected {FORMAT!r})")
+        raise ArtifactError(
+            f"histogram file of another layout ({doc.get('format', 'unversioned')!r}, expected {FORMAT!r})"
+        )
     return doc
 
 
-def save_histset(path: Path, hs: HistSet, meta: Mapping[str, Any],
-                 extra: Mapping[str, np.ndarray] | None = None) -> None:
+def save_histset(
+    path: Path, hs: HistSet, meta: Mapping[str, Any], extra: Mapping[str, np.ndarray] | None = None
+) -> None:
     """Write atomically; the zip members get fixed timestamps so bytes are reproducible.
 
     ``extra`` holds plain arrays stored beside the histograms (bootstrap replicas).
@@ -106,10 +119,12 @@ def load_artifact(path: Path) -> tuple[HistSet, dict[str, Any], dict[str, np.nda
     """Histograms, metadata and the plain arrays beside them, in one read of the file."""
     try:
         with _open_npz(path) as npz:
-            extra = {k[len("extra."):]: npz[k] for k in npz.files if k.startswith("extra.")}
+            extra = {k[len("extra.") :]: npz[k] for k in npz.files if k.startswith("extra.")}
             doc = _read_doc(npz)
-            out: HistSet = {name: _rebuild(desc, npz[f"{name}.values"], npz[f"{name}.variances"])
-                            for name, desc in doc["hists"].items()}
+            out: HistSet = {
+                name: _rebuild(desc, npz[f"{name}.values"], npz[f"{name}.variances"])
+                for name, desc in doc["hists"].items()
+            }
     except Exception as err:
         why = str(err) if isinstance(err, ArtifactError) else type(err).__name__
         raise ArtifactError(f"{path}: unreadable histogram artifact ({why}); rerun with --force") from None
@@ -120,7 +135,7 @@ def load_extra(path: Path) -> dict[str, np.ndarray]:
     """The plain arrays saved beside the histograms (empty when there are none)."""
     try:
         with _open_npz(path) as npz:
-            return {k[len("extra."):]: npz[k] for k in npz.files if k.startswith("extra.")}
+            return {k[len("extra.") :]: npz[k] for k in npz.files if k.startswith("extra.")}
     except Exception as err:
         why = type(err).__name__
         raise ArtifactError(f"{path}: unreadable histogram artifact ({why}); rerun with --force") from None
@@ -151,8 +166,9 @@ def add_into(total: HistSet, other: HistSet, scale: float = 1.0) -> None:
         try:
             total[name] += other[name] if scale == 1.0 else other[name] * scale
         except ValueError:
-            raise ArtifactError(f"histogram {name!r} has different binning in two artifacts; "
-                                "rerun with --force") from None
+            raise ArtifactError(
+                f"histogram {name!r} has different binning in two artifacts; rerun with --force"
+            ) from None
 
 
 def merge(items: Iterable[tuple[str, HistSet]]) -> HistSet:

@@ -24,8 +24,9 @@ from qgcal.histset import HistSet, add_into, empty_like, load_artifact, merge, s
 __all__ = ["merge_sample", "save_merged"]
 
 
-def merge_sample(cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]
-                 ) -> tuple[HistSet, dict[str, Any], dict[str, np.ndarray]]:
+def merge_sample(
+    cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]
+) -> tuple[HistSet, dict[str, Any], dict[str, np.ndarray]]:
     """Merge per-file histograms of one sample; MC slices normalised to the luminosity.
 
     Also returns the merged bootstrap replicas (empty without ``bootstrap``): exact int64
@@ -42,7 +43,7 @@ def merge_sample(cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]
             acc = replica_sums.setdefault(slice_name, {})
             for name, arr in extra.items():
                 if name.startswith("replicas."):
-                    tagger = name[len("replicas."):]
+                    tagger = name[len("replicas.") :]
                     acc[tagger] = acc[tagger] + arr if tagger in acc else arr.astype(np.int64, copy=True)
     if not by_slice:
         raise QgcalError(f"sample {sample!r}: no histogram artifacts to merge")
@@ -72,13 +73,14 @@ def merge_sample(cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]
     return total, info, _scale_replicas(cfg, replica_sums, info)
 
 
-def _scale_replicas(cfg: Config, per_slice: Mapping[str, Mapping[str, np.ndarray]],
-                    info: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def _scale_replicas(
+    cfg: Config, per_slice: Mapping[str, Mapping[str, np.ndarray]], info: Mapping[str, Any]
+) -> dict[str, np.ndarray]:
     """Exact per-slice replica sums -> weights, each slice scaled, added in slice order."""
     if not cfg.bootstrap:
         return {}
     out: dict[str, np.ndarray] = {}
-    quantum = 2.0 ** -QUANTUM_BITS
+    quantum = 2.0**-QUANTUM_BITS
     for slice_name in sorted(per_slice):
         scale = float(info["slices"][slice_name]["scale"]) * quantum
         for name, arr in per_slice[slice_name].items():
@@ -89,7 +91,12 @@ def _scale_replicas(cfg: Config, per_slice: Mapping[str, Mapping[str, np.ndarray
     return out
 
 
-def save_merged(path: Path, hs: HistSet, info: Mapping[str, Any],
-                replicas: Mapping[str, np.ndarray] | None = None) -> None:
-    save_histset(path, hs, {"merge": dict(info), "qgcal": __version__},
-                 extra={f"replicas.{k}": v for k, v in (replicas or {}).items()})
+def save_merged(
+    path: Path, hs: HistSet, info: Mapping[str, Any], replicas: Mapping[str, np.ndarray] | None = None
+) -> None:
+    save_histset(
+        path,
+        hs,
+        {"merge": dict(info), "qgcal": __version__},
+        extra={f"replicas.{k}": v for k, v in (replicas or {}).items()},
+    )

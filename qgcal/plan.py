@@ -25,8 +25,7 @@ from qgcal.config import (
     WeightVariation,
 )
 
-__all__ = ["FileTask", "artifact_path", "jet_variables", "mc_sample_for", "model_path", "plan_tasks",
-           "reweighting_for"]
+__all__ = ["FileTask", "artifact_path", "jet_variables", "mc_sample_for", "model_path", "plan_tasks", "reweighting_for"]
 
 
 @dataclass(frozen=True)
@@ -116,8 +115,9 @@ def reweighting_for(cfg: Config, variation: str) -> str:
     return var.use if isinstance(var, ReweightingVariation) else "quark"
 
 
-def plan_tasks(cfg: Config, variation: str, *, include_data: bool = True,
-               include_mc: bool = True, mc_sample: str | None = None) -> list[FileTask]:
+def plan_tasks(
+    cfg: Config, variation: str, *, include_data: bool = True, include_mc: bool = True, mc_sample: str | None = None
+) -> list[FileTask]:
     """File tasks for one variation, sorted by key."""
     var = cfg.variation(variation)
     tasks: list[FileTask] = []
@@ -158,9 +158,16 @@ def plan_tasks(cfg: Config, variation: str, *, include_data: bool = True,
             for path in cfg.resolve_files(sl.files):
                 tasks.append(
                     FileTask(
-                        sample=sname, slice=slice_name, kind=sample.kind, path=str(path),
-                        variation=namespace, tree=tree, branches=tuple(needed),
-                        weight_multiply=mult, weight_divide=div, sumw_branch=sumw_branch,
+                        sample=sname,
+                        slice=slice_name,
+                        kind=sample.kind,
+                        path=str(path),
+                        variation=namespace,
+                        tree=tree,
+                        branches=tuple(needed),
+                        weight_multiply=mult,
+                        weight_divide=div,
+                        sumw_branch=sumw_branch,
                     )
                 )
     return sorted(tasks, key=lambda t: t.key)

@@ -48,8 +48,7 @@ def plot_extractions(cfg: Config, syst: str, extractions: Mapping[str, Sequence[
                 ax.set_xlabel(name, fontsize=11)
                 ax.set_ylabel("fraction of jets", fontsize=11)
                 if ex.flags:
-                    ax.text(0.02, 0.9, ",".join(sorted(set(ex.flags))), transform=ax.transAxes,
-                            fontsize=8, color="red")
+                    ax.text(0.02, 0.9, ",".join(sorted(set(ex.flags))), transform=ax.transAxes, fontsize=8, color="red")
                 if ax.get_legend_handles_labels()[0]:
                     ax.legend(fontsize=8, loc="upper right")
                 else:

@@ -24,8 +24,16 @@ class PassProgress:
     variations, one such read (``unit="reads"``, ``files`` the file tasks it covers).
     """
 
-    def __init__(self, name: str, total: int, *, skipped: int = 0, live: bool | None = None,
-                 unit: str = "files", files: int | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        total: int,
+        *,
+        skipped: int = 0,
+        live: bool | None = None,
+        unit: str = "files",
+        files: int | None = None,
+    ) -> None:
         self.name = name
         self.total = total
         self.unit = unit
@@ -43,15 +51,24 @@ class PassProgress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._bar = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), transient=False,
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                transient=False,
             )
             self._bar.start()
             self._task = self._bar.add_task(name, total=total, rate="")
         else:
             reads = f" in {total} {unit}" if unit != "files" else ""
-            log.info("%s: %d files to process%s (%d valid artifacts reused)", name,
-                     total if files is None else files, reads, skipped)
+            log.info(
+                "%s: %d files to process%s (%d valid artifacts reused)",
+                name,
+                total if files is None else files,
+                reads,
+                skipped,
+            )
 
     def rate(self) -> float:
         dt = time.perf_counter() - self.t0
@@ -63,8 +80,7 @@ class PassProgress:
         if self._bar is not None:
             self._bar.update(self._task, advance=1, rate=f"{self.rate():,.0f} ev/s")
         elif self.total:
-            log.info("%s: %d/%d %s, %.3g events/s %s", self.name, self.done, self.total, self.unit, self.rate(),
-                     label)
+            log.info("%s: %d/%d %s, %.3g events/s %s", self.name, self.done, self.total, self.unit, self.rate(), label)
 
     def close(self) -> None:
         if self._bar is not None:

@@ -41,8 +41,9 @@ def _rows(records: Sequence[Mapping[str, Any]], wp: float | None) -> tuple[list[
     return header, rows
 
 
-def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, title: str, file: Any = None,
-                footer: str | None = None) -> None:
+def print_table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], *, title: str, file: Any = None, footer: str | None = None
+) -> None:
     """A rich table on a terminal, aligned plain text otherwise (logs, batch jobs)."""
     out = file or sys.stdout
     if out.isatty():
@@ -67,8 +68,9 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]], *, title: 
         print(footer, file=out)
 
 
-def print_sf_table(records: Sequence[Mapping[str, Any]], *, title: str = "scale factors",
-                   wp: float | None = None, file: Any = None) -> None:
+def print_sf_table(
+    records: Sequence[Mapping[str, Any]], *, title: str = "scale factors", wp: float | None = None, file: Any = None
+) -> None:
     """SF ± stat per tagger, WP, parton (rows) and pT bin in GeV (columns); * = flagged."""
     header, rows = _rows(records, wp)
     print_table(header, rows, title=f"{title}  (pT bins in GeV; * flagged)", file=file)
@@ -81,5 +83,7 @@ def skipped_summary(skipped: Sequence[Mapping[str, Any]]) -> str:
     files = sorted({r["file"] for r in skipped})
     lost = sum(int(r["events_lost"] or 0) for r in {r["file"]: r for r in skipped}.values())
     unknown = any(r["events_lost"] is None for r in skipped)
-    return (f"WARNING: {len(files)} input file(s) skipped as bad, {lost}{'+' if unknown else ''} events lost: "
-            + ", ".join(files))
+    return (
+        f"WARNING: {len(files)} input file(s) skipped as bad, {lost}{'+' if unknown else ''} events lost: "
+        + ", ".join(files)
+    )

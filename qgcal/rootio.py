@@ -206,8 +206,9 @@ def read_th1_bin(ot: OpenTree, hist_name: str, bin_number: int, *, config_key: s
     return float(values[bin_number])
 
 
-def iter_chunks(ot: OpenTree, branches: Mapping[str, Any], exprs: Mapping[str, BranchExpr],
-                step_size: str | int) -> Iterator[tuple[int, int, dict[str, Any]]]:
+def iter_chunks(
+    ot: OpenTree, branches: Mapping[str, Any], exprs: Mapping[str, BranchExpr], step_size: str | int
+) -> Iterator[tuple[int, int, dict[str, Any]]]:
     for start, stop in chunk_ranges(ot, list(branches.values()), step_size):
         yield start, stop, read_chunk(ot, branches, exprs, start, stop)
 

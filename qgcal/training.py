@@ -89,9 +89,7 @@ def flat_pt_weights(
     return out
 
 
-def weighted_roc(
-    scores: np.ndarray, is_gluon: np.ndarray, weights: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, float]:
+def weighted_roc(scores: np.ndarray, is_gluon: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Quark efficiency and gluon rejection for cuts "score < c", and the AUC.
 
     Ties are grouped (nTracks is an integer), so the AUC equals
@@ -200,8 +198,7 @@ def train_tagger(
     n = len(columns["pt"])
     weight = np.asarray(columns["weight"], dtype=np.float64) if "weight" in columns else np.ones(n)
     used_names = sorted(
-        {*features, "pt", "event", "parton_label", reference_feature}
-        | ({"weight"} if "weight" in columns else set())
+        {*features, "pt", "event", "parton_label", reference_feature} | ({"weight"} if "weight" in columns else set())
     )
     fingerprint = columns_fingerprint(columns, used_names)
 
@@ -226,9 +223,7 @@ def train_tagger(
     model = HistGradientBoostingClassifier(**hyper)
     model.fit(x[train], cls[train], sample_weight=train_w)
 
-    metrics, roc = _evaluate(
-        model, x[evaluate], columns, evaluate, pt, cls, weight, edges, reference_feature
-    )
+    metrics, roc = _evaluate(model, x[evaluate], columns, evaluate, pt, cls, weight, edges, reference_feature)
     log.info("trained on %d jets, evaluated on %d", int(train.sum()), int(evaluate.sum()))
     return TrainResult(
         model=model,

@@ -136,12 +136,24 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
         plot_extractions(cfg, syst, ex, results / "plots")
     if skipped:
         names = ", ".join(sorted({Path(r["file"]).name for r in skipped}))
-        log.warning("%s: %d input file(s) skipped as bad, %d events lost (%s); listed in %s", syst,
-                    len({r["file"] for r in skipped}), metadata["events_lost"], names, results / "scale_factors.json")
+        log.warning(
+            "%s: %d input file(s) skipped as bad, %d events lost (%s); listed in %s",
+            syst,
+            len({r["file"] for r in skipped}),
+            metadata["events_lost"],
+            names,
+            results / "scale_factors.json",
+        )
     if flagged:
         reasons = sorted({f for r in records for f in r["flags"]})
-        log.warning("%s: %d of %d scale factors flagged (%s); see %s", syst, flagged, len(records),
-                    ", ".join(reasons), results / "scale_factors.json")
+        log.warning(
+            "%s: %d of %d scale factors flagged (%s); see %s",
+            syst,
+            flagged,
+            len(records),
+            ", ".join(reasons),
+            results / "scale_factors.json",
+        )
     return FinalResult(syst, results, records, skipped=skipped_files)
 
 
@@ -158,8 +170,13 @@ def pass_config(cfg: Config, syst: str) -> dict[str, Any]:
         "lumi_pb": cfg.lumi_pb,
         # normalisation only: which files are merged is the artifacts' business (and their listing
         # order must not change a byte)
-        "samples": {s: {name: sl.model_dump(mode="json", exclude={"files"})
-                        for name, sl in sorted(cfg.samples[s].slice_map().items())} for s in samples},
+        "samples": {
+            s: {
+                name: sl.model_dump(mode="json", exclude={"files"})
+                for name, sl in sorted(cfg.samples[s].slice_map().items())
+            }
+            for s in samples
+        },
         "pt_bins_gev": cfg.pt_bins_gev,
         "taggers": {n: t.model_dump(mode="json") for n, t in sorted(cfg.taggers.items())},
         "working_points": cfg.working_points,

@@ -50,14 +50,20 @@ def pass_config(cfg: Config) -> dict[str, Any]:
         else:
             models = True
             mp = model_path(cfg, tagger)
-            out[name] = {"kind": "model", "features": tagger.features,
-                         "model_sha256": sha256_file(mp) if mp.is_file() else "missing"}
+            out[name] = {
+                "kind": "model",
+                "features": tagger.features,
+                "model_sha256": sha256_file(mp) if mp.is_file() else "missing",
+            }
     if models:
         inf = cfg.inference
         route: dict[str, Any] = {"backend": inf.backend, "device": inf.device}
         if inf.backend == "triton":
-            route["triton"] = {"model_name": inf.triton.model_name, "model_version": inf.triton.model_version,
-                               "fallback": inf.triton.fallback}
+            route["triton"] = {
+                "model_name": inf.triton.model_name,
+                "model_version": inf.triton.model_version,
+                "fallback": inf.triton.fallback,
+            }
         out["__inference__"] = route
     return out
 
@@ -119,8 +125,9 @@ def _scorers(cfg: Config) -> dict[str, tuple[Any, bool]]:
             continue
         path = model_path(cfg, tagger)
         if not path.is_file():
-            raise ArtifactError(f"{path}: model of tagger {name!r} not found; "
-                                "run 'qgcal train --config <config>' first")
+            raise ArtifactError(
+                f"{path}: model of tagger {name!r} not found; run 'qgcal train --config <config>' first"
+            )
         out[name] = _CACHE.get(cfg, path)
     return out
 
@@ -141,9 +148,11 @@ def run_file(cfg: Config, upstream: Path, out_path: Path) -> int:
                     if isinstance(tagger, BranchTagger):
                         cols[tagger_column(name)] = table.column(tagger.variable).to_numpy().astype(np.float64)
                     else:
-                        feats = np.column_stack([
-                            table.column(f).to_numpy().astype(np.float32) for f in tagger.features
-                        ]) if table.num_rows else np.zeros((0, len(tagger.features)), np.float32)
+                        feats = (
+                            np.column_stack([table.column(f).to_numpy().astype(np.float32) for f in tagger.features])
+                            if table.num_rows
+                            else np.zeros((0, len(tagger.features)), np.float32)
+                        )
                         with _one_thread_in_workers():
                             scores = scorers[name][0].predict(np.ascontiguousarray(feats, dtype=np.float32))
                         cols[tagger_column(name)] = np.asarray(scores, dtype=np.float32).astype(np.float64)

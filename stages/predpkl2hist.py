@@ -60,7 +60,8 @@ def book(cfg: Config) -> HistSet:
             storage=hist.storage.Weight(),
         )
     hs[LEAD_PT_HIST] = hist.Hist(
-        hist.axis.IntCategory(list(FLAVOURS), name="flavour"), lead_pt_axis(cfg),
+        hist.axis.IntCategory(list(FLAVOURS), name="flavour"),
+        lead_pt_axis(cfg),
         storage=hist.storage.Weight(),
     )
     return hs
@@ -96,8 +97,16 @@ def replica_shape(cfg: Config, tagger: str) -> tuple[int, int, int, int, int]:
     return (2, REPLICA_CLASSES, len(cfg.pt_bins_gev) - 1, n_score, cfg.bootstrap)
 
 
-def _fill_replicas(cfg: Config, reps: dict[str, np.ndarray], table: Any, region: np.ndarray, pt: np.ndarray,
-                   weight: np.ndarray, flav: np.ndarray, sample: str) -> None:
+def _fill_replicas(
+    cfg: Config,
+    reps: dict[str, np.ndarray],
+    table: Any,
+    region: np.ndarray,
+    pt: np.ndarray,
+    weight: np.ndarray,
+    flav: np.ndarray,
+    sample: str,
+) -> None:
     """Add this row group's jets to the exact (int64) replica arrays of every tagger."""
     n = cfg.bootstrap
     events = table.column("event").to_numpy()
@@ -117,8 +126,7 @@ def _fill_replicas(cfg: Config, reps: dict[str, np.ndarray], table: Any, region:
         reps[name] += counts.reshape(shape)
 
 
-def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool,
-             carry: dict[str, Any]) -> int:
+def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool, carry: dict[str, Any]) -> int:
     """Fill and save; ``carry`` (sample, slice, sumw, cut flow) goes into the artifact's metadata."""
     if not upstream.is_file():
         raise ArtifactError(f"{upstream}: pkl2predpkl artifact missing; rerun pkl2predpkl")
@@ -132,20 +140,24 @@ def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool,
         region = table.column("region").to_numpy().astype(np.int64)
         pt = table.column("pt").to_numpy().astype(np.float64)
         weight = table.column("weight").to_numpy()
-        flav = flavour_codes(table.column("parton_label").to_numpy(), quark=truth.quark, gluon=truth.gluon,
-                             is_data=is_data)
+        flav = flavour_codes(
+            table.column("parton_label").to_numpy(), quark=truth.quark, gluon=truth.gluon, is_data=is_data
+        )
         for name, tagger in cfg.taggers.items():
             score = table.column(tagger_column(name)).to_numpy()
             ok = ~np.isnan(score)
             n_nan[name] += int((~ok).sum())
             hs[tagger_column(name)].fill(
-                region=region[ok], flavour=flav[ok], pt=pt[ok],
-                score=_fold(score[ok], tagger.bins.bin_edges()), weight=weight[ok],
+                region=region[ok],
+                flavour=flav[ok],
+                pt=pt[ok],
+                score=_fold(score[ok], tagger.bins.bin_edges()),
+                weight=weight[ok],
             )
         fwd = region == REGION_FORWARD  # one row per event: the leading-jet pT spectrum
-        hs[LEAD_PT_HIST].fill(flavour=flav[fwd],
-                              lead_pt=table.column("lead_pt").to_numpy()[fwd].astype(np.float64),
-                              weight=weight[fwd])
+        hs[LEAD_PT_HIST].fill(
+            flavour=flav[fwd], lead_pt=table.column("lead_pt").to_numpy()[fwd].astype(np.float64), weight=weight[fwd]
+        )
         if reps:
             _fill_replicas(cfg, reps, table, region, pt, weight, flav, carry["sample"])
         n_jets += table.num_rows
@@ -188,8 +200,13 @@ class PredPkl2Hist:
         out = []
         for item in items:
             assert item.upstream is not None
-            n = run_file(cfg, item.upstream, item.out, is_data=item.task.kind == "data",
-                         carry=carry_for(item.task, item.upstream))
+            n = run_file(
+                cfg,
+                item.upstream,
+                item.out,
+                is_data=item.task.kind == "data",
+                carry=carry_for(item.task, item.upstream),
+            )
             out.append(PassRun(n // 2))
         return out
 

@@ -64,8 +64,10 @@ def expected_provenance(cfg: Config, task: FileTask) -> dict[str, Any]:
     try:
         fingerprint = file_fingerprint(Path(task.path))
     except OSError as err:  # gone or unreadable: one line naming it, not a traceback
-        raise InputError(f"{task.path}: cannot read ({err.strerror or type(err).__name__}); check the file "
-                         f"(listed by samples.{task.sample})") from None
+        raise InputError(
+            f"{task.path}: cannot read ({err.strerror or type(err).__name__}); check the file "
+            f"(listed by samples.{task.sample})"
+        ) from None
     return {
         "pass": NAME,
         "config_hash": config_hash(pass_config(cfg, task)),
@@ -80,7 +82,7 @@ def _flat(arr: Any) -> tuple[np.ndarray, np.ndarray]:
         offsets = np.asarray(layout.offsets.data).astype(np.int64, copy=False)
         content = np.asarray(layout.content.data)
         if offsets[0] != 0:
-            content = content[offsets[0]:offsets[-1]]
+            content = content[offsets[0] : offsets[-1]]
             offsets = offsets - offsets[0]
         return content, offsets
     counts = ak.to_numpy(ak.num(arr, axis=1)).astype(np.int64)
@@ -121,8 +123,9 @@ def leading_two(pt: np.ndarray, offsets: np.ndarray, keep: np.ndarray) -> tuple[
     return ak.to_numpy(order[:, 0]) + starts, ak.to_numpy(order[:, 1]) + starts
 
 
-def select_chunk(cfg: Config, task: FileTask, data: dict[str, Any],
-                 variables: list[str]) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+def select_chunk(
+    cfg: Config, task: FileTask, data: dict[str, Any], variables: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     """Apply the dijet selection to one chunk; return per-jet columns and a cut flow."""
     sel = cfg.selection
     scale = cfg.energy_scale()
@@ -229,8 +232,7 @@ def sum_of_weights(cfg: Config, task: FileTask, ot: OpenTree) -> float:
         return 0.0
     if sw.source == "histogram":
         assert sw.histogram is not None and sw.bin is not None
-        return read_th1_bin(ot, sw.histogram, sw.bin,
-                            config_key=f"samples.{task.sample}.sum_of_weights.histogram")
+        return read_th1_bin(ot, sw.histogram, sw.bin, config_key=f"samples.{task.sample}.sum_of_weights.histogram")
     if sw.source == "value":
         n_files = len(cfg.resolve_files(sample.slice_map()[task.slice].files))
         return float(sw.value or 0.0) / n_files  # split evenly: the merge sums it back
@@ -310,19 +312,27 @@ class _Stream:
 
     def commit(self, events_read: int, variables: list[str]) -> Root2PklResult:
         if self.writer is None:  # empty tree: still a valid (empty) artifact
-            self.writer = ParquetArtifactWriter(self.out_path,
-                                                jet_table_schema({v: np.dtype(np.float64) for v in variables}))
+            self.writer = ParquetArtifactWriter(
+                self.out_path, jet_table_schema({v: np.dtype(np.float64) for v in variables})
+            )
         task = self.task
         sumw = self.branch_sumw if task.sumw_branch else self.sumw
         prov = dict(self.provenance)
-        prov.update({
-            "task": {"sample": task.sample, "slice": task.slice, "kind": task.kind, "tree": task.tree,
-                     "variation": task.variation},
-            "cutflow": self.flow,
-            "sumw": sumw,
-            "events_read": events_read,
-            "versions": library_versions(),
-        })
+        prov.update(
+            {
+                "task": {
+                    "sample": task.sample,
+                    "slice": task.slice,
+                    "kind": task.kind,
+                    "tree": task.tree,
+                    "variation": task.variation,
+                },
+                "cutflow": self.flow,
+                "sumw": sumw,
+                "events_read": events_read,
+                "versions": library_versions(),
+            }
+        )
         self.writer.commit(prov)
         self.writer = None
         return Root2PklResult(events_read, self.flow.get("selected", 0), sumw)

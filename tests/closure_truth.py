@@ -57,8 +57,13 @@ def _select(path: str, *, is_data: bool, norm: float) -> ForwardJets:
     def fwd(x0: np.ndarray, x1: np.ndarray) -> np.ndarray:
         return np.where(fwd0, x0, x1)[m]
 
-    return ForwardJets(pt=fwd(pt0, pt1), label=fwd(l0, l1), weight=w[m] * norm,
-                       ntrk=fwd(n0, n1).astype(float), bdt=fwd(lead("jet_trackBDT", 0), lead("jet_trackBDT", 1)))
+    return ForwardJets(
+        pt=fwd(pt0, pt1),
+        label=fwd(l0, l1),
+        weight=w[m] * norm,
+        ntrk=fwd(n0, n1).astype(float),
+        bdt=fwd(lead("jet_trackBDT", 0), lead("jet_trackBDT", 1)),
+    )
 
 
 def _concat(parts: list[ForwardJets]) -> ForwardJets:
@@ -84,8 +89,9 @@ def forward_jets(sample_dir: Path, sample: str) -> ForwardJets:
     return _concat(parts)
 
 
-def true_efficiency(j: ForwardJets, tagger: str, pt_lo: float, pt_hi: float, cut: float, quark_side: str,
-                    parton: str) -> float:
+def true_efficiency(
+    j: ForwardJets, tagger: str, pt_lo: float, pt_hi: float, cut: float, quark_side: str, parton: str
+) -> float:
     """True quark efficiency (parton='quark') or gluon rejection ('gluon') of forward jets."""
     in_bin = (j.pt >= pt_lo) & (j.pt < pt_hi)
     value = j.ntrk if tagger == "ntrk" else j.bdt

@@ -48,9 +48,14 @@ def small_sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 ConfigFactory = Callable[..., tuple[Path, Config]]
 
 
-def write_config(base: Path, output: Path, *, name: str = "config",
-                 mutate: Callable[[dict[str, Any]], None] | None = None,
-                 model_taggers: bool = False) -> tuple[Path, Config]:
+def write_config(
+    base: Path,
+    output: Path,
+    *,
+    name: str = "config",
+    mutate: Callable[[dict[str, Any]], None] | None = None,
+    model_taggers: bool = False,
+) -> tuple[Path, Config]:
     """The shipped demo config, pointed at ``base/sample``, with ``output`` and optional edits.
 
     Model taggers need ``qgcal train`` first, so they are dropped unless asked for.
@@ -72,11 +77,17 @@ def write_config(base: Path, output: Path, *, name: str = "config",
 def make_config(tmp_path: Path) -> Callable[..., tuple[Path, Config]]:
     counter = {"n": 0}
 
-    def factory(base: Path, *, mutate: Callable[[dict[str, Any]], None] | None = None,
-                output: Path | None = None, model_taggers: bool = False) -> tuple[Path, Config]:
+    def factory(
+        base: Path,
+        *,
+        mutate: Callable[[dict[str, Any]], None] | None = None,
+        output: Path | None = None,
+        model_taggers: bool = False,
+    ) -> tuple[Path, Config]:
         counter["n"] += 1
         out = output or tmp_path / f"out{counter['n']}"
-        return write_config(base, out, name=f"{tmp_path.name}-{counter['n']}", mutate=mutate,
-                            model_taggers=model_taggers)
+        return write_config(
+            base, out, name=f"{tmp_path.name}-{counter['n']}", mutate=mutate, model_taggers=model_taggers
+        )
 
     return factory

@@ -136,8 +136,10 @@ def ensure_installed() -> None:
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise SlurmStartError(f"Slurm is not installed (missing {', '.join(missing)}) and cannot be installed "
-                              "here (needs root and apt-get); run .ci/install-slurm.sh as root")
+        raise SlurmStartError(
+            f"Slurm is not installed (missing {', '.join(missing)}) and cannot be installed "
+            "here (needs root and apt-get); run .ci/install-slurm.sh as root"
+        )
     proc = subprocess.run(["sh", str(INSTALL)], capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
@@ -151,8 +153,9 @@ def _munge_works() -> bool:
         cred = subprocess.run(["munge", "-n"], capture_output=True, timeout=5, check=False)
         if cred.returncode != 0:
             return False
-        return subprocess.run(["unmunge"], input=cred.stdout, capture_output=True, timeout=5,
-                              check=False).returncode == 0
+        return (
+            subprocess.run(["unmunge"], input=cred.stdout, capture_output=True, timeout=5, check=False).returncode == 0
+        )
     except (subprocess.SubprocessError, OSError):
         return False
 
@@ -169,8 +172,9 @@ def _start_munged() -> int | None:
     Path("/run/munge").mkdir(parents=True, exist_ok=True)
     shutil.chown("/run/munge", "munge", "munge")
     os.chmod("/run/munge", 0o755)
-    proc = subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], capture_output=True,
-                          text=True, timeout=15, check=False)
+    proc = subprocess.run(
+        ["runuser", "-u", "munge", "--", "/usr/sbin/munged"], capture_output=True, text=True, timeout=15, check=False
+    )
     if proc.returncode != 0:
         raise SlurmStartError(f"munged failed to start (exit {proc.returncode}): {proc.stderr.strip()}")
     if not _wait(_munge_works, 10):
@@ -195,39 +199,41 @@ def _hostname() -> str:
 
 def _conf(root: Path, host: str) -> str:
     cpus = len(os.sched_getaffinity(0))  # what nproc says
-    return "\n".join([
-        "ClusterName=qgcaltest",
-        f"SlurmctldHost={host}",
-        f"SlurmctldPort={_free_port()}",
-        f"SlurmdPort={_free_port()}",
-        "SlurmUser=root",
-        "SlurmdUser=root",
-        "AuthType=auth/munge",
-        "CredType=cred/munge",
-        f"StateSaveLocation={root}/state",
-        f"SlurmdSpoolDir={root}/spool",
-        f"SlurmctldPidFile={root}/slurmctld.pid",
-        f"SlurmdPidFile={root}/slurmd.pid",
-        f"SlurmctldLogFile={root}/slurmctld.log",
-        f"SlurmdLogFile={root}/slurmd.log",
-        "ProctrackType=proctrack/linuxproc",
-        "TaskPlugin=task/none",
-        "JobAcctGatherType=jobacct_gather/none",
-        "AccountingStorageType=accounting_storage/none",
-        "JobCompType=jobcomp/none",
-        "SelectType=select/cons_tres",
-        "SelectTypeParameters=CR_CPU",
-        "ReturnToService=2",
-        "MailProg=/bin/true",
-        "MpiDefault=none",
-        "KillWait=5",
-        "MaxArraySize=32",  # small, so that the check against it is tested cheaply
-        # start the next array task as soon as one ends (defaults wait seconds to batch decisions)
-        "SchedulerParameters=sched_min_interval=0,batch_sched_delay=0,bf_interval=1",
-        f"NodeName={host} CPUs={cpus} RealMemory=1000 State=UNKNOWN",
-        "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
-        "",
-    ])
+    return "\n".join(
+        [
+            "ClusterName=qgcaltest",
+            f"SlurmctldHost={host}",
+            f"SlurmctldPort={_free_port()}",
+            f"SlurmdPort={_free_port()}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"StateSaveLocation={root}/state",
+            f"SlurmdSpoolDir={root}/spool",
+            f"SlurmctldPidFile={root}/slurmctld.pid",
+            f"SlurmdPidFile={root}/slurmd.pid",
+            f"SlurmctldLogFile={root}/slurmctld.log",
+            f"SlurmdLogFile={root}/slurmd.log",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "JobCompType=jobcomp/none",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_CPU",
+            "ReturnToService=2",
+            "MailProg=/bin/true",
+            "MpiDefault=none",
+            "KillWait=5",
+            "MaxArraySize=32",  # small, so that the check against it is tested cheaply
+            # start the next array task as soon as one ends (defaults wait seconds to batch decisions)
+            "SchedulerParameters=sched_min_interval=0,batch_sched_delay=0,bf_interval=1",
+            f"NodeName={host} CPUs={cpus} RealMemory=1000 State=UNKNOWN",
+            "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+            "",
+        ]
+    )
 
 
 def start(root: Path, *, timeout: float = 60) -> SlurmCluster:
@@ -244,12 +250,12 @@ def start(root: Path, *, timeout: float = 60) -> SlurmCluster:
     try:
         cluster.munged_pid = _start_munged()
         for daemon, args in (("slurmctld", ["-c"]), ("slurmd", [])):
-            proc = subprocess.run([daemon, *args], env=env, capture_output=True, text=True, timeout=30,
-                                  check=False)
+            proc = subprocess.run([daemon, *args], env=env, capture_output=True, text=True, timeout=30, check=False)
             cluster.started.append(daemon)
             if proc.returncode != 0:
-                raise SlurmStartError(f"{daemon} failed to start (exit {proc.returncode}): "
-                                      f"{proc.stderr.strip()}\n{cluster.logs()}")
+                raise SlurmStartError(
+                    f"{daemon} failed to start (exit {proc.returncode}): {proc.stderr.strip()}\n{cluster.logs()}"
+                )
 
         def idle() -> bool:
             out = cluster.run("sinfo", "-h", "-o", "%T", check=False).stdout.split()
@@ -257,8 +263,9 @@ def start(root: Path, *, timeout: float = 60) -> SlurmCluster:
 
         if not _wait(idle, timeout, 0.5):
             state = cluster.run("sinfo", "-h", "-o", "%T %E", check=False).stdout.strip()
-            raise SlurmStartError(f"the node did not become idle within {timeout:.0f} s (sinfo: {state!r})\n"
-                                  f"{cluster.logs()}")
+            raise SlurmStartError(
+                f"the node did not become idle within {timeout:.0f} s (sinfo: {state!r})\n{cluster.logs()}"
+            )
     except BaseException:
         try:
             cluster.stop()

@@ -46,9 +46,11 @@ def _modules(package: str) -> dict[str, set[str]]:
 
 
 def test_engine_modules_do_not_import_the_schedulers():
-    bad = {m: sorted(i for i in imps if i.startswith("qgcal.workflows"))
-           for m, imps in _modules("qgcal").items()
-           if not m.startswith(("qgcal.cli", "qgcal.api"))}
+    bad = {
+        m: sorted(i for i in imps if i.startswith("qgcal.workflows"))
+        for m, imps in _modules("qgcal").items()
+        if not m.startswith(("qgcal.cli", "qgcal.api"))
+    }
     assert not {m: v for m, v in bad.items() if v}
 
 
@@ -73,9 +75,11 @@ def test_nothing_below_the_cli_sees_argparse():
 
 
 def test_the_config_schema_imports_no_heavy_library():
-    code = ("import sys, qgcal.config; heavy = ('pyarrow', 'torch', 'sklearn', 'pytriton', 'tritonclient', "
-            "'uproot', 'awkward', 'hist', 'matplotlib', 'qgcal.workflows', 'qgcal.stages'); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))")
+    code = (
+        "import sys, qgcal.config; heavy = ('pyarrow', 'torch', 'sklearn', 'pytriton', 'tritonclient', "
+        "'uproot', 'awkward', 'hist', 'matplotlib', 'qgcal.workflows', 'qgcal.stages'); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in heavy or m.startswith(heavy)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]", out.stdout
 

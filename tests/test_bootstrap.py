@@ -52,7 +52,7 @@ def _split(src: str, dst_dir, pieces: int) -> list[str]:
         path = dst_dir / f"piece{i}.root"
         with uproot.recreate(path) as g:
             for name, arr in trees.items():
-                part = arr[edges[i]:edges[i + 1]]
+                part = arr[edges[i] : edges[i + 1]]
                 g.mktree(name, {field: part[field].type.content for field in part.fields})
                 g[name].extend({field: part[field] for field in part.fields})
         out.append(str(path))

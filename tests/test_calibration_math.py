@@ -45,9 +45,9 @@ def test_efficiencies_of_hand_solved_case():
 
 def test_wp_cut_index_both_directions():
     p = np.array([0.1, 0.2, 0.3, 0.4])
-    assert wp_cut_index(p, 0.3, "low") == 2       # 0.1 + 0.2 reaches 0.3 at edge 2
+    assert wp_cut_index(p, 0.3, "low") == 2  # 0.1 + 0.2 reaches 0.3 at edge 2
     assert wp_cut_index(p, 0.31, "low") == 3
-    assert wp_cut_index(p, 0.4, "high") == 3      # last bin alone holds 0.4
+    assert wp_cut_index(p, 0.4, "high") == 3  # last bin alone holds 0.4
     assert wp_cut_index(p, 0.5, "high") == 2
     assert wp_cut_index(np.array([np.nan, 1.0]), 0.5, "low") is None
 

@@ -64,8 +64,19 @@ def test_records_carry_the_contract_fields(shifted_sample, make_config):
     _, cfg = make_config(shifted_sample)
     qgcal.run(cfg, "nominal", workers=1)
     doc = json.loads((cfg.output_path / "results" / "nominal" / "scale_factors.json").read_text())
-    needed = {"tagger", "working_point", "parton", "pt_low", "pt_high", "sf", "stat", "eff_data", "eff_mc",
-              "cut", "flags"}
+    needed = {
+        "tagger",
+        "working_point",
+        "parton",
+        "pt_low",
+        "pt_high",
+        "sf",
+        "stat",
+        "eff_data",
+        "eff_mc",
+        "cut",
+        "flags",
+    }
     for rec in doc["records"]:
         assert needed <= set(rec)
         assert rec["parton"] in {"quark", "gluon"}

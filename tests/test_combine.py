@@ -35,13 +35,16 @@ approx = lambda x: pytest.approx(x, rel=1e-12, abs=1e-15)
 # ----------------------------------------------------------------------------- elementary rules
 
 
-@pytest.mark.parametrize(("up", "down", "expected"), [
-    (0.02, -0.01, (0.02, 0.01)),   # the usual case: up raises the SF, down lowers it
-    (-0.01, 0.03, (0.03, 0.01)),   # anti-correlated response: signs kept, not the labels
-    (0.02, 0.01, (0.02, 0.0)),     # same sign: one-sided, the larger one
-    (-0.03, -0.01, (0.0, 0.03)),
-    (0.0, 0.0, (0.0, 0.0)),
-])
+@pytest.mark.parametrize(
+    ("up", "down", "expected"),
+    [
+        (0.02, -0.01, (0.02, 0.01)),  # the usual case: up raises the SF, down lowers it
+        (-0.01, 0.03, (0.03, 0.01)),  # anti-correlated response: signs kept, not the labels
+        (0.02, 0.01, (0.02, 0.0)),  # same sign: one-sided, the larger one
+        (-0.03, -0.01, (0.0, 0.03)),
+        (0.0, 0.0, (0.0, 0.0)),
+    ],
+)
 def test_pair(up, down, expected):
     assert pair_errors(up, down) == expected
 
@@ -90,16 +93,40 @@ SPECS = [
 
 
 def _rec(sf: float | None, pt_low: float = 500.0, flags: list[str] | None = None, cut: float = 20.0) -> dict[str, Any]:
-    return {"systematic": "x", "tagger": "ntrk", "working_point": 0.6, "parton": "quark",
-            "quantity": "quark_efficiency", "pt_low": pt_low, "pt_high": pt_low + 100.0, "sf": sf,
-            "stat": None if sf is None else 0.1, "stat_data": None, "stat_mc": None, "eff_data": None,
-            "eff_mc": None, "cut": cut, "quark_side": "low", "f_forward_quark": 0.6, "f_central_quark": 0.4,
-            "flags": list(flags or ([] if sf is not None else ["empty_mc_bin"]))}
+    return {
+        "systematic": "x",
+        "tagger": "ntrk",
+        "working_point": 0.6,
+        "parton": "quark",
+        "quantity": "quark_efficiency",
+        "pt_low": pt_low,
+        "pt_high": pt_low + 100.0,
+        "sf": sf,
+        "stat": None if sf is None else 0.1,
+        "stat_data": None,
+        "stat_mc": None,
+        "eff_data": None,
+        "eff_mc": None,
+        "cut": cut,
+        "quark_side": "low",
+        "f_forward_quark": 0.6,
+        "f_central_quark": 0.4,
+        "flags": list(flags or ([] if sf is not None else ["empty_mc_bin"])),
+    }
 
 
 # nominal SF 1.0 in two bins; variation SFs chosen for easy shifts
-VAR_SF = {"JES_up": 1.03, "JES_down": 0.99, "JES_flavour": 0.96, "JER_up": 1.12, "pdf_1": 1.01, "pdf_2": 1.03,
-          "pdf_3": 0.99, "herwig": 0.95, "gluon_rw": 1.0}
+VAR_SF = {
+    "JES_up": 1.03,
+    "JES_down": 0.99,
+    "JES_flavour": 0.96,
+    "JER_up": 1.12,
+    "pdf_1": 1.01,
+    "pdf_2": 1.03,
+    "pdf_3": 0.99,
+    "herwig": 0.95,
+    "gluon_rw": 1.0,
+}
 
 
 def _variations(overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, list[dict[str, Any]]]:

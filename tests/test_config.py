@@ -122,8 +122,9 @@ def test_command_line_settings_are_applied_once_and_validated():
     from qgcal.cli.options import config_overrides
 
     cfg = load_config(DEMO)
-    args = argparse.Namespace(workers=3, executor=None, backend="triton", device=None, triton_url="[::1]:9001",
-                              skip_bad_files=None)
+    args = argparse.Namespace(
+        workers=3, executor=None, backend="triton", device=None, triton_url="[::1]:9001", skip_bad_files=None
+    )
     got = cfg.with_overrides(config_overrides(args))
     assert (got.executor.workers, got.inference.backend, got.inference.triton.url) == (3, "triton", "[::1]:9001")
     assert got.executor.kind == cfg.executor.kind and got.inference.device == cfg.inference.device  # None keeps

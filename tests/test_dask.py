@@ -49,8 +49,7 @@ def test_dask_local_cluster_gives_the_local_bytes(small_sample: Path, make_confi
 
 def test_dask_scheduler_address_gives_the_local_bytes(small_sample: Path, make_config, local_bytes) -> None:
     path, cfg = make_config(small_sample, mutate=small_sweep)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
-                                  dashboard_address=None) as cluster:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster:
         rc = main(["sweep", "--config", str(path), "--executor", "dask", "--scheduler", cluster.scheduler_address])
         assert rc == 0
     assert result_bytes(cfg) == local_bytes

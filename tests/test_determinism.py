@@ -27,6 +27,7 @@ def _shuffled(base: Path):
                 sample["files"] = sorted(glob.glob(str(base / sample["files"][0])), reverse=True)
             for sl in (sample.get("slices") or {}).values():
                 sl["files"] = sorted(glob.glob(str(base / sl["files"][0])), reverse=True)
+
     return mutate
 
 

@@ -31,14 +31,14 @@ from qgcal.config import parse_config
 from qgcal.outputs.correction import write_corrections
 from qgcal.outputs.rootfile import write_root
 
-NUMBERS = ("sf", "stat", "stat_data", "stat_mc", "eff_data", "eff_mc", "cut", "f_forward_quark",
-           "f_central_quark")
+NUMBERS = ("sf", "stat", "stat_data", "stat_mc", "eff_data", "eff_mc", "cut", "f_forward_quark", "f_central_quark")
 
 
 def _cfg(quark_side: str = "low") -> Any:
     doc = yaml.safe_load(DEMO.read_text())
-    doc["taggers"] = {"t": {"kind": "branch", "variable": "nTracks", "bins": {"n": 4, "low": 0, "high": 4},
-                            "quark_side": quark_side}}
+    doc["taggers"] = {
+        "t": {"kind": "branch", "variable": "nTracks", "bins": {"n": 4, "low": 0, "high": 4}, "quark_side": quark_side}
+    }
     doc["pt_bins_gev"] = [500, 600]
     doc["calibration"] = {"min_data_jets": 0}
     doc.pop("inference", None)
@@ -58,14 +58,21 @@ def _b(values: Any, variances: Any = None) -> Binned:
 def inputs(fq: Any, fg: Any, cq: Any, cg: Any, d_f: Any, d_c: Any) -> fr.BinInputs:
     """One pT bin: forward/central MC quark and gluon histograms, and data."""
     fq, fg, cq, cg, d_f, d_c = map(_b, (fq, fg, cq, cg, d_f, d_c))
-    return fr.BinInputs(fq=fq, fg=fg, f_all=fq + fg, cq=cq, cg=cg, c_all=cq + cg, d_f=d_f, d_c=d_c,
-                        pt_low=500.0, pt_high=600.0)
+    return fr.BinInputs(
+        fq=fq, fg=fg, f_all=fq + fg, cq=cq, cg=cg, c_all=cq + cg, d_f=d_f, d_c=d_c, pt_low=500.0, pt_high=600.0
+    )
 
 
 def mixture(f_fq: float, f_cq: float, n: float = 1.0) -> dict[str, Any]:
     """MC and data built from the same shapes: forward quark fraction f_fq, central f_cq."""
-    return {"fq": n * f_fq * Q, "fg": n * (1 - f_fq) * G, "cq": n * f_cq * Q, "cg": n * (1 - f_cq) * G,
-            "d_f": n * (f_fq * Q + (1 - f_fq) * G), "d_c": n * (f_cq * Q + (1 - f_cq) * G)}
+    return {
+        "fq": n * f_fq * Q,
+        "fg": n * (1 - f_fq) * G,
+        "cq": n * f_cq * Q,
+        "cg": n * (1 - f_cq) * G,
+        "d_f": n * (f_fq * Q + (1 - f_fq) * G),
+        "d_c": n * (f_cq * Q + (1 - f_cq) * G),
+    }
 
 
 def records(x: fr.BinInputs, cfg: Any = CFG) -> tuple[fr.Extraction, list[dict[str, Any]]]:
@@ -101,22 +108,25 @@ ZERO = np.zeros(4)
 
 CASES: dict[str, tuple[dict[str, Any], set[str], bool]] = {
     # name: (histograms, flags every record must carry, whether sf is null)
-    "empty_pt_bin": ({k: ZERO for k in HEALTHY}, {"empty_mc_bin", "empty_data_bin", "singular_fraction_matrix"},
-                     True),
+    "empty_pt_bin": ({k: ZERO for k in HEALTHY}, {"empty_mc_bin", "empty_data_bin", "singular_fraction_matrix"}, True),
     "empty_data": (_with(HEALTHY, d_f=ZERO, d_c=ZERO), {"empty_data_bin"}, True),
     "empty_mc_quark": (_with(HEALTHY, fq=ZERO, cq=ZERO), {"empty_mc_bin"}, True),
-    "zero_weight_region": (_with(HEALTHY, fq=[5.0, -5.0, 0, 0], fg=[-1.0, 1.0, 0, 0]),  # weights cancel
-                           {"empty_mc_bin"}, True),
+    "zero_weight_region": (
+        _with(HEALTHY, fq=[5.0, -5.0, 0, 0], fg=[-1.0, 1.0, 0, 0]),  # weights cancel
+        {"empty_mc_bin"},
+        True,
+    ),
     "negative_quark_total": (_with(HEALTHY, fq=-HEALTHY["fq"]), {"empty_mc_bin"}, True),
     "negative_gluon_total": (_with(HEALTHY, fg=-0.5 * HEALTHY["fg"]), {"unphysical_fraction"}, False),
-    "negative_central_quark_bin": (_with(HEALTHY, cq=[1200.0, -900.0, 600.0, 300.0]),
-                                   {"unphysical_fraction"}, False),
+    "negative_central_quark_bin": (_with(HEALTHY, cq=[1200.0, -900.0, 600.0, 300.0]), {"unphysical_fraction"}, False),
     "singular_matrix": (mixture(0.45, 0.45, n=10), {"singular_fraction_matrix"}, True),
     "ill_conditioned": (mixture(0.45, 0.44, n=10), {"ill_conditioned"}, False),
-    "zero_bins_in_central_quark": (_with(HEALTHY, cq=[0.0, 0.0, 600.0, 300.0]), {"reweighting_empty_bins"},
-                                   None),
-    "no_data_on_the_quark_side": (_with(HEALTHY, d_f=[0, 0, 3000.0, 4000.0], d_c=[0, 0, 3000.0, 4000.0]),
-                                  set(), None),  # some quark SFs are null (flagged), the gluon's are not
+    "zero_bins_in_central_quark": (_with(HEALTHY, cq=[0.0, 0.0, 600.0, 300.0]), {"reweighting_empty_bins"}, None),
+    "no_data_on_the_quark_side": (
+        _with(HEALTHY, d_f=[0, 0, 3000.0, 4000.0], d_c=[0, 0, 3000.0, 4000.0]),
+        set(),
+        None,
+    ),  # some quark SFs are null (flagged), the gluon's are not
     "overflowing_reweighting": (_with(HEALTHY, cq=[1e-300, 900.0, 600.0, 300.0]), set(), None),
 }
 
@@ -156,8 +166,9 @@ def test_unreachable_working_point_is_flagged_and_null_in_every_systematic():
         recs = fr.scale_factor_records(CFG, syst, {"t": [extraction]}, cuts)
         check_contract(recs)
         unreachable = [r for r in recs if r["working_point"] <= 0.5]
-        assert unreachable and all(r["sf"] is None and r["cut"] is None and "wp_unreachable" in r["flags"]
-                                   for r in unreachable)
+        assert unreachable and all(
+            r["sf"] is None and r["cut"] is None and "wp_unreachable" in r["flags"] for r in unreachable
+        )
 
 
 def test_bootstrap_that_cannot_estimate_the_error_is_flagged():
@@ -168,13 +179,13 @@ def test_bootstrap_that_cannot_estimate_the_error_is_flagged():
     assert all(r["stat"] is None and "bootstrap_unstable" in r["flags"] and r["sf"] is not None for r in recs)
 
 
-_value = st.one_of(st.just(0.0), st.integers(0, 60).map(float),
-                   st.floats(-1e300, 1e300, allow_nan=False, allow_infinity=False))
+_value = st.one_of(
+    st.just(0.0), st.integers(0, 60).map(float), st.floats(-1e300, 1e300, allow_nan=False, allow_infinity=False)
+)
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.lists(_value, min_size=4, max_size=4), min_size=6, max_size=6),
-       st.sampled_from(["low", "high"]))
+@given(st.lists(st.lists(_value, min_size=4, max_size=4), min_size=6, max_size=6), st.sampled_from(["low", "high"]))
 def test_any_histograms_give_flagged_nulls_never_an_unflagged_bad_number(hists, side):
     fq, fg, cq, cg, d_f, d_c = hists
     cfg = CFG if side == "low" else _CFG_HIGH
@@ -188,20 +199,35 @@ _CFG_HIGH = _cfg("high")
 
 
 def _rec(pt_low: float, sf: float | None, stat: float | None, flags: list[str]) -> dict[str, Any]:
-    return {"systematic": "nominal", "tagger": "t", "working_point": 0.6, "parton": "quark",
-            "quantity": "quark_efficiency", "pt_low": pt_low, "pt_high": pt_low + 100.0, "sf": sf, "stat": stat,
-            "stat_data": stat, "stat_mc": stat, "eff_data": None if sf is None else 0.5,
-            "eff_mc": None if sf is None else 0.5, "cut": None if sf is None else 2.0, "quark_side": "low",
-            "f_forward_quark": 0.6, "f_central_quark": 0.3, "flags": flags}
+    return {
+        "systematic": "nominal",
+        "tagger": "t",
+        "working_point": 0.6,
+        "parton": "quark",
+        "quantity": "quark_efficiency",
+        "pt_low": pt_low,
+        "pt_high": pt_low + 100.0,
+        "sf": sf,
+        "stat": stat,
+        "stat_data": stat,
+        "stat_mc": stat,
+        "eff_data": None if sf is None else 0.5,
+        "eff_mc": None if sf is None else 0.5,
+        "cut": None if sf is None else 2.0,
+        "quark_side": "low",
+        "f_forward_quark": 0.6,
+        "f_central_quark": 0.3,
+        "flags": flags,
+    }
 
 
 def _combined() -> tuple[list[dict[str, Any]], list[str]]:
     nominal = [
-        _rec(500, 1.00, 0.10, []),                        # healthy
-        _rec(600, 0.90, 0.20, ["low_stats"]),             # flagged, numbers defined
-        _rec(700, None, None, ["empty_data_bin"]),        # undefined SF
-        _rec(800, 1.10, 0.10, []),                        # a variation undefined here
-        _rec(900, 1.20, None, ["bootstrap_unstable"]),    # SF defined, stat undefined
+        _rec(500, 1.00, 0.10, []),  # healthy
+        _rec(600, 0.90, 0.20, ["low_stats"]),  # flagged, numbers defined
+        _rec(700, None, None, ["empty_data_bin"]),  # undefined SF
+        _rec(800, 1.10, 0.10, []),  # a variation undefined here
+        _rec(900, 1.20, None, ["bootstrap_unstable"]),  # SF defined, stat undefined
     ]
     shift = {"JES_up": 0.05, "JES_down": -0.03, "herwig": 0.02}
     variations = {}
@@ -215,9 +241,11 @@ def _combined() -> tuple[list[dict[str, Any]], list[str]]:
                 v["sf"], v["flags"] = None, ["unphysical_efficiency"]
             recs.append(v)
         variations[name] = recs
-    specs = [VariationSpec("JES_up", "JES", "tree", "up", "JES_down"),
-             VariationSpec("JES_down", "JES", "tree", "down", "JES_up"),
-             VariationSpec("herwig", "parton shower", "sample")]
+    specs = [
+        VariationSpec("JES_up", "JES", "tree", "up", "JES_down"),
+        VariationSpec("JES_down", "JES", "tree", "down", "JES_up"),
+        VariationSpec("herwig", "parton shower", "sample"),
+    ]
     combined = combine_records(specs, nominal, variations)
     return combined, ["JES", "parton shower"]
 
@@ -240,8 +268,11 @@ def test_tables_print_nulls_as_a_dash_with_their_flags():
     from qgcal.cli.combine import print_combined
     from qgcal.report import print_sf_table
 
-    nominal = [_rec(500, 1.00, 0.10, []), _rec(700, None, None, ["empty_data_bin"]),
-               _rec(900, 1.20, None, ["bootstrap_unstable"])]
+    nominal = [
+        _rec(500, 1.00, 0.10, []),
+        _rec(700, None, None, ["empty_data_bin"]),
+        _rec(900, 1.20, None, ["bootstrap_unstable"]),
+    ]
     out = io.StringIO()
     print_sf_table(nominal, file=out)
     row = next(ln for ln in out.getvalue().splitlines() if ln.startswith("t "))

@@ -67,9 +67,7 @@ def _concat(out: Path, files: list[dict[str, Any]], tree: str = "nominal") -> ak
     return ak.concatenate([_read(out / f["path"], tree) for f in files])
 
 
-def _mc_events(
-    sample: GeneratedSample, truth: dict[str, Any], name: str
-) -> tuple[ak.Array, np.ndarray]:
+def _mc_events(sample: GeneratedSample, truth: dict[str, Any], name: str) -> tuple[ak.Array, np.ndarray]:
     """All nominal events of an MC sample with their full normalisation weight."""
     lumi = truth["luminosity_pb"]
     parts, weights = [], []
@@ -177,9 +175,7 @@ def test_mc_trees_and_branches(sample: GeneratedSample, truth: dict[str, Any]) -
     assert 0.95 < float(np.mean(ak.to_numpy(a.pu_weight))) < 1.05
 
 
-def test_jets_in_mev_sorted_and_multiplicity(
-    sample: GeneratedSample, truth: dict[str, Any]
-) -> None:
+def test_jets_in_mev_sorted_and_multiplicity(sample: GeneratedSample, truth: dict[str, Any]) -> None:
     a = _concat(sample.out, truth["samples"]["data"]["files"])
     njet = ak.to_numpy(a.njet)
     assert njet.min() == 1 and njet.max() == 4
@@ -339,9 +335,7 @@ def _tagger_means(
     return out
 
 
-def test_gluons_have_more_tracks_at_fixed_pt(
-    sample: GeneratedSample, truth: dict[str, Any]
-) -> None:
+def test_gluons_have_more_tracks_at_fixed_pt(sample: GeneratedSample, truth: dict[str, Any]) -> None:
     mc, w = _mc_events(sample, truth, "pythia")
     means = _tagger_means(mc, "jet_PartonTruthLabelID", w, (500.0, 700.0), 1.0)
     q, g = means["quark"], means["gluon"]
@@ -415,9 +409,7 @@ def test_jes_trees_scale_pt_only(sample: GeneratedSample, truth: dict[str, Any])
     assert {"syst_JET_JES__1up", "syst_JET_JES__1down"} <= set(truth["systematics"]["trees"])
 
 
-def test_jer_tree_smears_and_resorts_consistently(
-    sample: GeneratedSample, truth: dict[str, Any]
-) -> None:
+def test_jer_tree_smears_and_resorts_consistently(sample: GeneratedSample, truth: dict[str, Any]) -> None:
     path = sample.out / truth["samples"]["pythia"]["slices"][0]["files"][0]["path"]
     nominal, jer = _read(path), _read(path, "syst_JET_JER__1up")
     assert ak.array_equal(jer.njet, nominal.njet)

@@ -44,9 +44,7 @@ def nan_tagger(tmp_path_factory):
 def test_model_round_trip_scores_identically(tagger, jets_120k, tmp_path):
     loaded = load_model(tagger.path)
     x = jets_120k[:30_000]
-    np.testing.assert_array_equal(
-        loaded.estimator.decision_function(x), tagger.result.model.decision_function(x)
-    )
+    np.testing.assert_array_equal(loaded.estimator.decision_function(x), tagger.result.model.decision_function(x))
     assert loaded.fingerprint == file_sha256(tagger.path)
     # saving the model again writes a new file (its bytes need not match the first one's):
     # it verifies against its own sidecar and scores bit-identically
@@ -54,9 +52,7 @@ def test_model_round_trip_scores_identically(tagger, jets_120k, tmp_path):
     meta = tagger.result.save(again)
     reloaded = load_model(again)
     assert reloaded.fingerprint == meta.model_sha256 == file_sha256(again)
-    np.testing.assert_array_equal(
-        reloaded.estimator.decision_function(x), loaded.estimator.decision_function(x)
-    )
+    np.testing.assert_array_equal(reloaded.estimator.decision_function(x), loaded.estimator.decision_function(x))
 
 
 def test_model_metadata_describes_the_model(tagger):
@@ -136,9 +132,7 @@ def test_sklearn_scorer_contract(tagger, jets_120k):
     assert prov["model"]["sha256"] == file_sha256(tagger.path)
     assert prov["fallback"] == {"happened": False, "reason": None}
     json.dumps(prov)  # JSON-able
-    with pytest.raises(
-        InferenceError, match=r"expects features of shape \[n, 4\] but got \[10, 3\]"
-    ):
+    with pytest.raises(InferenceError, match=r"expects features of shape \[n, 4\] but got \[10, 3\]"):
         scorer.predict(jets_120k[:10, :3])
 
 
@@ -215,9 +209,7 @@ def test_config_defaults_and_precise_errors():
     )
     schema = InferenceConfig.model_json_schema()
     assert all("description" in p for p in schema["properties"].values())
-    assert all(
-        "description" in p for p in TritonSettings.model_json_schema()["properties"].values()
-    )
+    assert all("description" in p for p in TritonSettings.model_json_schema()["properties"].values())
     with pytest.raises(ValidationError, match="triton.batchsize"):
         InferenceConfig.model_validate({"triton": {"batchsize": 10}})
     with pytest.raises(ValidationError, match="is not HOST:PORT"):
@@ -229,13 +221,9 @@ def test_config_defaults_and_precise_errors():
 
 def test_make_scorer_settings_are_validated(tagger):
     assert available_backends() == ["local", "triton"]
-    with pytest.raises(
-        InferenceError, match=r"inference.backend: Input should be 'local' or 'triton'"
-    ):
+    with pytest.raises(InferenceError, match=r"inference.backend: Input should be 'local' or 'triton'"):
         make_scorer({"backend": "gpu"}, tagger.path)
-    with pytest.raises(
-        InferenceError, match=r"inference.device: Input should be 'cpu', 'cuda' or 'auto'"
-    ):
+    with pytest.raises(InferenceError, match=r"inference.device: Input should be 'cpu', 'cuda' or 'auto'"):
         make_scorer({"device": "tpu"}, tagger.path)
     with pytest.raises(InferenceError, match="inference.triton.url"):
         make_scorer({"triton": {"url": "localhost"}}, tagger.path)

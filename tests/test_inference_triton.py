@@ -48,13 +48,9 @@ def test_triton_scores_equal_local(triton_server, tagger, jets_120k, local_score
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_batches_not_dividing_n_and_empty_input(
-    triton_server, tagger, jets_120k, local_scores, protocol
-):
+def test_batches_not_dividing_n_and_empty_input(triton_server, tagger, jets_120k, local_scores, protocol):
     n = 50_001
-    with make_scorer(
-        _cfg(triton_server, protocol, batch_size=7_777, max_in_flight=3), tagger.path
-    ) as scorer:
+    with make_scorer(_cfg(triton_server, protocol, batch_size=7_777, max_in_flight=3), tagger.path) as scorer:
         scores = scorer.predict(jets_120k[:n])
         empty = scorer.predict(jets_120k[:0])
         one = scorer.predict(jets_120k[:1])
@@ -118,9 +114,7 @@ def test_server_down_fails_within_budget(tagger, protocol):
 
 def test_wrong_model_name_is_a_clear_error(triton_server, tagger):
     t0 = time.monotonic()
-    with pytest.raises(
-        InferenceError, match=r"model 'no_such_tagger' not found on Triton server at 127\.0\.0\.1:"
-    ):
+    with pytest.raises(InferenceError, match=r"model 'no_such_tagger' not found on Triton server at 127\.0\.0\.1:"):
         make_scorer(_cfg(triton_server, "grpc", model_name="no_such_tagger"), tagger.path)
     assert time.monotonic() - t0 < 2.0  # not retried: it is a config error, not an outage
 
@@ -160,15 +154,11 @@ def test_fallback_needs_a_local_model():
         TritonScorer(settings, model_path=None)
 
 
-def test_serve_stops_cleanly_on_sigterm_and_clients_notice(
-    tagger, jets_120k, local_scores, tmp_path, short_workspace
-):
+def test_serve_stops_cleanly_on_sigterm_and_clients_notice(tagger, jets_120k, local_scores, tmp_path, short_workspace):
     server = serve_process(tagger.path, tmp_path, short_workspace).start([MODEL_NAME])
     assert server.children, "tritonserver should run as a child of `qgcal serve`"
     x = jets_120k[:10_000]
-    falls_back = make_scorer(
-        _cfg(server, "grpc", retry_budget_s=0.5, fallback="local"), tagger.path
-    )
+    falls_back = make_scorer(_cfg(server, "grpc", retry_budget_s=0.5, fallback="local"), tagger.path)
     fails = make_scorer(_cfg(server, "http", retry_budget_s=0.5), tagger.path)
     np.testing.assert_allclose(falls_back.predict(x), local_scores[:10_000], rtol=0, atol=1e-5)
 
@@ -233,28 +223,20 @@ def exported_server(tagger, tmp_path_factory) -> ServerProcess:
     """pytriton's bundled tritonserver on an exported qgcal repo plus a generic model."""
     work = tmp_path_factory.mktemp("exported")
     repo = work / "repo"
-    export_repo(
-        tagger.path, repo, model_name="exported_tagger", max_batch_size=65536, instance_count=1
-    )
+    export_repo(tagger.path, repo, model_name="exported_tagger", max_batch_size=65536, instance_count=1)
     (repo / "tracking" / "1").mkdir(parents=True)
     (repo / "tracking" / "config.pbtxt").write_text(TRACKING_CONFIG)
     (repo / "tracking" / "1" / "model.py").write_text(TRACKING_MODEL)
     http_port, grpc_port = free_port(), free_port()
-    argv, env = bundled_server_command(
-        repo, work / "server", http_port=http_port, grpc_port=grpc_port
-    )
-    server = ServerProcess(
-        argv=argv, env=env, log_path=work / "server.log", grpc_port=grpc_port, http_port=http_port
-    )
+    argv, env = bundled_server_command(repo, work / "server", http_port=http_port, grpc_port=grpc_port)
+    server = ServerProcess(argv=argv, env=env, log_path=work / "server.log", grpc_port=grpc_port, http_port=http_port)
     server.start(["exported_tagger", "tracking"])
     yield server
     server.stop(signal.SIGINT)
 
 
 def test_export_repo_layout(tagger, tmp_path):
-    model_dir = export_repo(
-        tagger.path, tmp_path, model_name="t", max_batch_size=1024, instance_count=2
-    )
+    model_dir = export_repo(tagger.path, tmp_path, model_name="t", max_batch_size=1024, instance_count=2)
     config = (model_dir / "config.pbtxt").read_text()
     for fragment in (
         'backend: "python"',
@@ -275,9 +257,7 @@ def test_export_repo_layout(tagger, tmp_path):
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_exported_repo_serves_identical_scores(
-    exported_server, tagger, jets_120k, local_scores, protocol
-):
+def test_exported_repo_serves_identical_scores(exported_server, tagger, jets_120k, local_scores, protocol):
     cfg = _cfg(exported_server, protocol, model_name="exported_tagger", batch_size=30_000)
     with make_scorer(cfg, tagger.path) as scorer:
         scores = scorer.predict(jets_120k)

@@ -31,8 +31,11 @@ from conftest import REPO, write_config
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
     return next(out.glob("qgcal-*.whl"))
 
 
@@ -42,14 +45,26 @@ def installed(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     env = tmp_path_factory.mktemp("venv") / "venv"
     venv.EnvBuilder(with_pip=False).create(env)
     python = env / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q",
-                    str(wheel)], check=True, capture_output=True)
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
+        check=True,
+        capture_output=True,
+    )
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (Path(site) / "qgcal-test-deps.pth").write_text("".join(f"{p}\n" for p in sorted(outer)))
-    where = subprocess.run([str(python), "-P", "-c", "import qgcal.workflows, sys; print(qgcal.__file__)"],
-                           check=True, capture_output=True, text=True, cwd=env).stdout.strip()
+    where = subprocess.run(
+        [str(python), "-P", "-c", "import qgcal.workflows, sys; print(qgcal.__file__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=env,
+    ).stdout.strip()
     assert where.startswith(site), where  # the venv's own copy, not the checkout or the test environment's
     return env / "bin"
 
@@ -66,9 +81,14 @@ def test_installed_qgcal_calibrates_from_the_checkout_root(installed, small_samp
     """``qgcal run`` with 2 pool workers, started in the repository root, equals an in-process run."""
     assert (REPO / "qgcal" / "__init__.py").is_file() and not (REPO / "qgcal" / "workflows").exists()
     cfg_path, cfg = write_config(small_sample, tmp_path / "installed", name="installed")
-    proc = subprocess.run([str(installed / "qgcal"), "-q", "run", "--config", str(cfg_path), "--syst", "nominal",
-                           "--workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=300,
-                          check=False)
+    proc = subprocess.run(
+        [str(installed / "qgcal"), "-q", "run", "--config", str(cfg_path), "--syst", "nominal", "--workers", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
 

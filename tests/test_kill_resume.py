@@ -60,15 +60,20 @@ def _config(base: Path, out: Path, name: str) -> tuple[Path, Config]:
 
 def _tree(out: Path) -> dict[str, bytes]:
     """Every file of the output tree except the lock (it records the holder's pid) and temporaries."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name != LOCK_NAME and ".tmp-" not in p.name}
+    return {
+        str(p.relative_to(out)): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and p.name != LOCK_NAME and ".tmp-" not in p.name
+    }
 
 
 def _sweep(cfg_path: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as fh:
         return subprocess.Popen(
             [sys.executable, "-m", "qgcal", "sweep", "--config", str(cfg_path), "--workers", "2"],
-            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
 
@@ -288,8 +293,7 @@ class WorkerKiller:
         while not self._stop.is_set():
             for w in self._workers():
                 try:
-                    if self.once and not any(f.path.endswith((".root", ".parquet", ".npz"))
-                                             for f in w.open_files()):
+                    if self.once and not any(f.path.endswith((".root", ".parquet", ".npz")) for f in w.open_files()):
                         continue  # not working on a file right now
                     w.send_signal(signal.SIGKILL)
                     self.killed.append(w.pid)

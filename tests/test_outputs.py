@@ -107,21 +107,30 @@ def check_root(path: Path, records: list[dict[str, Any]], groups: list[str]) -> 
 # ----------------------------------------------------------------------------- hand-made records
 
 
-def _combined_rec(pt_low: float, parton: str, sf: float | None, *, group_up: float | None = 0.02,
-                  flags: list[str] | None = None) -> dict[str, Any]:
+def _combined_rec(
+    pt_low: float, parton: str, sf: float | None, *, group_up: float | None = 0.02, flags: list[str] | None = None
+) -> dict[str, Any]:
     groups = {"JES": {"up": group_up, "down": 0.01}, "parton shower": {"up": 0.05, "down": 0.05}}
     total = None if group_up is None or sf is None else math.hypot(group_up, 0.05)
-    return {"tagger": "ntrk", "working_point": 0.6, "parton": parton, "pt_low": pt_low,
-            "pt_high": {500.0: 600.0, 600.0: 800.0, 800.0: 1000.0}[pt_low], "sf": sf,
-            "stat": None if sf is None else 0.04, "groups": groups, "total_up": total,
-            "total_down": None if total is None else math.hypot(0.01, 0.05),
-            "flags": flags if flags is not None else ([] if sf is not None and group_up is not None else ["x"])}
+    return {
+        "tagger": "ntrk",
+        "working_point": 0.6,
+        "parton": parton,
+        "pt_low": pt_low,
+        "pt_high": {500.0: 600.0, 600.0: 800.0, 800.0: 1000.0}[pt_low],
+        "sf": sf,
+        "stat": None if sf is None else 0.04,
+        "groups": groups,
+        "total_up": total,
+        "total_down": None if total is None else math.hypot(0.01, 0.05),
+        "flags": flags if flags is not None else ([] if sf is not None and group_up is not None else ["x"]),
+    }
 
 
 HAND = [
     _combined_rec(500.0, "quark", 0.95),
     _combined_rec(600.0, "quark", 1.05, flags=["low_stats"]),
-    _combined_rec(800.0, "quark", None),                # undefined SF: 1.0 and 100 %
+    _combined_rec(800.0, "quark", None),  # undefined SF: 1.0 and 100 %
     _combined_rec(500.0, "gluon", 0.9, group_up=None),  # an undefined group: 100 % there and in total
     _combined_rec(600.0, "gluon", 1.1),
     _combined_rec(800.0, "gluon", 1.0),
@@ -210,8 +219,12 @@ def test_combined_json_agrees_with_per_systematic_results(published_small):
         assert set(n["flags"]) <= set(c["flags"])
         for s, recs in per_var.items():
             v = recs[i]
-            assert (v["tagger"], v["working_point"], v["parton"], v["pt_low"]) == (c["tagger"], c["working_point"],
-                                                                                   c["parton"], c["pt_low"])
+            assert (v["tagger"], v["working_point"], v["parton"], v["pt_low"]) == (
+                c["tagger"],
+                c["working_point"],
+                c["parton"],
+                c["pt_low"],
+            )
             if n["sf"] is None or v["sf"] is None:
                 assert c["variations"][s] is None
                 if n["sf"] is not None:
@@ -300,8 +313,16 @@ def _forward_mc_jets(sample: Path, pt_factor: float) -> dict[str, np.ndarray]:
     """Selected forward jets of the nominal MC with every jet pT x ``pt_factor`` (what the JES tree holds),
     normalised per slice from truth.json: plain uproot + numpy, no qgcal code (as tests/closure_truth.py)."""
     truth = json.loads((sample / "truth.json").read_text())
-    names = ["jet_pt", "jet_eta", "jet_nTracks", "jet_cleaning", "jet_fire", "jet_PartonTruthLabelID",
-             "mcEventWeight", "pu_weight"]
+    names = [
+        "jet_pt",
+        "jet_eta",
+        "jet_nTracks",
+        "jet_cleaning",
+        "jet_fire",
+        "jet_PartonTruthLabelID",
+        "mcEventWeight",
+        "pu_weight",
+    ]
     parts = []
     for sl in truth["samples"]["pythia"]["slices"]:
         files = sorted(glob.glob(str(sample / f"mc/pythia/{sl['name']}/*.root")))
@@ -327,8 +348,14 @@ def _forward_mc_jets(sample: Path, pt_factor: float) -> dict[str, np.ndarray]:
             m &= (lead("jet_cleaning", 0) != 0) & (lead("jet_cleaning", 1) != 0)
             m &= (n0 >= SEL["ntrk_min"]) & (n1 >= SEL["ntrk_min"]) & (np.abs(w) < SEL["w_max"]) & (l0 > 0) & (l1 > 0)
             fwd0 = np.abs(eta0) >= np.abs(eta1)
-            parts.append({"pt": np.where(fwd0, pt0, pt1)[m], "label": np.abs(np.where(fwd0, l0, l1)[m]),
-                          "ntrk": np.where(fwd0, n0, n1)[m].astype(float), "w": w[m] * norm})
+            parts.append(
+                {
+                    "pt": np.where(fwd0, pt0, pt1)[m],
+                    "label": np.abs(np.where(fwd0, l0, l1)[m]),
+                    "ntrk": np.where(fwd0, n0, n1)[m].astype(float),
+                    "w": w[m] * norm,
+                }
+            )
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

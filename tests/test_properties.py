@@ -49,9 +49,12 @@ def _histset(values: list[float], variances: list[float], second: list[float]) -
     return out
 
 
-_file_set = st.builds(_histset, st.lists(_finite, min_size=_SIZE, max_size=_SIZE),
-                      st.lists(_variance, min_size=_SIZE, max_size=_SIZE),
-                      st.lists(_finite, min_size=_SIZE, max_size=_SIZE))
+_file_set = st.builds(
+    _histset,
+    st.lists(_finite, min_size=_SIZE, max_size=_SIZE),
+    st.lists(_variance, min_size=_SIZE, max_size=_SIZE),
+    st.lists(_finite, min_size=_SIZE, max_size=_SIZE),
+)
 
 
 def _bytes(hs: HistSet) -> bytes:
@@ -118,18 +121,76 @@ _DEMO = yaml.safe_load(DEMO.read_text())
 _DEMO["taggers"] = {k: v for k, v in _DEMO["taggers"].items() if v["kind"] != "model"}
 
 _scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(-10**20, 10**20), st.floats(allow_nan=True, allow_infinity=True),
-    st.text(max_size=12), st.sampled_from(["kind", "tree", "weight", "branch", "sample", "reweighting",
-                                           "model", "data", "mc", "nominal", "pythia", "nTracks",
-                                           "pdf_weight[1..3]", "x[2]", "100 MB", "../x", "up", "down"]),
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**20), 10**20),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "kind",
+            "tree",
+            "weight",
+            "branch",
+            "sample",
+            "reweighting",
+            "model",
+            "data",
+            "mc",
+            "nominal",
+            "pythia",
+            "nTracks",
+            "pdf_weight[1..3]",
+            "x[2]",
+            "100 MB",
+            "../x",
+            "up",
+            "down",
+        ]
+    ),
 )
-_keys = st.one_of(st.text(max_size=10), st.sampled_from(
-    ["kind", "files", "slices", "tree", "pair", "direction", "multiply", "divide", "replace", "bins", "n",
-     "low", "high", "edges", "variable", "sample", "use", "group", "set", "source", "histogram", "bin",
-     "value", "xsec_pb", "step_size", "workers", "retries", "enabled"]),
-    st.integers(-3, 3), st.booleans())
-_values = st.recursive(_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=4)), max_leaves=12)
+_keys = st.one_of(
+    st.text(max_size=10),
+    st.sampled_from(
+        [
+            "kind",
+            "files",
+            "slices",
+            "tree",
+            "pair",
+            "direction",
+            "multiply",
+            "divide",
+            "replace",
+            "bins",
+            "n",
+            "low",
+            "high",
+            "edges",
+            "variable",
+            "sample",
+            "use",
+            "group",
+            "set",
+            "source",
+            "histogram",
+            "bin",
+            "value",
+            "xsec_pb",
+            "step_size",
+            "workers",
+            "retries",
+            "enabled",
+        ]
+    ),
+    st.integers(-3, 3),
+    st.booleans(),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=4)),
+    max_leaves=12,
+)
 
 
 def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -25,25 +25,49 @@ def _cms_config(tmp_path: Path) -> Path:
         "nominal_mc": "mc",
         "samples": {
             "pseudo_data": {"kind": "data", "files": [path]},
-            "mc": {"kind": "mc", "files": [path], "xsec_pb": 1.0,
-                   "sum_of_weights": {"source": "branch", "branch": "GenEvtInfo/weight"}},
+            "mc": {
+                "kind": "mc",
+                "files": [path],
+                "xsec_pb": 1.0,
+                "sum_of_weights": {"source": "branch", "branch": "GenEvtInfo/weight"},
+            },
         },
         "branches": {
-            "run": "Info/runNum", "event": "Info/evtNum", "mc_weight": "GenEvtInfo/weight",
-            "jet_pt": "AK4CHS.pt", "jet_eta": "AK4CHS.eta", "parton_label": "AK4CHS.partonFlavor",
-            "nTracks": "AK4CHS.mult", "qgid": "AK4CHS.qgid",
+            "run": "Info/runNum",
+            "event": "Info/evtNum",
+            "mc_weight": "GenEvtInfo/weight",
+            "jet_pt": "AK4CHS.pt",
+            "jet_eta": "AK4CHS.eta",
+            "parton_label": "AK4CHS.partonFlavor",
+            "nTracks": "AK4CHS.mult",
+            "qgid": "AK4CHS.qgid",
         },
         "event_weight": ["mc_weight"],
-        "selection": {"require_trigger": False, "require_cleaning": False, "subleading_pt_min_gev": 30,
-                      "leading_pt_max_gev": 1000, "pt_balance_max": 5, "abs_eta_max": 2.5, "min_ntracks": 2,
-                      "abs_weight_max": None},  # CMS generator weights are ~6e3
+        "selection": {
+            "require_trigger": False,
+            "require_cleaning": False,
+            "subleading_pt_min_gev": 30,
+            "leading_pt_max_gev": 1000,
+            "pt_balance_max": 5,
+            "abs_eta_max": 2.5,
+            "min_ntracks": 2,
+            "abs_weight_max": None,
+        },  # CMS generator weights are ~6e3
         "truth": {"use_abs": True},  # CMS partonFlavor is signed
         "pt_bins_gev": [30, 100, 1000],
         "taggers": {
-            "qgid": {"kind": "branch", "variable": "qgid", "bins": {"n": 10, "low": 0, "high": 1},
-                     "quark_side": "high"},
-            "mult": {"kind": "branch", "variable": "nTracks", "bins": {"n": 50, "low": 0, "high": 50},
-                     "quark_side": "low"},
+            "qgid": {
+                "kind": "branch",
+                "variable": "qgid",
+                "bins": {"n": 10, "low": 0, "high": 1},
+                "quark_side": "high",
+            },
+            "mult": {
+                "kind": "branch",
+                "variable": "nTracks",
+                "bins": {"n": 50, "low": 0, "high": 50},
+                "quark_side": "low",
+            },
         },
         "executor": {"kind": "serial", "workers": 1},
     }
@@ -60,8 +84,14 @@ def test_cms_file_runs_end_to_end_and_flags_why(tmp_path, capsys, caplog):
     assert len(records) == 2 * 2 * 4 * 2
     assert all(r["flags"] for r in records)  # 10 events cannot calibrate anything
     reasons = {f for r in records for f in r["flags"]}
-    assert reasons & {"low_stats", "empty_data_bin", "ill_conditioned", "singular_fraction_matrix",
-                      "unphysical_efficiency", "empty_mc_bin"}
+    assert reasons & {
+        "low_stats",
+        "empty_data_bin",
+        "ill_conditioned",
+        "singular_fraction_matrix",
+        "unphysical_efficiency",
+        "empty_mc_bin",
+    }
     assert all(r["sf"] is None or r["flags"] for r in records)  # never an unflagged number
     assert "flagged" in caplog.text
     # selection really happened on the CMS branches: 10 events read, some selected

@@ -53,9 +53,9 @@ def basket_payload_offset(path: Path, tree: str, branch: str, basket: int = 0) -
     blob = path.read_bytes()
     with uproot.open(path) as f:
         seek = int(f[tree][branch].member("fBasketSeek")[basket])
-    nbytes = int.from_bytes(blob[seek:seek + 4], "big")
-    keylen = int.from_bytes(blob[seek + 14:seek + 16], "big")  # fNbytes, fVersion, fObjlen, fDatime, fKeylen
-    assert blob[seek + keylen:seek + keylen + 2] == b"ZL", "expected a zlib-compressed basket"
+    nbytes = int.from_bytes(blob[seek : seek + 4], "big")
+    keylen = int.from_bytes(blob[seek + 14 : seek + 16], "big")  # fNbytes, fVersion, fObjlen, fDatime, fKeylen
+    assert blob[seek + keylen : seek + keylen + 2] == b"ZL", "expected a zlib-compressed basket"
     return seek + keylen + 9 + (nbytes - keylen - 9) // 2
 
 
@@ -66,8 +66,9 @@ def flip_byte(src: Path, dst: Path, offset: int) -> Path:
     return dst
 
 
-def rewrite_tree(src: Path, dst: Path, *, tree: str = "nominal", new_name: str | None = None,
-                 drop: tuple[str, ...] = ()) -> Path:
+def rewrite_tree(
+    src: Path, dst: Path, *, tree: str = "nominal", new_name: str | None = None, drop: tuple[str, ...] = ()
+) -> Path:
     """The tree copied with uproot, renamed and/or without some branches (and nothing else)."""
     with uproot.open(src) as f:
         t = f[tree]
@@ -90,13 +91,17 @@ BAD_KINDS: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...]]] = {
     "truncated30": (lambda g, d: truncate(g, d, 0.30), ("truncated", "30.0%")),
     "truncated90": (lambda g, d: truncate(g, d, 0.90), ("truncated", "90.0%")),
     "truncated999": (lambda g, d: truncate(g, d, 0.999), ("truncated", "99.9%")),
-    "flipped": (lambda g, d: flip_byte(g, d, basket_payload_offset(g, "nominal", "jet_nTracks")),
-                ("'jet_nTracks'", "cannot be read", "corrupt")),
+    "flipped": (
+        lambda g, d: flip_byte(g, d, basket_payload_offset(g, "nominal", "jet_nTracks")),
+        ("'jet_nTracks'", "cannot be read", "corrupt"),
+    ),
     "text": (lambda g, d: (d.write_bytes(b"this is not a ROOT file\n" * 100), d)[1], ("not a ROOT file",)),
     "empty": (lambda g, d: (d.write_bytes(b""), d)[1], ("empty file",)),
     "notree": (lambda g, d: rewrite_tree(g, d, new_name="nominl"), ("no tree 'nominal'", "did you mean 'nominl'")),
-    "nobranch": (lambda g, d: rewrite_tree(g, d, drop=("jet_nTracks",)),
-                 ("no branch 'jet_nTracks'", "branches.nTracks")),
+    "nobranch": (
+        lambda g, d: rewrite_tree(g, d, drop=("jet_nTracks",)),
+        ("no branch 'jet_nTracks'", "branches.nTracks"),
+    ),
 }
 
 
@@ -133,8 +138,10 @@ def data_dir(small_sample: Path, tmp_path: Path) -> Path:
 
 def _status_rows(cfg: Config) -> dict[str, dict[str, int]]:
     row = collect_status(cfg, ["nominal"]).systematics[0]
-    return {stage: {"done": row.passes[stage].done, "missing": row.passes[stage].missing,
-                    "stale": row.passes[stage].stale} for stage in STAGES} | {"results": row.results}
+    return {
+        stage: {"done": row.passes[stage].done, "missing": row.passes[stage].missing, "stale": row.passes[stage].stale}
+        for stage in STAGES
+    } | {"results": row.results}
 
 
 def _status_text(cfg: Config) -> str:
@@ -152,6 +159,7 @@ def test_config_changes_rerun_the_passes_that_depend_on_them_only(small_sample, 
             _data_files(doc, files)
             if edit:
                 edit(doc)
+
         return write_config(small_sample, out, name=f"stale-{tmp_path.name}-{name}", mutate=mutate)[1]
 
     cfg = cfg_with("base")
@@ -161,8 +169,9 @@ def test_config_changes_rerun_the_passes_that_depend_on_them_only(small_sample, 
     sf = (cfg.output_path / "results" / "nominal" / "scale_factors.json").read_bytes()
 
     # plot settings: no pass depends on them; status says everything is done
-    plots = cfg_with("plots", lambda d: d.__setitem__("plots", {"enabled": False, "label": "Preliminary",
-                                                                 "com_energy_tev": 13.6}))
+    plots = cfg_with(
+        "plots", lambda d: d.__setitem__("plots", {"enabled": False, "label": "Preliminary", "com_energy_tev": 13.6})
+    )
     assert _status_rows(plots) == {s: {"done": n, "missing": 0, "stale": 0} for s in STAGES} | {"results": "done"}
     assert qgcal.run(plots, "nominal", workers=1).files_processed == {s: 0 for s in STAGES}
     assert (cfg.output_path / "results" / "nominal" / "scale_factors.json").read_bytes() == sf
@@ -170,6 +179,7 @@ def test_config_changes_rerun_the_passes_that_depend_on_them_only(small_sample, 
     # a cross-section: only the final pass (always rerun) depends on it
     def xsec(d: dict[str, Any]) -> None:
         d["samples"]["pythia"]["slices"]["JZ5"]["xsec_pb"] *= 1.5
+
     xsec_cfg = cfg_with("xsec", xsec)
     assert config_hash_for(xsec_cfg, "nominal") != config_hash_for(cfg, "nominal")
     assert config_hash_for(plots, "nominal") == config_hash_for(cfg, "nominal")
@@ -182,21 +192,28 @@ def test_config_changes_rerun_the_passes_that_depend_on_them_only(small_sample, 
     # a tagger binning: predpkl2hist onwards
     def rebin(d: dict[str, Any]) -> None:
         d["taggers"]["ntrk"]["bins"] = {"n": 30, "low": 0, "high": 60}
+
     rebinned = cfg_with("rebin", rebin)
     assert _status_rows(rebinned) == {
-        "root2pkl": {"done": n, "missing": 0, "stale": 0}, "pkl2predpkl": {"done": n, "missing": 0, "stale": 0},
-        "predpkl2hist": {"done": 0, "missing": 0, "stale": n}, "results": "stale"}
+        "root2pkl": {"done": n, "missing": 0, "stale": 0},
+        "pkl2predpkl": {"done": n, "missing": 0, "stale": 0},
+        "predpkl2hist": {"done": 0, "missing": 0, "stale": n},
+        "results": "stale",
+    }
     assert _status_text(rebinned).split()[-4:] == ["0", "done,", f"{n}", "stale", "stale"][-4:]
     assert qgcal.run(rebinned, "nominal", workers=1).files_processed == {
-        "root2pkl": 0, "pkl2predpkl": 0, "predpkl2hist": n}
+        "root2pkl": 0,
+        "pkl2predpkl": 0,
+        "predpkl2hist": n,
+    }
 
     # a selection cut: everything from root2pkl
     def recut(d: dict[str, Any]) -> None:
         rebin(d)
         d["selection"]["abs_eta_max"] = 2.0
+
     recut_cfg = cfg_with("recut", recut)
-    assert _status_rows(recut_cfg) == {s: {"done": 0, "missing": 0, "stale": n} for s in STAGES} | {
-        "results": "stale"}
+    assert _status_rows(recut_cfg) == {s: {"done": 0, "missing": 0, "stale": n} for s in STAGES} | {"results": "stale"}
     assert f"0 done, {n} stale" in _status_text(recut_cfg)
     assert qgcal.run(recut_cfg, "nominal", workers=1).files_processed == {s: n for s in STAGES}
     assert _status_rows(recut_cfg)["results"] == "done"
@@ -295,16 +312,21 @@ def test_corrupt_artifacts_are_recomputed(small_sample, make_config):
 def test_each_bad_input_stops_the_run_with_one_line_and_keeps_good_artifacts(small_sample, data_dir, tmp_path):
     good = data_dir / "data_001.root"
     out = tmp_path / "out"
-    _, cfg0 = write_config(small_sample, out, name=f"good-{tmp_path.name}",
-                               mutate=lambda d: _data_files(d, [str(data_dir / "*.root")]))
+    _, cfg0 = write_config(
+        small_sample, out, name=f"good-{tmp_path.name}", mutate=lambda d: _data_files(d, [str(data_dir / "*.root")])
+    )
     qgcal.run(cfg0, "nominal", workers=1)
     good_tasks = plan_tasks(cfg0, "nominal")
     bad_dir = tmp_path / "bad"
     bad_dir.mkdir()
     for kind, (build, words) in BAD_KINDS.items():
         bad = build(good, bad_dir / f"{kind}.root")
-        path, cfg = write_config(small_sample, out, name=f"bad-{tmp_path.name}-{kind}",
-                                 mutate=lambda d, bad=bad: _data_files(d, [str(data_dir / "*.root"), str(bad)]))
+        path, cfg = write_config(
+            small_sample,
+            out,
+            name=f"bad-{tmp_path.name}-{kind}",
+            mutate=lambda d, bad=bad: _data_files(d, [str(data_dir / "*.root"), str(bad)]),
+        )
         code, _, err = _cli(["-q", "run", "--config", str(path), "--workers", "1"])
         line = _one_error_line(err)
         assert code == 1, (kind, line)
@@ -319,8 +341,7 @@ def test_each_bad_input_stops_the_run_with_one_line_and_keeps_good_artifacts(sma
         assert not [p for p in out.rglob("*") if ".tmp-" in p.name], kind
 
 
-def test_bad_file_with_a_process_pool_stops_after_running_files_and_keeps_their_work(
-        small_sample, data_dir, tmp_path):
+def test_bad_file_with_a_process_pool_stops_after_running_files_and_keeps_their_work(small_sample, data_dir, tmp_path):
     bad = truncate(data_dir / "data_001.root", data_dir / "a_truncated.root", 0.5)  # sorts first
 
     def mutate(doc: dict[str, Any]) -> None:
@@ -379,8 +400,12 @@ def test_skip_bad_files_completes_and_reports_every_skipped_file(small_sample, d
     assert f"{meta['events_lost']}+ events lost" in summary[0]
 
     # the bad files are left out, nothing else: the scale factors equal a run without them
-    path2, cfg2 = write_config(small_sample, tmp_path / "out-good", name=f"skip-good-{tmp_path.name}",
-                               mutate=lambda d: mutate(d, with_bad=False))
+    path2, cfg2 = write_config(
+        small_sample,
+        tmp_path / "out-good",
+        name=f"skip-good-{tmp_path.name}",
+        mutate=lambda d: mutate(d, with_bad=False),
+    )
     assert _cli(["-q", "run", "--config", str(path2)])[0] == 0
     recs = json.loads((cfg.output_path / "results" / "nominal" / "scale_factors.json").read_text())["records"]
     recs2 = json.loads((cfg2.output_path / "results" / "nominal" / "scale_factors.json").read_text())["records"]
@@ -410,10 +435,10 @@ def test_skip_bad_files_completes_and_reports_every_skipped_file(small_sample, d
 
 
 def test_a_file_that_breaks_after_it_was_processed_is_skipped_not_merged_from_old_artifacts(
-        small_sample, data_dir, tmp_path):
+    small_sample, data_dir, tmp_path
+):
     def cfg_for(name: str, files: list[str], out: Path) -> tuple[Path, Config]:
-        return write_config(small_sample, out, name=f"{name}-{tmp_path.name}",
-                            mutate=lambda d: _data_files(d, files))
+        return write_config(small_sample, out, name=f"{name}-{tmp_path.name}", mutate=lambda d: _data_files(d, files))
 
     path, cfg = cfg_for("later", [str(data_dir / "*.root")], tmp_path / "out")
     assert _cli(["-q", "run", "--config", str(path), "--workers", "1"])[0] == 0
@@ -482,19 +507,22 @@ def test_every_field_is_validated(path):
     assert f"c.yaml: {where}" in msg or f"; {where}" in msg, msg
 
 
-@pytest.mark.parametrize("path, typo, suggestion", [
-    ((), "lumi", "lumi_pb"),
-    (("samples", "pythia"), "slice", "slices"),
-    (("samples", "pythia", "slices", "JZ4"), "xsec", "xsec_pb"),  # used to get no suggestion
-    (("samples", "pythia", "sum_of_weights"), "histogrm", "histogram"),
-    (("taggers", "ntrk", "bins"), "hihg", "high"),
-    (("variations", "herwig"), "sampel", "sample"),
-    (("variations", "JES_up"), "treee", "tree"),
-    (("executor",), "retry", "retries"),
-    (("reading",), "skip_bad_file", "skip_bad_files"),
-    (("calibration",), "min_fraction_seperation", "min_fraction_separation"),
-    (("plots",), "enable", "enabled"),
-])
+@pytest.mark.parametrize(
+    "path, typo, suggestion",
+    [
+        ((), "lumi", "lumi_pb"),
+        (("samples", "pythia"), "slice", "slices"),
+        (("samples", "pythia", "slices", "JZ4"), "xsec", "xsec_pb"),  # used to get no suggestion
+        (("samples", "pythia", "sum_of_weights"), "histogrm", "histogram"),
+        (("taggers", "ntrk", "bins"), "hihg", "high"),
+        (("variations", "herwig"), "sampel", "sample"),
+        (("variations", "JES_up"), "treee", "tree"),
+        (("executor",), "retry", "retries"),
+        (("reading",), "skip_bad_file", "skip_bad_files"),
+        (("calibration",), "min_fraction_seperation", "min_fraction_separation"),
+        (("plots",), "enable", "enabled"),
+    ],
+)
 def test_unknown_key_suggests_the_closest_valid_key(path, typo, suggestion):
     doc = copy.deepcopy(BASE)
     node = doc
@@ -505,8 +533,27 @@ def test_unknown_key_suggests_the_closest_valid_key(path, typo, suggestion):
     assert f"{'.'.join((*path, typo))}: unknown key (did you mean '{suggestion}'" in msg, msg
 
 
-@pytest.mark.parametrize("name", ["../x", "a/b", "/abs", ".hidden", "..", "x\n", "nominal\n", "a b", "",
-                                  "x" * 101, "nominal", "results", "combined", "ü", "a\\b", "-x"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../x",
+        "a/b",
+        "/abs",
+        ".hidden",
+        "..",
+        "x\n",
+        "nominal\n",
+        "a b",
+        "",
+        "x" * 101,
+        "nominal",
+        "results",
+        "combined",
+        "ü",
+        "a\\b",
+        "-x",
+    ],
+)
 @pytest.mark.parametrize("where", ["samples", "variations", "taggers", "slices"])
 def test_unsafe_names_are_rejected(name, where):
     doc = copy.deepcopy(BASE)
@@ -533,17 +580,20 @@ def test_every_artifact_and_result_path_stays_inside_the_output(small_sample, ma
         assert (cfg.output_path / "results" / syst).resolve().parent == out / "results"
 
 
-@pytest.mark.parametrize("doc_change, where", [
-    (lambda d: d.__setitem__("lumi_pb", float("inf")), "lumi_pb"),
-    (lambda d: d["selection"].__setitem__("abs_eta_max", float("nan")), "selection.abs_eta_max"),
-    (lambda d: d["taggers"]["ntrk"]["bins"].__setitem__("high", float("inf")), "taggers.ntrk.bins.high"),
-    (lambda d: d["reading"].__setitem__("step_size", "lots"), "reading.step_size"),
-    (lambda d: d["reading"].__setitem__("step_size", 0), "reading.step_size"),
-    (lambda d: d["reading"].__setitem__("step_size", True), "reading.step_size"),
-    (lambda d: d["reading"].__setitem__("step_size", "-5 MB"), "reading.step_size"),
-    (lambda d: d["variations"]["pdf"].__setitem__("multiply", 5), "variations.pdf.multiply"),
-    (lambda d: d["executor"].__setitem__("retries", -1), "executor.retries"),
-])
+@pytest.mark.parametrize(
+    "doc_change, where",
+    [
+        (lambda d: d.__setitem__("lumi_pb", float("inf")), "lumi_pb"),
+        (lambda d: d["selection"].__setitem__("abs_eta_max", float("nan")), "selection.abs_eta_max"),
+        (lambda d: d["taggers"]["ntrk"]["bins"].__setitem__("high", float("inf")), "taggers.ntrk.bins.high"),
+        (lambda d: d["reading"].__setitem__("step_size", "lots"), "reading.step_size"),
+        (lambda d: d["reading"].__setitem__("step_size", 0), "reading.step_size"),
+        (lambda d: d["reading"].__setitem__("step_size", True), "reading.step_size"),
+        (lambda d: d["reading"].__setitem__("step_size", "-5 MB"), "reading.step_size"),
+        (lambda d: d["variations"]["pdf"].__setitem__("multiply", 5), "variations.pdf.multiply"),
+        (lambda d: d["executor"].__setitem__("retries", -1), "executor.retries"),
+    ],
+)
 def test_non_finite_and_unusable_values_are_rejected(doc_change, where):
     doc = copy.deepcopy(BASE)
     doc_change(doc)
@@ -557,14 +607,17 @@ def test_valid_step_sizes_are_accepted(step):
     assert parse_config(doc).reading.step_size == step
 
 
-@pytest.mark.parametrize("text, words", [
-    ("a: 2001-02-30\n", "day is out of range"),
-    ("[" * 5000 + "]" * 5000, "nested too deeply"),
-    ("a: !!python/object/apply:os.system ['touch {marker}']\n", "could not determine a constructor"),
-    ("a: !!binary AAA=\n", "lumi_pb: Field required"),
-    ("? [a, b]\n: c\n", "unhashable key"),
-    ("\x00", "invalid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, words",
+    [
+        ("a: 2001-02-30\n", "day is out of range"),
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("a: !!python/object/apply:os.system ['touch {marker}']\n", "could not determine a constructor"),
+        ("a: !!binary AAA=\n", "lumi_pb: Field required"),
+        ("? [a, b]\n: c\n", "unhashable key"),
+        ("\x00", "invalid YAML"),
+    ],
+)
 def test_yaml_that_used_to_escape_as_other_errors(tmp_path, text, words):
     marker = tmp_path / "executed"
     p = tmp_path / "c.yaml"

@@ -37,8 +37,14 @@ JOB_TIMEOUT_S = 180
 def sweep_config(doc: dict[str, Any]) -> None:
     doc["variations"] = {k: v for k, v in doc["variations"].items() if k in VARIATIONS}
     doc["plots"] = {"enabled": False}
-    doc["slurm"] = {"cpus_per_task": 1, "mem": "200M", "shard_size": 7, "time": "00:10:00",
-                    "final_time": "00:10:00", "setup": ["echo qgcal-test-setup-ran"]}
+    doc["slurm"] = {
+        "cpus_per_task": 1,
+        "mem": "200M",
+        "shard_size": 7,
+        "time": "00:10:00",
+        "final_time": "00:10:00",
+        "setup": ["echo qgcal-test-setup-ran"],
+    }
 
 
 def result_bytes(cfg: Config) -> dict[str, bytes]:
@@ -46,8 +52,9 @@ def result_bytes(cfg: Config) -> dict[str, bytes]:
     out = cfg.output_path
     paths = [out / "results" / s / f for s in SYSTS for f in ("scale_factors.json", "cuts.json", "extraction.json")]
     paths += sorted(out.glob("*/final_reweighting/merged_*.npz"))
-    paths += [p for p in (out / "results" / "combined" / f for f in ("scale_factors.json", "corrections.json"))
-              if p.is_file()]
+    paths += [
+        p for p in (out / "results" / "combined" / f for f in ("scale_factors.json", "corrections.json")) if p.is_file()
+    ]
     return {str(p.relative_to(out)): p.read_bytes() for p in paths}
 
 
@@ -108,8 +115,7 @@ def wait_for_jobs(cfg: Config, timeout: float = JOB_TIMEOUT_S) -> slurm.Submissi
     ids = ",".join(j for r in sub.rounds for j in (r.array_job, r.final_job) if j)
     end = time.monotonic() + timeout
     while True:
-        proc = subprocess.run(["squeue", "-h", "-j", ids, "-o", "%i %T"], capture_output=True, text=True,
-                              check=False)
+        proc = subprocess.run(["squeue", "-h", "-j", ids, "-o", "%i %T"], capture_output=True, text=True, check=False)
         gone = proc.returncode != 0 and "Invalid job id" in proc.stderr  # all purged already
         if gone or (proc.returncode == 0 and not proc.stdout.strip()):
             return sub
@@ -131,8 +137,9 @@ def job_logs(sub: slurm.Submission, lines: int = 8) -> str:
 # ----------------------------------------------------------------------------- on the real Slurm
 
 
-def test_array_and_final_job_give_the_local_bytes(slurm_cluster: SlurmCluster, small_sample: Path, make_config,
-                                                   reference: dict[str, bytes], qgcal_cli, capsys) -> None:
+def test_array_and_final_job_give_the_local_bytes(
+    slurm_cluster: SlurmCluster, small_sample: Path, make_config, reference: dict[str, bytes], qgcal_cli, capsys
+) -> None:
     path, cfg = make_config(small_sample, mutate=sweep_config)
     assert qgcal_cli(*submit_args(path)) == 0
     assert "submitted array job" in capsys.readouterr().out
@@ -150,8 +157,14 @@ def test_array_and_final_job_give_the_local_bytes(slurm_cluster: SlurmCluster, s
 
 
 def test_failed_task_cancels_final_job_and_resubmit_completes(
-        slurm_cluster: SlurmCluster, small_sample: Path, make_config, tmp_path: Path,
-        reference: dict[str, bytes], qgcal_cli, capsys) -> None:
+    slurm_cluster: SlurmCluster,
+    small_sample: Path,
+    make_config,
+    tmp_path: Path,
+    reference: dict[str, bytes],
+    qgcal_cli,
+    capsys,
+) -> None:
     shutil.copytree(small_sample / "sample", tmp_path / "sample")  # a private copy to break
     path, cfg = make_config(tmp_path, mutate=sweep_config)
     victim = min((tmp_path / "sample" / "data").glob("*.root"))
@@ -196,8 +209,9 @@ def test_failed_task_cancels_final_job_and_resubmit_completes(
     assert "nothing to resubmit" in capsys.readouterr().out
 
 
-def test_more_shards_than_max_array_size_names_the_shard_size(slurm_cluster: SlurmCluster, small_sample: Path,
-                                                               make_config, qgcal_cli, capsys) -> None:
+def test_more_shards_than_max_array_size_names_the_shard_size(
+    slurm_cluster: SlurmCluster, small_sample: Path, make_config, qgcal_cli, capsys
+) -> None:
     path, cfg = make_config(small_sample, mutate=sweep_config)  # 34 file tasks; MaxArraySize=32 here
     assert qgcal_cli(*submit_args(path, "--shard-size", "1")) == 2
     err = capsys.readouterr().err
@@ -210,27 +224,49 @@ def test_more_shards_than_max_array_size_names_the_shard_size(slurm_cluster: Slu
 
 def site_config(doc: dict[str, Any]) -> None:
     doc["slurm"] = {
-        "partition": "cpu_long", "account": "atlas", "qos": "regular", "time": "04:00:00",
-        "final_time": "00:45:00", "cpus_per_task": 4, "mem": "8G", "constraint": "cpu", "gres": "gpu:1",
-        "array_throttle": 3, "shard_size": 4, "extra_sbatch": ["--mail-type=END", "#SBATCH --exclusive"],
+        "partition": "cpu_long",
+        "account": "atlas",
+        "qos": "regular",
+        "time": "04:00:00",
+        "final_time": "00:45:00",
+        "cpus_per_task": 4,
+        "mem": "8G",
+        "constraint": "cpu",
+        "gres": "gpu:1",
+        "array_throttle": 3,
+        "shard_size": 4,
+        "extra_sbatch": ["--mail-type=END", "#SBATCH --exclusive"],
         "setup": ["module load python/3.11", "source /opt/qgcal/venv/bin/activate"],
     }
 
 
-def test_dry_run_prints_the_site_options_and_submits_nothing(small_sample: Path, make_config, qgcal_cli,
-                                                             capsys, monkeypatch) -> None:
+def test_dry_run_prints_the_site_options_and_submits_nothing(
+    small_sample: Path, make_config, qgcal_cli, capsys, monkeypatch
+) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")  # no sbatch: --dry-run must not need one
     path, cfg = make_config(small_sample, mutate=site_config)
-    assert qgcal_cli(*submit_args(path, "--dry-run", "--syst", "JES_up", "--time", "00:30:00",
-                                  "--triton-url", "gpu-node-7:8001")) == 0
+    assert (
+        qgcal_cli(
+            *submit_args(path, "--dry-run", "--syst", "JES_up", "--time", "00:30:00", "--triton-url", "gpu-node-7:8001")
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     array, _, rest = out.partition("# ---- " + str(cfg.output_path / "slurm" / "final.sh"))
     final, _, commands = rest.partition("# ---- sbatch")
     n_tasks = 2 + 8 + 8  # data, nominal MC, JES_up MC
-    for line in ("#SBATCH --partition=cpu_long", "#SBATCH --account=atlas", "#SBATCH --qos=regular",
-                 "#SBATCH --constraint=cpu", "#SBATCH --mem=8G", "#SBATCH --cpus-per-task=4",
-                 "#SBATCH --mail-type=END", "#SBATCH --exclusive", "module load python/3.11",
-                 "source /opt/qgcal/venv/bin/activate"):
+    for line in (
+        "#SBATCH --partition=cpu_long",
+        "#SBATCH --account=atlas",
+        "#SBATCH --qos=regular",
+        "#SBATCH --constraint=cpu",
+        "#SBATCH --mem=8G",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mail-type=END",
+        "#SBATCH --exclusive",
+        "module load python/3.11",
+        "source /opt/qgcal/venv/bin/activate",
+    ):
         assert line in array and line in final, line
     assert f"#SBATCH --array=0-{-(-n_tasks // 4) - 1}%3" in array
     assert "#SBATCH --gres=gpu:1" in array and "--gres" not in final
@@ -238,15 +274,19 @@ def test_dry_run_prints_the_site_options_and_submits_nothing(small_sample: Path,
     logs = cfg.output_path / "slurm" / "logs"
     assert f"#SBATCH --output={logs}/%x-%A_%a.out" in array and f"#SBATCH --error={logs}/%x-%A_%a.err" in array
     assert f"#SBATCH --output={logs}/%x-%j.out" in final
-    assert (f"{sys.executable} -m qgcal sweep --config {path.resolve()} --syst nominal JES_up "
-            '--task-index "$SLURM_ARRAY_TASK_ID" --shard-size 4 --executor process '
-            '--workers "${SLURM_CPUS_PER_TASK:-4}" '
-            "--triton-url gpu-node-7:8001") in array
+    assert (
+        f"{sys.executable} -m qgcal sweep --config {path.resolve()} --syst nominal JES_up "
+        '--task-index "$SLURM_ARRAY_TASK_ID" --shard-size 4 --executor process '
+        '--workers "${SLURM_CPUS_PER_TASK:-4}" '
+        "--triton-url gpu-node-7:8001"
+    ) in array
     assert "--finalise-only" in final and "--task-index" not in final
     assert ("qgcal combine --config" in final) == COMBINE
     assert f"ARRAY_JOB_ID=$(sbatch --parsable {cfg.output_path / 'slurm' / 'array.sh'})" in commands
-    assert ("sbatch --parsable --dependency=afterok:$ARRAY_JOB_ID --kill-on-invalid-dep=yes "
-            f"{cfg.output_path / 'slurm' / 'final.sh'}") in commands
+    assert (
+        "sbatch --parsable --dependency=afterok:$ARRAY_JOB_ID --kill-on-invalid-dep=yes "
+        f"{cfg.output_path / 'slurm' / 'final.sh'}"
+    ) in commands
     assert not (cfg.output_path / "slurm").exists()
 
 
@@ -272,8 +312,9 @@ def test_status_without_a_submission_is_one_line(small_sample: Path, make_config
     assert err.count("\n") == 0 and "qgcal slurm submit" in err and str(cfg.output_path) in err
 
 
-def test_status_refuses_when_the_config_changed_since_submission(small_sample: Path, make_config,
-                                                                 qgcal_cli, capsys) -> None:
+def test_status_refuses_when_the_config_changed_since_submission(
+    small_sample: Path, make_config, qgcal_cli, capsys
+) -> None:
     path, cfg = make_config(small_sample, mutate=sweep_config)
     sub, _, _ = slurm.submit(cfg, path, slurm.slurm_options(cfg), dry_run=True)
     sub.save()  # as if submitted

@@ -42,9 +42,7 @@ def test_training_is_deterministic(tmp_path):
     x = feature_matrix(columns)
     first = train_tagger(columns, seed=5, max_iter=20)
     second = train_tagger(columns, seed=5, max_iter=20)
-    np.testing.assert_array_equal(
-        first.model.decision_function(x), second.model.decision_function(x)
-    )
+    np.testing.assert_array_equal(first.model.decision_function(x), second.model.decision_function(x))
     # What identifies a model is its file (skops archives differ byte-wise between saves):
     # each saved model verifies against its own sidecar, and both score bit-identically.
     loaded = []
@@ -105,9 +103,7 @@ def test_weighted_roc_matches_sklearn_with_ties_and_handles_negative_weights():
 
 def test_missing_columns_are_named():
     columns = synthetic_jets(2_000, seed=3)
-    with pytest.raises(
-        ValueError, match=r"training features \['trackWidthX'\] are not in the jet table"
-    ):
+    with pytest.raises(ValueError, match=r"training features \['trackWidthX'\] are not in the jet table"):
         train_tagger(columns, features=("pt", "trackWidthX"), max_iter=2)
     del columns["event"]
     with pytest.raises(ValueError, match="no 'event' column"):

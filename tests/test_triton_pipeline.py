@@ -47,8 +47,21 @@ def test_train_then_run_through_triton_equals_local(small_sample, make_config, t
     server = serve_process(model, tmp_path, workspace)
     try:
         server.start([MODEL_NAME])
-        code = main(["-q", "run", "--config", str(path), "--workers", "1", "--force",
-                     "--backend", "triton", "--triton-url", server.grpc_url])
+        code = main(
+            [
+                "-q",
+                "run",
+                "--config",
+                str(path),
+                "--workers",
+                "1",
+                "--force",
+                "--backend",
+                "triton",
+                "--triton-url",
+                server.grpc_url,
+            ]
+        )
         assert code == 0, capsys.readouterr().err
     finally:
         # leftover checks of the server itself are test_inference_triton's job; here other

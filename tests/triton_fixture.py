@@ -43,9 +43,7 @@ def free_port() -> int:
 closed_port = free_port  # nobody listens there: a "server down" address
 
 
-def feature_matrix(
-    columns: Mapping[str, np.ndarray], features: Sequence[str] = FEATURES
-) -> np.ndarray:
+def feature_matrix(columns: Mapping[str, np.ndarray], features: Sequence[str] = FEATURES) -> np.ndarray:
     return np.ascontiguousarray(np.column_stack([columns[f] for f in features]), dtype=np.float32)
 
 
@@ -116,9 +114,7 @@ class ServerProcess:
         try:
             while True:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"server exited with {self.proc.returncode}:\n{self.log_tail()}"
-                    )
+                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
                 try:
                     if all(client.is_model_ready(name, client_timeout=1.0) for name in model_names):
                         break
@@ -156,9 +152,7 @@ class ServerProcess:
         empty watched dirs."""
         deadline = time.monotonic() + grace
         while True:
-            alive = [
-                p for p in self.children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-            ]
+            alive = [p for p in self.children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
             shm = sorted(n for n in _shm_names() - self.shm_before if _ours(n))
             dirs = [str(p) for d in self.watch_dirs if d.exists() for p in d.iterdir()]
             dirs += sorted(str(TMP / n) for n in _model_folders() - self.folders_before)
@@ -230,9 +224,7 @@ def short_workspace() -> Iterator[Path]:
 # module scope: the server's leftover check covers only the tests that use it; a session-long
 # server would also count semaphores leaked by other modules' deliberately killed processes
 @pytest.fixture(scope="module")
-def triton_server(
-    tagger: Tagger, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServerProcess]:
+def triton_server(tagger: Tagger, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     workspace = Path(tempfile.mkdtemp(prefix="qgt", dir="/tmp"))
     try:
         server = serve_process(tagger.path, tmp_path_factory.mktemp("triton"), workspace)

@@ -28,8 +28,15 @@ class DemoResult:
     results: dict[str, RunResult]
 
 
-def run_demo(out: Path, *, events: int = 200_000, files: int = 2, seed: int = 1, workers: int | None = None,
-             data_shift: bool = True) -> DemoResult:
+def run_demo(
+    out: Path,
+    *,
+    events: int = 200_000,
+    files: int = 2,
+    seed: int = 1,
+    workers: int | None = None,
+    data_shift: bool = True,
+) -> DemoResult:
     """Generate, train, sweep every systematic and publish; ``workers`` (None: the config's) is
     applied to the demo config once, like the CLI's ``--workers``."""
     from qgcal.generate import generate_sample

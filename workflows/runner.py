@@ -156,11 +156,16 @@ class Runner:
             attempts[i] = 1
         wave = self.width if len(crashed) > 1 else 1
         while crashed:
-            log.warning("%s: a worker died (killed by a signal or the out-of-memory killer); retrying %d "
-                        "unfinished file(s) in a fresh pool, %d at a time", stage, len(crashed), wave)
+            log.warning(
+                "%s: a worker died (killed by a signal or the out-of-memory killer); retrying %d "
+                "unfinished file(s) in a fresh pool, %d at a time",
+                stage,
+                len(crashed),
+                wave,
+            )
             again: list[int] = []
             for k in range(0, len(crashed), wave):
-                batch = crashed[k:k + wave]
+                batch = crashed[k : k + wave]
                 lost = self._run_batch(stage, jobs, batch, progress)
                 for i in lost:
                     attempts[i] = attempts.get(i, 0) + 1
@@ -244,10 +249,19 @@ class Runner:
             # not be merged as if it had been read: the skip record replaces them
             for p in FILE_PASSES:
                 artifact_of(self.cfg, task, p).unlink(missing_ok=True)
-            write_json_atomic(skip_record_path(self.cfg, task), {
-                "file": task.path, "sample": task.sample, "slice": task.slice, "variation": task.variation,
-                "tree": task.tree, "stage": stage, "reason": str(err), "events_lost": events,
-            })
+            write_json_atomic(
+                skip_record_path(self.cfg, task),
+                {
+                    "file": task.path,
+                    "sample": task.sample,
+                    "slice": task.slice,
+                    "variation": task.variation,
+                    "tree": task.tree,
+                    "stage": stage,
+                    "reason": str(err),
+                    "events_lost": events,
+                },
+            )
             self.skipped.append(task)
         log.warning("skipped %s: %s", job.label, err)
 

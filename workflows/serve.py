@@ -33,12 +33,26 @@ def export_model_repo(cfg: Config, out: Path, *, tagger: str | None = None) -> P
 
     _, path = served_model(cfg, tagger)
     t = cfg.inference.triton
-    return Path(export_repo(path, out, model_name=t.model_name, max_batch_size=max(t.batch_size, 1),
-                            input_name=t.input_name, output_name=t.output_name))
+    return Path(
+        export_repo(
+            path,
+            out,
+            model_name=t.model_name,
+            max_batch_size=max(t.batch_size, 1),
+            input_name=t.input_name,
+            output_name=t.output_name,
+        )
+    )
 
 
-def serve_tagger(cfg: Config, *, tagger: str | None = None, http_port: int = 8000, grpc_port: int = 8001,
-                 ready: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+def serve_tagger(
+    cfg: Config,
+    *,
+    tagger: str | None = None,
+    http_port: int = 8000,
+    grpc_port: int = 8001,
+    ready: Callable[[str, dict[str, Any]], None] | None = None,
+) -> None:
     """Serve the tagger with dynamic batching until SIGINT/SIGTERM; ``ready(name, info)`` once it serves."""
     from qgcal.inference.serve import serve
 
@@ -49,6 +63,13 @@ def serve_tagger(cfg: Config, *, tagger: str | None = None, http_port: int = 800
         if ready is not None:
             ready(name, info)
 
-    serve(path, http_port=http_port, grpc_port=grpc_port, model_name=t.model_name,
-          max_batch_size=max(t.batch_size, 1), input_name=t.input_name, output_name=t.output_name,
-          ready_callback=on_ready)
+    serve(
+        path,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        model_name=t.model_name,
+        max_batch_size=max(t.batch_size, 1),
+        input_name=t.input_name,
+        output_name=t.output_name,
+        ready_callback=on_ready,
+    )

@@ -52,8 +52,9 @@ def tasks_for(cfg: Config, syst: str) -> list[FileTask]:
             tasks.setdefault(t.key + "@" + t.variation, t)
     for t in tasks.values():
         if not Path(t.path).is_file():
-            raise InputError(f"{t.path}: input file not found (listed by samples.{t.sample}); "
-                             "fix the path or glob in the config")
+            raise InputError(
+                f"{t.path}: input file not found (listed by samples.{t.sample}); fix the path or glob in the config"
+            )
     return [tasks[k] for k in sorted(tasks)]
 
 
@@ -66,26 +67,29 @@ def make_runner(cfg: Config, executor: Executor | None = None) -> Runner:
     kind = cfg.executor.kind
     models = any(isinstance(t, ModelTagger) for t in cfg.taggers.values())
     preload = (run_job.__module__, *(("sklearn.ensemble", "skops.io") if models else ()))
-    return Runner(cfg, lambda: make_executor(kind, n, scheduler=cfg.executor.scheduler, preload=preload),
-                  width=1 if kind == "serial" else n)
+    return Runner(
+        cfg,
+        lambda: make_executor(kind, n, scheduler=cfg.executor.scheduler, preload=preload),
+        width=1 if kind == "serial" else n,
+    )
 
 
-def run_file_passes(cfg: Config, tasks: list[FileTask], runner: Runner, *, force: bool = False,
-                    through: int | None = None) -> dict[str, int]:
+def run_file_passes(
+    cfg: Config, tasks: list[FileTask], runner: Runner, *, force: bool = False, through: int | None = None
+) -> dict[str, int]:
     """The per-file passes of the chain over ``tasks`` (up to index ``through``, default all).
 
     Returns the file tasks processed per pass.
     """
     done: dict[str, int] = {}
     last = len(FILE_PASSES) - 1 if through is None else through
-    for index, p in enumerate(FILE_PASSES[:last + 1]):
+    for index, p in enumerate(FILE_PASSES[: last + 1]):
         todo = tasks if force else [t for t in tasks if not pass_is_valid(cfg, t, index)]
         # files skipped as bad have nothing to carry on with
         todo = [t for t in todo if upstream_exists(cfg, t, index)]
         done[p.name] = len(todo)
         jobs = [Job(run_job, (cfg, p.name, group, True), group) for group in p.jobs(todo)]
-        with PassProgress(p.name, len(jobs), skipped=len(tasks) - len(todo), files=len(todo),
-                          unit=p.unit) as progress:
+        with PassProgress(p.name, len(jobs), skipped=len(tasks) - len(todo), files=len(todo), unit=p.unit) as progress:
             runner.run(p.name, jobs, progress)
     return done
 
@@ -113,15 +117,20 @@ def final_inputs(cfg: Config, syst: str) -> final.FinalInputs:
                 skipped[(t.sample, t.path, t.variation)] = record
                 continue
             if not path.is_file():
-                raise ArtifactError(f"{path}: histogram artifact missing for {t.path} ({t.variation}); "
-                                    "run the per-file passes first (qgcal run / qgcal sweep)")
+                raise ArtifactError(
+                    f"{path}: histogram artifact missing for {t.path} ({t.variation}); "
+                    "run the per-file passes first (qgcal run / qgcal sweep)"
+                )
             found.append((t.key, path))
         return found
 
     data, mc = arts(data_tasks), arts(mc_tasks)
     nominal = None if mc_tasks == nominal_mc_tasks else arts(nominal_mc_tasks)
     return final.FinalInputs(
-        data=data, mc=mc, nominal_mc=nominal, skipped=list(skipped.values()),
+        data=data,
+        mc=mc,
+        nominal_mc=nominal,
+        skipped=list(skipped.values()),
         data_namespace=data_tasks[0].variation if data_tasks else "nominal",
         mc_namespace=mc_tasks[0].variation if mc_tasks else "nominal",
     )

@@ -57,10 +57,23 @@ __all__ = [
 ]
 
 FORMAT = 1
-ACTIVE_STATES = frozenset({
-    "PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_FED",
-    "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD",
-})
+ACTIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "CONFIGURING",
+        "COMPLETING",
+        "SUSPENDED",
+        "REQUEUED",
+        "REQUEUE_FED",
+        "REQUEUE_HOLD",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "STOPPED",
+        "RESV_DEL_HOLD",
+    }
+)
 
 
 class SlurmError(QgcalError):
@@ -226,8 +239,13 @@ def _header(name: str, opts: Slurm, logs: Path, workdir: Path, *, final: bool, a
     else:
         pattern = "%x-%j"
     # absolute: relative -o/-e paths resolve inside --chdir and every task would die
-    sb += [f"--output={logs / pattern}.out", f"--error={logs / pattern}.err", f"--chdir={workdir}",
-           f"--time={opts.final_time if final else opts.time}", f"--cpus-per-task={opts.cpus_per_task}"]
+    sb += [
+        f"--output={logs / pattern}.out",
+        f"--error={logs / pattern}.err",
+        f"--chdir={workdir}",
+        f"--time={opts.final_time if final else opts.time}",
+        f"--cpus-per-task={opts.cpus_per_task}",
+    ]
     for key in ("mem", "partition", "account", "qos", "constraint"):
         value = getattr(opts, key)
         if value:
@@ -242,15 +260,22 @@ def _header(name: str, opts: Slurm, logs: Path, workdir: Path, *, final: bool, a
 
 
 def _script(header: list[str], opts: Slurm, comment: str, body: list[str]) -> str:
-    lines = ["#!/bin/bash", *header, f"# {comment}", f"# written by qgcal {__version__} (qgcal slurm)",
-             "set -eo pipefail", "export PYTHONUNBUFFERED=1"]
+    lines = [
+        "#!/bin/bash",
+        *header,
+        f"# {comment}",
+        f"# written by qgcal {__version__} (qgcal slurm)",
+        "set -eo pipefail",
+        "export PYTHONUNBUFFERED=1",
+    ]
     if opts.setup:
         lines += ["# set-up (slurm.setup)", *opts.setup]
     return "\n".join([*lines, *body]) + "\n"
 
 
-def plan(cfg: Config, sub: Submission, opts: Slurm, indices: Sequence[int], *, tag: str,
-         with_array: bool = True) -> Plan:
+def plan(
+    cfg: Config, sub: Submission, opts: Slurm, indices: Sequence[int], *, tag: str, with_array: bool = True
+) -> Plan:
     """The array script for ``indices`` and the final job script; nothing is written."""
     slurm_dir = Path(sub.output) / "slurm"
     workdir = _workdir(cfg, opts)
@@ -264,22 +289,31 @@ def plan(cfg: Config, sub: Submission, opts: Slurm, indices: Sequence[int], *, t
         extra = " ".join(shlex.quote(a) for a in sub.task_args)
         # a task is a batch job of its own: a local pool of --cpus-per-task workers, never Dask
         kind = "serial" if cfg.executor.kind == "serial" else "process"
-        run = (f"{cmd} sweep {base} --task-index \"$SLURM_ARRAY_TASK_ID\" --shard-size {sub.shard_size} "
-               f"--executor {kind} --workers \"${{SLURM_CPUS_PER_TASK:-{opts.cpus_per_task}}}\""
-               + (f" {extra}" if extra else ""))
+        run = (
+            f'{cmd} sweep {base} --task-index "$SLURM_ARRAY_TASK_ID" --shard-size {sub.shard_size} '
+            f'--executor {kind} --workers "${{SLURM_CPUS_PER_TASK:-{opts.cpus_per_task}}}"'
+            + (f" {extra}" if extra else "")
+        )
         array_text = _script(
             _header(name, opts, logs, workdir, final=False, array=array_spec(indices, opts.array_throttle)),
-            opts, f"{len(sub.shards)} shards of <= {sub.shard_size} file tasks; this array: {len(indices)}",
-            ['echo "qgcal: shard $SLURM_ARRAY_TASK_ID of array job $SLURM_ARRAY_JOB_ID on $(hostname)"', run])
+            opts,
+            f"{len(sub.shards)} shards of <= {sub.shard_size} file tasks; this array: {len(indices)}",
+            ['echo "qgcal: shard $SLURM_ARRAY_TASK_ID of array job $SLURM_ARRAY_JOB_ID on $(hostname)"', run],
+        )
         array_cmd = ["sbatch", "--parsable", str(array_path)]
     final_path = slurm_dir / f"final{tag}.sh"
-    body = ['echo "qgcal: final job $SLURM_JOB_ID on $(hostname)"',
-            f"{cmd} sweep {base} --finalise-only --executor serial"]
+    body = [
+        'echo "qgcal: final job $SLURM_JOB_ID on $(hostname)"',
+        f"{cmd} sweep {base} --finalise-only --executor serial",
+    ]
     if sub.combine:
         body.append(f"{cmd} combine --config {shlex.quote(sub.config)}")
-    final_text = _script(_header(f"{name}-final", opts, logs, workdir, final=True, array=None), opts,
-                         "merge + final passes of every systematic" + (", then combine" if sub.combine else ""),
-                         body)
+    final_text = _script(
+        _header(f"{name}-final", opts, logs, workdir, final=True, array=None),
+        opts,
+        "merge + final passes of every systematic" + (", then combine" if sub.combine else ""),
+        body,
+    )
     final_cmd = ["sbatch", "--parsable"]
     if with_array:
         final_cmd += ["--dependency=afterok:ARRAY_JOB_ID", "--kill-on-invalid-dep=yes"]
@@ -304,8 +338,10 @@ def render(p: Plan) -> str:
 
 def _slurm(cmd: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
     if shutil.which(cmd[0]) is None:
-        raise SlurmError(f"{cmd[0]} not found on PATH; run this on a Slurm login node "
-                         "(qgcal slurm submit --dry-run only prints the scripts)")
+        raise SlurmError(
+            f"{cmd[0]} not found on PATH; run this on a Slurm login node "
+            "(qgcal slurm submit --dry-run only prints the scripts)"
+        )
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if check and proc.returncode != 0:
         reason = (proc.stderr.strip() or proc.stdout.strip() or "no output").splitlines()[-1]
@@ -334,8 +370,10 @@ def _check_array_size(n_shards: int, n_tasks: int, shard_size: int) -> None:
         return
     if n_shards - 1 >= max_size:  # array indices must be < MaxArraySize
         need = -(-n_tasks // max_size)
-        raise ConfigError(f"slurm.shard_size: {n_shards} shards of {shard_size} exceed this cluster's "
-                          f"MaxArraySize {max_size}; set slurm.shard_size (or --shard-size) to at least {need}")
+        raise ConfigError(
+            f"slurm.shard_size: {n_shards} shards of {shard_size} exceed this cluster's "
+            f"MaxArraySize {max_size}; set slurm.shard_size (or --shard-size) to at least {need}"
+        )
 
 
 def _submit_round(p: Plan, sub: Submission, kind: str) -> Round:
@@ -345,8 +383,15 @@ def _submit_round(p: Plan, sub: Submission, kind: str) -> Round:
             path.write_text(text)
             path.chmod(0o755)
     p.logs.mkdir(parents=True, exist_ok=True)
-    rnd = Round(kind, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), p.shards,
-                str(p.array_script) if p.array_script else None, str(p.final_script), str(p.logs), p.job_name)
+    rnd = Round(
+        kind,
+        dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        p.shards,
+        str(p.array_script) if p.array_script else None,
+        str(p.final_script),
+        str(p.logs),
+        p.job_name,
+    )
     if p.array_cmd is not None:
         rnd.array_job = _sbatch(p.array_cmd)
     final_cmd = [a.replace("ARRAY_JOB_ID", rnd.array_job or "") for a in p.final_cmd]
@@ -358,17 +403,32 @@ def _submit_round(p: Plan, sub: Submission, kind: str) -> Round:
     return rnd
 
 
-def submit(cfg: Config, config_path: Path, opts: Slurm, *, systs: Sequence[str] | None = None,
-           dry_run: bool = False, combine: bool = True, command: Sequence[str] | None = None,
-           task_args: Sequence[str] = ()) -> tuple[Submission, Plan, Round | None]:
+def submit(
+    cfg: Config,
+    config_path: Path,
+    opts: Slurm,
+    *,
+    systs: Sequence[str] | None = None,
+    dry_run: bool = False,
+    combine: bool = True,
+    command: Sequence[str] | None = None,
+    task_args: Sequence[str] = (),
+) -> tuple[Submission, Plan, Round | None]:
     """Write the scripts, sbatch the array and the dependent final job, record both."""
     names = sweep_systs(cfg, systs)
     tasks = sweep_tasks(cfg, names)
     if not tasks:
         raise ConfigError("samples: this sweep has no input files; nothing to submit")
-    sub = Submission(config=str(config_path.resolve()), output=str(cfg.output_path), systs=names,
-                     shard_size=opts.shard_size, shards=shard_map(tasks, opts.shard_size),
-                     command=list(command or default_command()), task_args=list(task_args), combine=combine)
+    sub = Submission(
+        config=str(config_path.resolve()),
+        output=str(cfg.output_path),
+        systs=names,
+        shard_size=opts.shard_size,
+        shards=shard_map(tasks, opts.shard_size),
+        command=list(command or default_command()),
+        task_args=list(task_args),
+        combine=combine,
+    )
     p = plan(cfg, sub, opts, range(len(sub.shards)), tag="")
     if dry_run:
         return sub, p, None
@@ -485,9 +545,11 @@ def _refuse_if_active(sub: Submission, what: str) -> None:
     active = _active(sub, job_states(sub))
     if active:
         jobs = " ".join(sorted({j for r in sub.rounds for j in (r.array_job, r.final_job) if j}))
-        raise SlurmError(f"jobs of the submission in {sub.path} are still queued ({', '.join(active[:5])}"
-                         f"{', ...' if len(active) > 5 else ''}); wait for them (qgcal slurm status) "
-                         f"or scancel {jobs}, then {what}")
+        raise SlurmError(
+            f"jobs of the submission in {sub.path} are still queued ({', '.join(active[:5])}"
+            f"{', ...' if len(active) > 5 else ''}); wait for them (qgcal slurm status) "
+            f"or scancel {jobs}, then {what}"
+        )
 
 
 # ----------------------------------------------------------------------------- status / resubmit
@@ -496,10 +558,13 @@ def _refuse_if_active(sub: Submission, what: str) -> None:
 def _check_shard_map(sub: Submission, tasks: Sequence[FileTask]) -> None:
     current = shard_map(tasks, sub.shard_size)
     if current != sub.shards:
-        first = next((i for i, (a, b) in enumerate(zip(current, sub.shards)) if a != b),
-                     min(len(current), len(sub.shards)))
-        raise ConfigError(f"{sub.config}: the file tasks changed since the submission in {sub.path} "
-                          f"(shard {first} differs); submit afresh with qgcal slurm submit")
+        first = next(
+            (i for i, (a, b) in enumerate(zip(current, sub.shards)) if a != b), min(len(current), len(sub.shards))
+        )
+        raise ConfigError(
+            f"{sub.config}: the file tasks changed since the submission in {sub.path} "
+            f"(shard {first} differs); submit afresh with qgcal slurm submit"
+        )
 
 
 def status(cfg: Config, sub: Submission, *, query: bool = True) -> dict[str, Any]:
@@ -523,17 +588,31 @@ def status(cfg: Config, sub: Submission, *, query: bool = True) -> dict[str, Any
             if s is not None:
                 counts[s.state] = counts.get(s.state, 0) + 1
         final = states.get(r.final_job or "")
-        rounds.append({"round": n, "kind": r.kind, "submitted": r.submitted, "array_job": r.array_job,
-                       "final_job": r.final_job, "shards": r.shards, "array_states": counts,
-                       "final_log": f"{r.logs}/{r.job_name}-final-{r.final_job}.err" if r.final_job else None,
-                       "final_state": final.state if final else None,
-                       "final_reason": final.reason if final else None})
+        rounds.append(
+            {
+                "round": n,
+                "kind": r.kind,
+                "submitted": r.submitted,
+                "array_job": r.array_job,
+                "final_job": r.final_job,
+                "shards": r.shards,
+                "array_states": counts,
+                "final_log": f"{r.logs}/{r.job_name}-final-{r.final_job}.err" if r.final_job else None,
+                "final_state": final.state if final else None,
+                "final_reason": final.reason if final else None,
+            }
+        )
     shard_rows = []
     for i, keys in enumerate(sub.shards):
         miss = missing_artifacts(cfg, [tasks[k] for k in keys])
         job, js = latest.get(i, (None, None))
-        row: dict[str, Any] = {"index": i, "job": job, "state": js.state if js else None,
-                               "missing": len(miss), "tasks": len(keys)}
+        row: dict[str, Any] = {
+            "index": i,
+            "job": job,
+            "state": js.state if js else None,
+            "missing": len(miss),
+            "tasks": len(keys),
+        }
         if miss:  # the earliest pass that is missing points at the cause
             t, stage = min(miss, key=lambda m: pass_index(m[1]))
             row["first_missing"] = f"{stage} of {t.path} for {t.variation}"
@@ -546,16 +625,30 @@ def status(cfg: Config, sub: Submission, *, query: bool = True) -> dict[str, Any
     missing = [r["index"] for r in shard_rows if r["missing"]]
     last_final = rounds[-1]["final_state"] if rounds else None
     active = _active(sub, states)
-    return {"submission": str(sub.path), "config": sub.config, "systs": sub.systs,
-            "shard_size": sub.shard_size, "n_shards": len(sub.shards), "rounds": rounds,
-            "shards": shard_rows, "missing_shards": missing, "results": results,
-            "active": active,
-            "done": not missing and not active and all(results.values())
-            and last_final in {"COMPLETED", "UNKNOWN"}}
+    return {
+        "submission": str(sub.path),
+        "config": sub.config,
+        "systs": sub.systs,
+        "shard_size": sub.shard_size,
+        "n_shards": len(sub.shards),
+        "rounds": rounds,
+        "shards": shard_rows,
+        "missing_shards": missing,
+        "results": results,
+        "active": active,
+        "done": not missing and not active and all(results.values()) and last_final in {"COMPLETED", "UNKNOWN"},
+    }
 
 
-def resubmit(cfg: Config, sub: Submission, opts: Slurm, *, only_failed: bool = True,
-             dry_run: bool = False, task_args: Sequence[str] | None = None) -> tuple[Plan | None, Round | None]:
+def resubmit(
+    cfg: Config,
+    sub: Submission,
+    opts: Slurm,
+    *,
+    only_failed: bool = True,
+    dry_run: bool = False,
+    task_args: Sequence[str] | None = None,
+) -> tuple[Plan | None, Round | None]:
     """Resubmit the shards whose artifacts are missing or stale (or all) and a new final job.
 
     With nothing missing, only a final job is submitted, unless the last one completed.

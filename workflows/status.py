@@ -214,8 +214,16 @@ def collect_status(cfg: Config, systs: Iterable[str] | None = None) -> Status:
         for t in tasks:
             union.setdefault(f"{t.variation}@{t.key}", t)
         var = cfg.variations.get(s)
-        rows.append(_row(s, var.group if var else "-", var.kind if var else "-", tasks, checker,
-                         _results_state(cfg, s, tasks, checker)))
+        rows.append(
+            _row(
+                s,
+                var.group if var else "-",
+                var.kind if var else "-",
+                tasks,
+                checker,
+                _results_state(cfg, s, tasks, checker),
+            )
+        )
     everything = [union[k] for k in sorted(union)]
     done = sum(1 for r in rows if r.results == "done")
     total = _row("all", "-", "-", everything, checker, f"{done}/{len(rows)} done")

@@ -42,8 +42,15 @@ def shards(tasks: Sequence[FileTask], shard_size: int) -> list[list[FileTask]]:
     return [list(tasks[i : i + shard_size]) for i in range(0, len(tasks), shard_size)]
 
 
-def run_shard(cfg: Config, systs: Sequence[str], index: int, shard_size: int, *,
-              executor: Executor | None = None, force: bool = False) -> list[FileTask]:
+def run_shard(
+    cfg: Config,
+    systs: Sequence[str],
+    index: int,
+    shard_size: int,
+    *,
+    executor: Executor | None = None,
+    force: bool = False,
+) -> list[FileTask]:
     """The per-file passes of shard ``index`` only; writes only that shard's artifacts.
 
     No output lock: array tasks run concurrently and each writes different files
@@ -89,8 +96,9 @@ def finalise_many(cfg: Config, systs: Sequence[str]) -> dict[str, RunResult]:
         return {s: finalise(cfg, s) for s in systs}
 
 
-def run_many(cfg: Config, systs: Sequence[str], *, executor: Executor | None = None,
-             force: bool = False) -> dict[str, RunResult]:
+def run_many(
+    cfg: Config, systs: Sequence[str], *, executor: Executor | None = None, force: bool = False
+) -> dict[str, RunResult]:
     """Per-file passes for all systematics through one pool, then each final pass."""
     tasks = sweep_tasks(cfg, systs)
     with output_lock(cfg.output_path):

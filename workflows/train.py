@@ -32,8 +32,10 @@ def training_columns(cfg: Config, features: list[str]) -> dict[str, np.ndarray]:
     sample = cfg.samples[cfg.nominal_mc]
     slices = sample.slice_map()
     provs = {t.key: read_parquet_provenance(artifact_of(cfg, t, FILE_PASSES[0])) or {} for t in tasks}
-    sumw = {name: math.fsum(float(provs[t.key].get("sumw", 0.0)) for t in tasks if t.slice == name)
-            for name in {t.slice for t in tasks}}
+    sumw = {
+        name: math.fsum(float(provs[t.key].get("sumw", 0.0)) for t in tasks if t.slice == name)
+        for name in {t.slice for t in tasks}
+    }
     names = sorted({*features, "pt", "event", "parton_label", "weight", "nTracks"} & _available(cfg))
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for t in tasks:
@@ -66,11 +68,17 @@ def train_from_config(cfg: Config) -> list[Path]:
             runner.shutdown()
         for name, tagger in sorted(taggers.items()):
             columns = training_columns(cfg, list(tagger.features))
-            log.info("training %s on %d nominal MC jets (features %s)", name, len(columns["pt"]),
-                     ", ".join(tagger.features))
+            log.info(
+                "training %s on %d nominal MC jets (features %s)", name, len(columns["pt"]), ", ".join(tagger.features)
+            )
             try:
-                result = train_tagger(columns, features=tagger.features, pt_bins_gev=cfg.pt_bins_gev,
-                                      max_iter=tagger.train_max_iter, seed=0)
+                result = train_tagger(
+                    columns,
+                    features=tagger.features,
+                    pt_bins_gev=cfg.pt_bins_gev,
+                    max_iter=tagger.train_max_iter,
+                    seed=0,
+                )
             except ValueError as err:
                 raise ConfigError(f"taggers.{name}: training failed: {err}") from None
             path = model_path(cfg, tagger)
@@ -78,8 +86,14 @@ def train_from_config(cfg: Config) -> list[Path]:
             result.save(path)
             outputs = write_training_outputs(result, path.parent / f"{path.stem}-training")
             for m in result.metrics:
-                log.info("%s: %g-%g GeV AUC %.3f (nTracks alone %.3f)", name, m.pt_low, m.pt_high,
-                         m.auc_model, m.auc_reference)
+                log.info(
+                    "%s: %g-%g GeV AUC %.3f (nTracks alone %.3f)",
+                    name,
+                    m.pt_low,
+                    m.pt_high,
+                    m.auc_model,
+                    m.auc_reference,
+                )
             log.info("%s: model %s, ROC %s", name, path, outputs["roc"])
             written.append(path)
     return written

@@ -62,8 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
     try:
         return int(args.func(args) or 0)
     except QgcalError as err:
@@ -71,8 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
     except OSError as err:  # a full disk, an unwritable output directory: name the path
         where = f"{err.filename}: " if getattr(err, "filename", None) else ""
-        print(f"qgcal: error: {where}{err.strerror or err}; check the path, its permissions and free space",
-              file=sys.stderr)
+        print(
+            f"qgcal: error: {where}{err.strerror or err}; check the path, its permissions and free space",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("qgcal: interrupted; valid artifacts are kept, rerun to resume", file=sys.stderr)

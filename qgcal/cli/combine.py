@@ -9,15 +9,20 @@ from typing import Any
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "combine", help="combine all systematics into uncertainties; write correctionlib, ROOT, plots, report",
+        "combine",
+        help="combine all systematics into uncertainties; write correctionlib, ROOT, plots, report",
         description="Reads <output>/results/<syst>/scale_factors.json of nominal and every configured variation "
         "(run 'qgcal sweep' first), computes each variation's shift (cuts frozen from nominal), the per-group "
         "and total uncertainties, and writes <output>/results/combined/: scale_factors.json, corrections.json "
         "(correctionlib), scale_factors.root (TH1D), plots/*.png and report.md. See docs/outputs.md.",
     )
     p.add_argument("--config", "-c", required=True, type=Path, help="YAML config")
-    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None,
-                   help="draw the plots (default: plots.enabled of the config)")
+    p.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="draw the plots (default: plots.enabled of the config)",
+    )
     p.set_defaults(func=_run)
 
 

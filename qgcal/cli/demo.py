@@ -9,7 +9,8 @@ from typing import Any
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "demo", help="generate a sample, calibrate nominal and all variations, print the scale factors",
+        "demo",
+        help="generate a sample, calibrate nominal and all variations, print the scale factors",
         description="Generates an ATLAS-style sample under DIR/sample, writes the config it uses to "
         "DIR/config.yaml, runs nominal and every configured variation, and prints the scale factors. "
         "Rerun any step with 'qgcal run --config DIR/config.yaml --syst NAME'.",

@@ -17,16 +17,21 @@ __all__ = ["add_execution_options", "add_inference_options", "config_overrides",
 from qgcal.config import OPTION_SETTINGS as SETTINGS  # argparse dest -> config setting
 
 
-def add_execution_options(p: argparse.ArgumentParser, *, executors: tuple[str, ...] = ("process", "serial"),
-                          skip: bool = True) -> None:
+def add_execution_options(
+    p: argparse.ArgumentParser, *, executors: tuple[str, ...] = ("process", "serial"), skip: bool = True
+) -> None:
     p.add_argument("--workers", "-j", type=int, help="worker processes (executor.workers)")
     p.add_argument("--executor", choices=list(executors), help="executor kind (executor.kind)")
     if "dask" in executors:
         p.add_argument("--scheduler", help="Dask scheduler address, with --executor dask (executor.scheduler)")
     if skip:
-        p.add_argument("--skip-bad-files", action="store_true", default=None,
-                       help="skip unreadable input files (recorded, with the events lost, in the results) "
-                            "instead of stopping (reading.skip_bad_files)")
+        p.add_argument(
+            "--skip-bad-files",
+            action="store_true",
+            default=None,
+            help="skip unreadable input files (recorded, with the events lost, in the results) "
+            "instead of stopping (reading.skip_bad_files)",
+        )
 
 
 def add_inference_options(p: argparse.ArgumentParser) -> None:
@@ -38,8 +43,7 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config settings the given options set (options not given are left out)."""
-    return {setting: getattr(args, dest) for dest, setting in SETTINGS.items()
-            if getattr(args, dest, None) is not None}
+    return {setting: getattr(args, dest) for dest, setting in SETTINGS.items() if getattr(args, dest, None) is not None}
 
 
 def load_config_from_args(args: argparse.Namespace) -> Any:

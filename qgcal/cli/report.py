@@ -9,14 +9,19 @@ from typing import Any
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "report", help="plots and report.md from the existing combined results",
+        "report",
+        help="plots and report.md from the existing combined results",
         description="Reads <output>/results/combined/scale_factors.json (written by 'qgcal combine') and "
         "<output>/results/nominal/extraction.json, and rewrites results/combined/plots/*.png and report.md. "
         "Nothing is recomputed.",
     )
     p.add_argument("--config", "-c", required=True, type=Path, help="YAML config")
-    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=None,
-                   help="draw the plots (default: plots.enabled of the config)")
+    p.add_argument(
+        "--plots",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="draw the plots (default: plots.enabled of the config)",
+    )
     p.set_defaults(func=_run)
 
 

@@ -11,7 +11,8 @@ from qgcal.cli.options import add_execution_options, add_inference_options
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "run", help="run one systematic (nominal or a configured variation) to scale factors",
+        "run",
+        help="run one systematic (nominal or a configured variation) to scale factors",
         description="root2pkl -> pkl2predpkl -> predpkl2hist over every input file (in parallel), then "
         "final_reweighting. Writes <output>/results/<syst>/scale_factors.json and plots. Valid artifacts "
         "from earlier runs are reused (a change of inference backend or device rescores).",

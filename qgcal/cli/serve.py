@@ -8,10 +8,13 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("serve", help="serve the trained tagger with Triton (or export a model repository)",
-                       description="Starts a Triton Inference Server on 127.0.0.1 serving the config's model "
-                       "tagger with dynamic batching until Ctrl-C/SIGTERM; with --export-repo, writes a "
-                       "model repository for a stock tritonserver instead. Needs the 'triton' extra.")
+    p = sub.add_parser(
+        "serve",
+        help="serve the trained tagger with Triton (or export a model repository)",
+        description="Starts a Triton Inference Server on 127.0.0.1 serving the config's model "
+        "tagger with dynamic batching until Ctrl-C/SIGTERM; with --export-repo, writes a "
+        "model repository for a stock tritonserver instead. Needs the 'triton' extra.",
+    )
     p.add_argument("--config", "-c", required=True, type=Path, help="YAML config")
     p.add_argument("--tagger", help="which model tagger (default: the only one)")
     p.add_argument("--http-port", type=int, default=8000)

@@ -28,21 +28,36 @@ _OVERRIDES = (  # key of slurm:, type, metavar, help (None: keep the config's va
 def _site_options(p: argparse.ArgumentParser, *, shard_size: bool) -> None:
     g = p.add_argument_group("site (override the config's slurm: section)")
     for key, typ, metavar, help_ in _OVERRIDES:
-        g.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, metavar=metavar,
-                       help=f"{help_} (slurm.{key})")
+        g.add_argument("--" + key.replace("_", "-"), dest=key, type=typ, metavar=metavar, help=f"{help_} (slurm.{key})")
     if shard_size:
-        g.add_argument("--shard-size", dest="shard_size", type=int, metavar="N",
-                       help="file tasks per array task (slurm.shard_size)")
-    g.add_argument("--sbatch", dest="extra_sbatch", action="append", metavar="OPTION",
-                   help="an extra #SBATCH option, written with '=': --sbatch=--mail-type=END "
-                   "(repeatable; added to slurm.extra_sbatch)")
-    g.add_argument("--setup", dest="setup", action="append", metavar="LINE",
-                   help="a shell line run first in each job, e.g. 'module load python' (repeatable)")
+        g.add_argument(
+            "--shard-size",
+            dest="shard_size",
+            type=int,
+            metavar="N",
+            help="file tasks per array task (slurm.shard_size)",
+        )
+    g.add_argument(
+        "--sbatch",
+        dest="extra_sbatch",
+        action="append",
+        metavar="OPTION",
+        help="an extra #SBATCH option, written with '=': --sbatch=--mail-type=END "
+        "(repeatable; added to slurm.extra_sbatch)",
+    )
+    g.add_argument(
+        "--setup",
+        dest="setup",
+        action="append",
+        metavar="LINE",
+        help="a shell line run first in each job, e.g. 'module load python' (repeatable)",
+    )
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "slurm", help="run a sweep as a Slurm array job plus a dependent final job",
+        "slurm",
+        help="run a sweep as a Slurm array job plus a dependent final job",
         description="One array task per shard of the sweep's sorted file tasks (qgcal sweep --task-index), "
         "then a final job (--dependency=afterok, --kill-on-invalid-dep=yes) running the final passes and "
         "combine. Scripts, logs and <output>/slurm/submission.json are written under <output>/slurm/.",
@@ -53,10 +68,17 @@ def register(sub: Any) -> None:
     s.add_argument("--config", "-c", required=True, type=Path, help="YAML config")
     s.add_argument("--syst", nargs="+", metavar="NAME", help="systematics (default: nominal and all variations)")
     s.add_argument("--dry-run", action="store_true", help="print the scripts and sbatch commands; submit nothing")
-    s.add_argument("--no-combine", dest="combine", action="store_false",
-                   help="the final job runs the final passes only, not qgcal combine")
-    s.add_argument("--qgcal-command", metavar="CMD",
-                   help="how jobs call qgcal (default: this Python's '-m qgcal', i.e. this install)")
+    s.add_argument(
+        "--no-combine",
+        dest="combine",
+        action="store_false",
+        help="the final job runs the final passes only, not qgcal combine",
+    )
+    s.add_argument(
+        "--qgcal-command",
+        metavar="CMD",
+        help="how jobs call qgcal (default: this Python's '-m qgcal', i.e. this install)",
+    )
     _site_options(s, shard_size=True)
     add_inference_options(s)
     s.set_defaults(func=_submit)
@@ -64,8 +86,11 @@ def register(sub: Any) -> None:
     st = ssub.add_parser("status", help="array tasks, final job, and which shards' artifacts are missing")
     where = st.add_mutually_exclusive_group()
     where.add_argument("--config", "-c", type=Path, help="YAML config (default: the one recorded)")
-    where.add_argument("--submission", type=Path, help="submission.json or its directory "
-                       "(default: ./slurm/submission.json or ./submission.json)")
+    where.add_argument(
+        "--submission",
+        type=Path,
+        help="submission.json or its directory (default: ./slurm/submission.json or ./submission.json)",
+    )
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=_status)
 
@@ -110,15 +135,27 @@ def _submit(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     opts = slurm.slurm_options(cfg, **_overrides(args))
     command = shlex.split(args.qgcal_command) if args.qgcal_command else None
-    sub, plan, rnd = slurm.submit(cfg, args.config, opts, systs=args.syst, dry_run=args.dry_run,
-                                  combine=args.combine, command=command, task_args=_task_args(args) or ())
+    sub, plan, rnd = slurm.submit(
+        cfg,
+        args.config,
+        opts,
+        systs=args.syst,
+        dry_run=args.dry_run,
+        combine=args.combine,
+        command=command,
+        task_args=_task_args(args) or (),
+    )
     if rnd is None:
         print(slurm.render(plan), end="")
-        print(f"# {len(sub.shards)} array tasks ({len(sub.systs)} systematics, shards of "
-              f"{sub.shard_size} file tasks); would record {sub.path}")
+        print(
+            f"# {len(sub.shards)} array tasks ({len(sub.systs)} systematics, shards of "
+            f"{sub.shard_size} file tasks); would record {sub.path}"
+        )
         return 0
-    print(f"submitted array job {rnd.array_job} ({len(sub.shards)} tasks: {len(sub.systs)} systematics, "
-          f"shards of {sub.shard_size} file tasks) and final job {rnd.final_job} (afterok:{rnd.array_job})")
+    print(
+        f"submitted array job {rnd.array_job} ({len(sub.shards)} tasks: {len(sub.systs)} systematics, "
+        f"shards of {sub.shard_size} file tasks) and final job {rnd.final_job} (afterok:{rnd.array_job})"
+    )
     print(f"scripts and record: {sub.path.parent}; logs: {rnd.logs}")
     print(f"follow with: qgcal slurm status --config {args.config}")
     return 0
@@ -153,8 +190,10 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=1, sort_keys=True))
         return 0
     print(f"submission {report['submission']}")
-    print(f"config {report['config']}; {len(report['systs'])} systematics; "
-          f"{report['n_shards']} shards of <= {report['shard_size']} file tasks")
+    print(
+        f"config {report['config']}; {len(report['systs'])} systematics; "
+        f"{report['n_shards']} shards of <= {report['shard_size']} file tasks"
+    )
     for r in report["rounds"]:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(r["array_states"].items())) or "-"
         n = len(r["shards"])
@@ -174,8 +213,10 @@ def _status(args: argparse.Namespace) -> int:
         if x.get("log"):
             print(f"{'':>7}log: {x['log']}")
     missing = report["missing_shards"]
-    print(f"{report['n_shards'] - len(missing)} of {report['n_shards']} shards done"
-          + (f"; missing or stale: {_ranges(missing)}" if missing else ""))
+    print(
+        f"{report['n_shards'] - len(missing)} of {report['n_shards']} shards done"
+        + (f"; missing or stale: {_ranges(missing)}" if missing else "")
+    )
     res = report["results"]
     print("results: " + ", ".join(f"{k} {'ok' if v else 'missing'}" for k, v in res.items()))
     if report["done"]:
@@ -200,8 +241,9 @@ def _resubmit(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     sub = slurm.load_submission(cfg.output_path / "slurm" / "submission.json")
     opts = slurm.slurm_options(cfg, **_overrides(args))  # the shard size stays the recorded one
-    plan, rnd = slurm.resubmit(cfg, sub, opts, only_failed=args.failed, dry_run=args.dry_run,
-                               task_args=_task_args(args))
+    plan, rnd = slurm.resubmit(
+        cfg, sub, opts, only_failed=args.failed, dry_run=args.dry_run, task_args=_task_args(args)
+    )
     if plan is None:
         print("nothing to resubmit: every shard's artifacts are valid and the last final job completed")
         return 0

@@ -10,7 +10,8 @@ from typing import Any
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "status", help="what is done, missing or stale, per systematic and pass (runs nothing)",
+        "status",
+        help="what is done, missing or stale, per systematic and pass (runs nothing)",
         description="For nominal and every variation: the file tasks 'qgcal run --syst' needs and, per pass, "
         "how many artifacts are done (valid provenance), missing (no file) or stale (would be redone); "
         "whether results/<syst>/scale_factors.json is up to date; and the state of results/combined.",

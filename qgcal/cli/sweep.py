@@ -11,7 +11,8 @@ from qgcal.cli.options import add_execution_options, add_inference_options
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
-        "sweep", help="run nominal and every (or the named) variation, sharing data and nominal MC",
+        "sweep",
+        help="run nominal and every (or the named) variation, sharing data and nominal MC",
         description="All file tasks of the chosen systematics go through one pool (data and nominal MC are "
         "processed once), then each systematic's final pass runs. With --task-index, only that shard of "
         "the sorted file tasks is processed (what a Slurm array task does); --finalise-only runs only the "

@@ -8,10 +8,13 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("train", help="train the config's model taggers on nominal MC (HistGradientBoosting)",
-                       description="Runs root2pkl for nominal MC where needed, trains each tagger of kind "
-                       "'model' (even events train, odd events evaluate), saves it with skops plus a metadata "
-                       "record, and writes ROC curves and the AUC per pT bin.")
+    p = sub.add_parser(
+        "train",
+        help="train the config's model taggers on nominal MC (HistGradientBoosting)",
+        description="Runs root2pkl for nominal MC where needed, trains each tagger of kind "
+        "'model' (even events train, odd events evaluate), saves it with skops plus a metadata "
+        "record, and writes ROC curves and the AUC per pT bin.",
+    )
     p.add_argument("--config", "-c", required=True, type=Path, help="YAML config")
     p.add_argument("--workers", "-j", type=int, help="worker processes for root2pkl (executor.workers)")
     p.set_defaults(func=_run)

@@ -9,9 +9,12 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("validate", help="validate a config; --schema prints its JSON Schema",
-                       description="Validate the YAML config and check that every input file exists. "
-                       "With --schema, print the config's JSON Schema (for editors) instead.")
+    p = sub.add_parser(
+        "validate",
+        help="validate a config; --schema prints its JSON Schema",
+        description="Validate the YAML config and check that every input file exists. "
+        "With --schema, print the config's JSON Schema (for editors) instead.",
+    )
     p.add_argument("config", nargs="?", type=Path, help="YAML config")
     p.add_argument("--schema", action="store_true", help="print the JSON Schema of the config")
     p.set_defaults(func=_run)
@@ -34,6 +37,8 @@ def _run(args: argparse.Namespace) -> int:
             if not Path(task.path).is_file():
                 raise ConfigError(f"samples.{task.sample}: input file {task.path} not found")
             n += 1
-    print(f"{args.config}: valid ({len(cfg.samples)} samples, {len(cfg.taggers)} taggers, "
-          f"{len(cfg.variations)} variations, {n} file tasks)")
+    print(
+        f"{args.config}: valid ({len(cfg.samples)} samples, {len(cfg.taggers)} taggers, "
+        f"{len(cfg.variations)} variations, {n} file tasks)"
+    )
     return 0

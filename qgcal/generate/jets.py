@@ -75,9 +75,7 @@ def quantise(x: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
-def _truncated_normal(
-    rng: np.random.Generator, shape: tuple[int, ...], sigma: float, limit: float
-) -> np.ndarray:
+def _truncated_normal(rng: np.random.Generator, shape: tuple[int, ...], sigma: float, limit: float) -> np.ndarray:
     """N(0, sigma) restricted to |x| < limit, by redrawing (deterministic for an rng)."""
     x = rng.normal(0.0, sigma, shape)
     bad = np.abs(x) >= limit
@@ -87,18 +85,14 @@ def _truncated_normal(
     return x
 
 
-def _beta_scaled(
-    rng: np.random.Generator, mean: np.ndarray, upper: float, kappa: float
-) -> np.ndarray:
+def _beta_scaled(rng: np.random.Generator, mean: np.ndarray, upper: float, kappa: float) -> np.ndarray:
     """Beta draws on [0, upper) with the given mean and concentration."""
     mu = np.clip(mean / upper, 1e-3, 0.9)
     out: np.ndarray = upper * rng.beta(mu * kappa, (1.0 - mu) * kappa)
     return out
 
 
-def bdt_score(
-    ntrk: np.ndarray, width: np.ndarray, c1: np.ndarray, pt_gev: np.ndarray, noise: np.ndarray
-) -> np.ndarray:
+def bdt_score(ntrk: np.ndarray, width: np.ndarray, c1: np.ndarray, pt_gev: np.ndarray, noise: np.ndarray) -> np.ndarray:
     """A fixed 'existing BDT': smooth in nTracks, width, C1 and reco pT, plus noise.
 
     Each input is compared with the quark/gluon midpoint of its base mean at

@@ -132,9 +132,7 @@ class ShapeModel:
         )
 
 
-PYTHIA_SHAPES = ShapeModel(
-    PartonShape(), PartonShape(), ntrk_k=30.0, width_kappa=8.0, c1_kappa=30.0
-)
+PYTHIA_SHAPES = ShapeModel(PartonShape(), PartonShape(), ntrk_k=30.0, width_kappa=8.0, c1_kappa=30.0)
 #: The "Herwig-like" alternative: fewer, narrower gluon tracks, slightly
 #: busier quarks, different widths of the distributions.
 HERWIG_SHAPES = ShapeModel(

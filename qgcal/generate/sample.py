@@ -86,10 +86,7 @@ def _slice_events(total: int, files: int) -> list[int]:
 
 def plan_files(events: int, files: int) -> list[FilePlan]:
     """Every file to write, in a fixed order (data, then pythia, then herwig)."""
-    plans = [
-        FilePlan("data", f"data/data_{i:03d}.root", i, n)
-        for i, n in enumerate(_split(events, files))
-    ]
+    plans = [FilePlan("data", f"data/data_{i:03d}.root", i, n) for i, n in enumerate(_split(events, files))]
     for sample, total in (("pythia", events), ("herwig", events // 2)):
         slices, _ = _MC[sample]
         for spec, n_slice in zip(slices, _slice_events(total, files), strict=True):
@@ -107,9 +104,7 @@ def _rng(seed: int, plan: FilePlan, block: int, stream: int) -> np.random.Genera
     return np.random.Generator(np.random.PCG64(ss))
 
 
-def _event_arrays(
-    plan: FilePlan, start: int, n: int, run: np.ndarray, fire: np.ndarray
-) -> dict[str, Any]:
+def _event_arrays(plan: FilePlan, start: int, n: int, run: np.ndarray, fire: np.ndarray) -> dict[str, Any]:
     """Per-event branches common to data and MC (eventNumber unique per sample and slice)."""
     event = plan.file_index * EVENT_NUMBER_STRIDE + start + 1 + np.arange(n, dtype=np.int64)
     return {"runNumber": run.astype(np.int32), "eventNumber": event, "jet_fire": fire}
@@ -216,9 +211,7 @@ def generate_sample(
     if events < 1 or files < 1:
         raise ValueError(f"events and files must be >= 1, got events={events}, files={files}")
     if events < files:
-        raise ValueError(
-            f"events ({events}) must be at least files ({files}): every data file needs an event"
-        )
+        raise ValueError(f"events ({events}) must be at least files ({files}): every data file needs an event")
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
     out = Path(out)

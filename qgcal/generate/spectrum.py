@@ -122,16 +122,12 @@ class WeightModel:
         out: np.ndarray = f / g
         return out
 
-    def sample_pt_hat(
-        self, rng: np.random.Generator, size: int, lo: float, hi: float
-    ) -> np.ndarray:
+    def sample_pt_hat(self, rng: np.random.Generator, size: int, lo: float, hi: float) -> np.ndarray:
         """pT-hat (GeV) from the flat-ish proposal inside [lo, hi)."""
         return PowerLaw(n=self.proposal_n, pt_min=lo, pt_max=hi).sample(rng, size, lo, hi)
 
 
-def draw_weights(
-    model: WeightModel, rng: np.random.Generator, pt_hat: np.ndarray, lo: float, hi: float
-) -> np.ndarray:
+def draw_weights(model: WeightModel, rng: np.random.Generator, pt_hat: np.ndarray, lo: float, hi: float) -> np.ndarray:
     """mcEventWeight for events with the given pT-hat (float32, as written)."""
     n = pt_hat.size
     s = model.lognormal_sigma

@@ -146,9 +146,7 @@ def build_truth(
         "event_numbers": {
             "formula": "eventNumber = file_index * stride + entry + 1",
             "stride": event_number_stride,
-            "unique_within": (
-                "sample and slice; (runNumber, eventNumber) is unique in the whole sample"
-            ),
+            "unique_within": ("sample and slice; (runNumber, eventNumber) is unique in the whole sample"),
             "runNumber": "data: one of samples.data.run_numbers; MC: the slice DSID",
         },
         "parton_model": {
@@ -166,9 +164,7 @@ def build_truth(
         },
         "kinematics": {
             "leading_true_pt": "pt_hat",
-            "subleading_true_pt": (
-                "pt_hat / (1 + x), x = |N(0, core_sigma)|, or Exp(tail_scale) with tail_fraction"
-            ),
+            "subleading_true_pt": ("pt_hat / (1 + x), x = |N(0, core_sigma)|, or Exp(tail_scale) with tail_fraction"),
             "balance": m.BALANCE,
             "extra_jets": "true pt = subleading true pt x U(0.05, 0.5), at least 20 GeV",
             "extra_jet_probabilities": list(m.EXTRA_JET_PROBS),
@@ -194,13 +190,10 @@ def build_truth(
                     "0.055 (pt/500)^-0.30, gluon 0.090 (pt/500)^-0.25, at most 0.3"
                 ),
                 "trackC1": (
-                    "beta on [0, 1) (concentration c1_kappa); mean quark 0.21 (pt/500)^0.03, "
-                    "gluon 0.29 (pt/500)^0.02"
+                    "beta on [0, 1) (concentration c1_kappa); mean quark 0.21 (pt/500)^0.03, gluon 0.29 (pt/500)^0.02"
                 ),
                 "latent_sigma": m.LATENT_SIGMA,
-                "latent": (
-                    "each mean x exp(s z - s^2/2), one z ~ N(0, 1) per jet (correlates the taggers)"
-                ),
+                "latent": ("each mean x exp(s z - s^2/2), one z ~ N(0, 1) per jet (correlates the taggers)"),
                 "trackBDT": (
                     "tanh(-0.8 (1.5 u_n + 0.7 u_w + 0.5 u_c) + N(0, 0.15)) of nTracks, width, C1 "
                     "against the base q/g midpoints at reco pT; higher = more quark-like"
@@ -230,14 +223,8 @@ def build_truth(
         },
         "systematics": {
             "trees": {
-                **{
-                    name: {"kind": "jet_pt_scale", "factor": f, "resorted": False}
-                    for name, f in m.JES_SCALE.items()
-                },
-                **{
-                    name: {"kind": "jet_pt_smear", "sigma": s, "resorted": True}
-                    for name, s in m.JER_SMEAR.items()
-                },
+                **{name: {"kind": "jet_pt_scale", "factor": f, "resorted": False} for name, f in m.JES_SCALE.items()},
+                **{name: {"kind": "jet_pt_smear", "sigma": s, "resorted": True} for name, s in m.JER_SMEAR.items()},
             },
             "branches": {
                 "jet_nTracks_sys_eff": {
@@ -255,9 +242,7 @@ def build_truth(
                     ),
                 }
             },
-            "alternative_samples": {
-                "herwig": "parton shower / hadronisation alternative to pythia"
-            },
+            "alternative_samples": {"herwig": "parton shower / hadronisation alternative to pythia"},
         },
         "branches": {
             "common": COMMON_BRANCHES,

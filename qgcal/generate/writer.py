@@ -149,9 +149,7 @@ class TreeFile:
         self._tmp = path.with_name(path.name + ".tmp")
         path.parent.mkdir(parents=True, exist_ok=True)
         self._zlib = BasketCompressor(COMPRESSION_LEVEL)
-        self._file = uproot.recreate(
-            self._tmp, compression=self._zlib.compression, uuid_function=lambda: file_id
-        )
+        self._file = uproot.recreate(self._tmp, compression=self._zlib.compression, uuid_function=lambda: file_id)
         try:
             parsed = {name: _uproot_type(spec) for name, spec in types.items()}
             self._trees = {

@@ -14,13 +14,21 @@ from typing import Any
 # name -> submodule; imported on first use, so that ``qgcal.inference.config`` (which the
 # config schema needs) loads no backend, model file format or server code
 _LAZY = {
-    "InferenceConfig": "config", "TritonSettings": "config",
-    "Scorer": "backends", "SklearnScorer": "backends", "available_backends": "backends",
-    "make_local_scorer": "backends", "make_scorer": "backends",
+    "InferenceConfig": "config",
+    "TritonSettings": "config",
+    "Scorer": "backends",
+    "SklearnScorer": "backends",
+    "available_backends": "backends",
+    "make_local_scorer": "backends",
+    "make_scorer": "backends",
     "InferenceError": "errors",
     "export_repo": "export",
-    "LoadedModel": "model_io", "ModelMeta": "model_io", "load_model": "model_io", "meta_path": "model_io",
-    "read_meta": "model_io", "save_model": "model_io",
+    "LoadedModel": "model_io",
+    "ModelMeta": "model_io",
+    "load_model": "model_io",
+    "meta_path": "model_io",
+    "read_meta": "model_io",
+    "save_model": "model_io",
     "TritonScorer": "triton_client",
 }
 

@@ -103,9 +103,7 @@ def model_provenance(model: LoadedModel) -> dict[str, Any]:
 class SklearnScorer(BaseScorer):
     """In-process CPU scoring with the estimator's own ``decision_function``."""
 
-    def __init__(
-        self, model: LoadedModel, *, requested_device: str = "cpu", note: str | None = None
-    ):
+    def __init__(self, model: LoadedModel, *, requested_device: str = "cpu", note: str | None = None):
         self.model = model
         self._requested_device = requested_device
         self._note = note
@@ -161,8 +159,7 @@ def make_local_scorer(model: LoadedModel, device: str) -> BaseScorer:
             log.info("device auto: using scikit-learn on cpu because %s", why)
             return SklearnScorer(model, requested_device="auto", note=f"cuda not used: {why}")
         raise InferenceError(
-            f"device cuda requested for model {model.path} but {why}; "
-            "rerun with --device cpu or --device auto"
+            f"device cuda requested for model {model.path} but {why}; rerun with --device cpu or --device auto"
         )
     raise InferenceError(f"unknown device {device!r}; valid devices: cpu, cuda, auto")
 

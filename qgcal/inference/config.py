@@ -27,8 +27,7 @@ def validate_url(url: str) -> str:
     match = _URL.match(url)
     if match is None or not 0 < int(match.group(1)) < 65536:
         raise ValueError(
-            f"Triton url {url!r} is not HOST:PORT (for example 127.0.0.1:8001); "
-            "give it without http:// or grpc://"
+            f"Triton url {url!r} is not HOST:PORT (for example 127.0.0.1:8001); give it without http:// or grpc://"
         )
     return url
 
@@ -55,12 +54,8 @@ class TritonSettings(BaseModel):
         default="",
         description="Model version to call; empty string lets the server pick its policy's latest.",
     )
-    input_name: str = Field(
-        default="FEATURES", min_length=1, description="Name of the model's input tensor."
-    )
-    output_name: str = Field(
-        default="SCORE", min_length=1, description="Name of the output tensor to read."
-    )
+    input_name: str = Field(default="FEATURES", min_length=1, description="Name of the model's input tensor.")
+    output_name: str = Field(default="SCORE", min_length=1, description="Name of the output tensor to read.")
     input_dtype: TritonDtype = Field(
         default="FP32",
         description="Triton dtype of the input tensor; features are cast to it before sending.",

@@ -86,9 +86,7 @@ def export_repo(
         f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}",
     ]
     for key, value in params.items():
-        lines.append(
-            f"parameters {{ key: {_pbtxt_string(key)} value: {{ string_value: {_pbtxt_string(value)} }} }}"
-        )
+        lines.append(f"parameters {{ key: {_pbtxt_string(key)} value: {{ string_value: {_pbtxt_string(value)} }} }}")
     (model_dir / "config.pbtxt").write_text("\n".join(lines) + "\n")
     return model_dir
 
@@ -116,9 +114,7 @@ def bundled_server_command(
     backends = Path(work_dir) / "backends"
     shutil.copytree(dist / "backends", backends, dirs_exist_ok=True)
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    shutil.copy(
-        dist / "python_backend_stubs" / version / "triton_python_backend_stub", backends / "python"
-    )
+    shutil.copy(dist / "python_backend_stubs" / version / "triton_python_backend_stub", backends / "python")
     env = dict(os.environ)
     libs = [p for p in (stub_library_path(), str(get_libs_path()), env.get("LD_LIBRARY_PATH")) if p]
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libs)

@@ -51,13 +51,10 @@ __all__ = [
 
 # The only non-default type a fitted HistGradientBoostingClassifier needs (checked with
 # skops.io.get_untrusted_types on scikit-learn 1.9); anything else in a file is refused.
-TRUSTED_TYPES: tuple[str, ...] = (
-    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-)
+TRUSTED_TYPES: tuple[str, ...] = ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",)
 
 SCORE_DEFINITION = (
-    "HistGradientBoostingClassifier.decision_function: raw log-odds of class 1 (gluon); "
-    "higher = more gluon-like"
+    "HistGradientBoostingClassifier.decision_function: raw log-odds of class 1 (gluon); higher = more gluon-like"
 )
 
 
@@ -67,28 +64,18 @@ class ModelMeta(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     schema_version: int = Field(default=1, description="Version of this metadata layout.")
-    model_kind: str = Field(
-        description="Estimator class, e.g. sklearn HistGradientBoostingClassifier."
-    )
+    model_kind: str = Field(description="Estimator class, e.g. sklearn HistGradientBoostingClassifier.")
     model_file: str = Field(description="File name of the skops model, next to this sidecar.")
     model_sha256: str = Field(description="SHA-256 of the model file's bytes.")
     features: list[str] = Field(description="Feature names, in the column order the model expects.")
     classes: list[int] = Field(description="Class labels as stored in the model (classes_).")
-    class_names: dict[str, str] = Field(
-        description="Label -> meaning, e.g. {'0': 'quark', '1': 'gluon'}."
-    )
+    class_names: dict[str, str] = Field(description="Label -> meaning, e.g. {'0': 'quark', '1': 'gluon'}.")
     positive_class: int = Field(description="The class whose log-odds the score is.")
     score: str = Field(description="Definition of the score the model returns.")
     training_sample_sha256: str = Field(description="SHA-256 over the training columns used.")
-    training: dict[str, Any] = Field(
-        default_factory=dict, description="Split, sizes, binning, seed."
-    )
-    hyperparameters: dict[str, Any] = Field(
-        default_factory=dict, description="Estimator parameters."
-    )
-    versions: dict[str, str] = Field(
-        default_factory=dict, description="Library versions at training."
-    )
+    training: dict[str, Any] = Field(default_factory=dict, description="Split, sizes, binning, seed.")
+    hyperparameters: dict[str, Any] = Field(default_factory=dict, description="Estimator parameters.")
+    versions: dict[str, str] = Field(default_factory=dict, description="Library versions at training.")
 
 
 @dataclass(frozen=True)
@@ -187,8 +174,7 @@ def read_meta(model_path: str | os.PathLike[str]) -> ModelMeta:
         return ModelMeta.model_validate_json(sidecar.read_bytes())
     except ValueError as exc:
         raise InferenceError(
-            f"model metadata {sidecar} is unreadable ({exc.__class__.__name__}); "
-            "retrain with `qgcal train --config C`"
+            f"model metadata {sidecar} is unreadable ({exc.__class__.__name__}); retrain with `qgcal train --config C`"
         ) from exc
 
 
@@ -224,7 +210,5 @@ def load_model(path: str | os.PathLike[str]) -> LoadedModel:
         ) from exc
     n_in = getattr(estimator, "n_features_in_", None)
     if n_in != len(meta.features):
-        raise InferenceError(
-            f"model file {path} expects {n_in} features but its metadata lists {len(meta.features)}"
-        )
+        raise InferenceError(f"model file {path} expects {n_in} features but its metadata lists {len(meta.features)}")
     return LoadedModel(estimator=estimator, meta=meta, path=path)

@@ -77,8 +77,7 @@ def check_port_free(port: int, host: str = "127.0.0.1") -> None:
             sock.bind((host, port))
         except OSError as exc:
             raise InferenceError(
-                f"port {port} on {host} is already in use ({exc.strerror}); "
-                "choose others with --http-port/--grpc-port"
+                f"port {port} on {host} is already in use ({exc.strerror}); choose others with --http-port/--grpc-port"
             ) from exc
 
 
@@ -107,9 +106,7 @@ def _advertise_fingerprint(triton: Any, sha256: str) -> None:
         for model in triton._model_manager.models:
             model._get_triton_model_config().backend_parameters[SHA_PARAMETER] = sha256
     except Exception as exc:  # noqa: BLE001 - any change in pytriton internals
-        log.info(
-            "model fingerprint not advertised to clients (pytriton internals changed: %s)", exc
-        )
+        log.info("model fingerprint not advertised to clients (pytriton internals changed: %s)", exc)
 
 
 def _remove_model_overrides(workspace: Path) -> None:
@@ -227,18 +224,14 @@ def serve(
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m qgcal.inference.serve MODEL``: the test fixture and ``qgcal serve`` use it."""
-    parser = argparse.ArgumentParser(
-        prog="python -m qgcal.inference.serve", description=__doc__.splitlines()[0]
-    )
+    parser = argparse.ArgumentParser(prog="python -m qgcal.inference.serve", description=__doc__.splitlines()[0])
     parser.add_argument("model", help="skops model file written by qgcal train")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--model-name", default="qgcal_tagger")
     parser.add_argument("--max-batch-size", type=int, default=131072)
     parser.add_argument("--ready-file", help="write the endpoints as JSON here once ready")
-    parser.add_argument(
-        "--workspace", help="directory for the temporary server workspace (removed at exit)"
-    )
+    parser.add_argument("--workspace", help="directory for the temporary server workspace (removed at exit)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 

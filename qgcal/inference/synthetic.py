@@ -30,9 +30,7 @@ def synthetic_jets(n: int, *, seed: int = 0, nan_fraction: float = 0.0) -> dict[
     # Latent "radiation" variable: shifts all three observables (they are correlated).
     latent = rng.normal(0.0, 1.0, n) + np.where(is_g, 0.6, 0.0)
     n_tracks = rng.poisson(np.clip(3.0 + 2.6 * log_pt + 2.5 * is_g + 1.0 * latent, 1.0, None))
-    width = np.abs(0.06 + 0.02 * latent + 0.035 * is_g + rng.normal(0, 0.025, n)) / (
-        1 + 0.1 * log_pt
-    )
+    width = np.abs(0.06 + 0.02 * latent + 0.035 * is_g + rng.normal(0, 0.025, n)) / (1 + 0.1 * log_pt)
     c1 = 0.22 + 0.04 * latent + 0.05 * is_g + 0.4 * width + rng.normal(0, 0.03, n)
     weight = rng.lognormal(0.0, 0.3, n) * np.where(rng.random(n) < 0.03, -1.0, 1.0)
     if nan_fraction > 0:

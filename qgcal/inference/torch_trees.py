@@ -69,9 +69,7 @@ def _bfs_order(nodes: np.ndarray) -> np.ndarray:
 def flatten_trees(estimator: Any, where: str) -> TreeTables:
     """Turn a fitted binary HistGradientBoostingClassifier into :class:`TreeTables`."""
     if getattr(estimator, "n_trees_per_iteration_", None) != 1:
-        raise InferenceError(
-            f"{where}: the torch backend supports binary classifiers only; use --device cpu"
-        )
+        raise InferenceError(f"{where}: the torch backend supports binary classifiers only; use --device cpu")
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("f", "t", "c", "m", "v")}
     roots, offset, depth = [], 0, 0
     for (predictor,) in estimator._predictors:
@@ -147,9 +145,7 @@ class TorchTreeScorer(BaseScorer):
         torch = self._torch
         rows = x.shape[0]
         flat_x = x.reshape(-1)
-        row_base = (torch.arange(rows, device=self.device, dtype=torch.int32) * self._n_features)[
-            :, None
-        ]
+        row_base = (torch.arange(rows, device=self.device, dtype=torch.int32) * self._n_features)[:, None]
         has_nan = bool(torch.isnan(x).any())
         node = self._roots.expand(rows, -1).reshape(-1)
         for _ in range(self._depth):
@@ -178,9 +174,7 @@ class TorchTreeScorer(BaseScorer):
             "backend": "local",
             "engine": "torch",
             "device": str(self.device),
-            "device_name": torch.cuda.get_device_name(self.device)
-            if self.device.type == "cuda"
-            else "cpu",
+            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "requested": {"backend": "local", "device": self._requested},
             "device_note": None,
             "model": model_provenance(self.model),

@@ -145,15 +145,11 @@ class _GrpcTransport:
 
     def ready(self, timeout: float) -> bool:
         s = self.settings
-        return bool(
-            self.client.is_model_ready(s.model_name, s.model_version, client_timeout=timeout)
-        )
+        return bool(self.client.is_model_ready(s.model_name, s.model_version, client_timeout=timeout))
 
     def config(self, timeout: float) -> dict[str, Any]:
         s = self.settings
-        cfg = self.client.get_model_config(
-            s.model_name, s.model_version, as_json=True, client_timeout=timeout
-        )
+        cfg = self.client.get_model_config(s.model_name, s.model_version, as_json=True, client_timeout=timeout)
         return dict(cfg.get("config", cfg))
 
     def metadata(self, timeout: float) -> Any:
@@ -161,11 +157,7 @@ class _GrpcTransport:
         return self.client.get_model_metadata(s.model_name, s.model_version, client_timeout=timeout)
 
     def index(self, timeout: float) -> list[dict[str, Any]]:
-        return list(
-            self.client.get_model_repository_index(as_json=True, client_timeout=timeout).get(
-                "models", []
-            )
-        )
+        return list(self.client.get_model_repository_index(as_json=True, client_timeout=timeout).get("models", []))
 
     def submit(self, x: np.ndarray) -> Callable[[], np.ndarray]:
         s = self.settings
@@ -290,9 +282,7 @@ class TritonScorer(BaseScorer):
     # --- start-up -----------------------------------------------------------------------
     def _model_label(self) -> str:
         s = self.settings
-        return f"model {s.model_name!r}" + (
-            f" version {s.model_version}" if s.model_version else ""
-        )
+        return f"model {s.model_name!r}" + (f" version {s.model_version}" if s.model_version else "")
 
     def _check_ready(self) -> None:
         """Wait (within the retry budget) for the server and model, then check the layout."""
@@ -311,8 +301,7 @@ class TritonScorer(BaseScorer):
                 problem = _connection_problem(exc)
                 if problem is None:
                     raise InferenceError(
-                        f"{self._where} refused the readiness check for {self._model_label()}: "
-                        f"{_describe(exc)}"
+                        f"{self._where} refused the readiness check for {self._model_label()}: {_describe(exc)}"
                     ) from exc
                 reason = problem
             if not backoff.wait():
@@ -321,9 +310,7 @@ class TritonScorer(BaseScorer):
                         f"{self._model_label()} on {self._where} is not ready after "
                         f"{s.retry_budget_s:g} s ({reason}); check the server log"
                     )
-                raise _Unreachable(
-                    f"{self._where} unreachable after {s.retry_budget_s:g} s ({reason})"
-                )
+                raise _Unreachable(f"{self._where} unreachable after {s.retry_budget_s:g} s ({reason})")
         self._check_layout(min(s.timeout_s, 10.0))
 
     def _not_ready_reason(self, timeout: float) -> str:
@@ -366,27 +353,20 @@ class TritonScorer(BaseScorer):
             problems.append(f"no input {s.input_name!r} (inputs: {', '.join(map(str, inputs))})")
         elif inputs[s.input_name].get("data_type") != f"TYPE_{s.input_dtype}":
             problems.append(
-                f"input {s.input_name} is {inputs[s.input_name].get('data_type')}, "
-                f"config says {s.input_dtype}"
+                f"input {s.input_name} is {inputs[s.input_name].get('data_type')}, config says {s.input_dtype}"
             )
         if s.output_name not in outputs:
-            problems.append(
-                f"no output {s.output_name!r} (outputs: {', '.join(map(str, outputs))})"
-            )
+            problems.append(f"no output {s.output_name!r} (outputs: {', '.join(map(str, outputs))})")
         elif outputs[s.output_name].get("data_type") != f"TYPE_{s.output_dtype}":
             problems.append(
-                f"output {s.output_name} is {outputs[s.output_name].get('data_type')}, "
-                f"config says {s.output_dtype}"
+                f"output {s.output_name} is {outputs[s.output_name].get('data_type')}, config says {s.output_dtype}"
             )
         max_batch = int(cfg.get("max_batch_size", 0) or 0)
         if max_batch and s.batch_size > max_batch:
-            problems.append(
-                f"batch_size {s.batch_size} exceeds the model's max_batch_size {max_batch}"
-            )
+            problems.append(f"batch_size {s.batch_size} exceeds the model's max_batch_size {max_batch}")
         if problems:
             raise InferenceError(
-                f"{self._model_label()} on {self._where} does not match the config: "
-                f"{'; '.join(problems)}"
+                f"{self._model_label()} on {self._where} does not match the config: {'; '.join(problems)}"
             )
         params = cfg.get("parameters", {}) or {}
         served_sha = (params.get(SHA_PARAMETER) or {}).get("string_value") or None
@@ -401,13 +381,9 @@ class TritonScorer(BaseScorer):
     # --- fallback -----------------------------------------------------------------------
     def _fall_back_or_raise(self, reason: str) -> None:
         if self.settings.fallback != "local":
-            raise InferenceError(
-                f"{reason}; start it with `qgcal serve --config C` or rerun with --backend local"
-            )
+            raise InferenceError(f"{reason}; start it with `qgcal serve --config C` or rerun with --backend local")
         assert self.model_path is not None
-        log.warning(
-            "%s; falling back to local scoring with %s (fallback: local)", reason, self.model_path
-        )
+        log.warning("%s; falling back to local scoring with %s (fallback: local)", reason, self.model_path)
         self._fallback_reason = reason
         self._local = make_local_scorer(load_model(self.model_path), self._local_device)
         self._close_transport()
@@ -471,17 +447,13 @@ class TritonScorer(BaseScorer):
                     self._outage_since = self._outage_since or time.monotonic()
                     backoff = _Backoff(budget, since=self._outage_since)
                 if not backoff.wait():
-                    raise _Unreachable(
-                        f"{self._where} unreachable after {budget:g} s ({problem})"
-                    ) from exc
+                    raise _Unreachable(f"{self._where} unreachable after {budget:g} s ({problem})") from exc
                 result = self._submit(batch)
 
     def _check_output(self, out: np.ndarray | None, rows: int) -> np.ndarray:
         s = self.settings
         if out is None:
-            raise InferenceError(
-                f"{self._model_label()} on {self._where} returned no output {s.output_name!r}"
-            )
+            raise InferenceError(f"{self._model_label()} on {self._where} returned no output {s.output_name!r}")
         if out.ndim == 2 and out.shape[1] == 1:  # [n, 1] per-row scalar -> [n]
             out = out[:, 0]
         if out.shape[:1] != (rows,) or out.dtype != self._np_out:

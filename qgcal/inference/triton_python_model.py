@@ -38,9 +38,7 @@ class TritonPythonModel:
 
     def execute(self, requests):
         # Score all requests of a dynamic batch in one call, then split them again.
-        arrays = [
-            pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests
-        ]
+        arrays = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
         sizes = [len(a) for a in arrays]
         x = np.ascontiguousarray(np.concatenate(arrays), dtype=np.float32)
         scores = self.model.decision_function(x) if len(x) else np.empty(0)

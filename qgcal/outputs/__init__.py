@@ -56,8 +56,12 @@ def write_outputs(cfg: Config, combined: Combined, *, plots: bool | None = None)
     group_keys(combined.groups)  # fail on clashing group names before writing anything
     d = combined_dir(cfg)
     out = Published(combined, d / "scale_factors.json")
-    out.corrections = write_corrections(d / "corrections.json", combined.records, combined.groups,
-                                        description=f"{cfg.name}: quark/gluon tagging scale factors (qgcal)")
+    out.corrections = write_corrections(
+        d / "corrections.json",
+        combined.records,
+        combined.groups,
+        description=f"{cfg.name}: quark/gluon tagging scale factors (qgcal)",
+    )
     out.root = write_root(d / "scale_factors.root", combined.records, combined.groups)
     return _plots_and_report(cfg, combined, out, cfg.plots.enabled if plots is None else plots)
 

@@ -69,8 +69,9 @@ def group_keys(groups: Iterable[str]) -> dict[str, str]:
     for g in sorted(groups):
         k = group_key(g)
         if not k or k in {"nominal", "stat", "total"}:
-            raise ConfigError(f"variations: group {g!r} gives the systematic name {k!r}_up, which is reserved; "
-                              "rename the group")
+            raise ConfigError(
+                f"variations: group {g!r} gives the systematic name {k!r}_up, which is reserved; rename the group"
+            )
         if k in seen:
             raise ConfigError(f"variations: groups {seen[k]!r} and {g!r} both publish as {k!r}; rename one")
         seen[k] = g
@@ -144,16 +145,16 @@ def series(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str, str], l
 
 
 def _category(schema: Any, name: str, items: Sequence[tuple[str, Any]]) -> Any:
-    return schema.Category(nodetype="category", input=name,
-                           content=[schema.CategoryItem(key=k, value=v) for k, v in items])
+    return schema.Category(
+        nodetype="category", input=name, content=[schema.CategoryItem(key=k, value=v) for k, v in items]
+    )
 
 
 def _binning(schema: Any, edges: list[float], content: list[float]) -> Any:
     return schema.Binning(nodetype="binning", input="pt", edges=edges, content=content, flow="clamp")
 
 
-def build_correction_set(records: Sequence[Mapping[str, Any]], groups: Sequence[str], *,
-                         description: str = "") -> Any:
+def build_correction_set(records: Sequence[Mapping[str, Any]], groups: Sequence[str], *, description: str = "") -> Any:
     """The CorrectionSet (pydantic models: built = validated)."""
     import correctionlib.schemav2 as cs
 
@@ -169,41 +170,64 @@ def build_correction_set(records: Sequence[Mapping[str, Any]], groups: Sequence[
         flag_tree.setdefault(tagger, {}).setdefault(wp, {})[parton] = _binning(cs, edges, codes)
 
     def nest(t: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> Any:
-        return _category(cs, "tagger", [
-            (tagger, _category(cs, "working_point", [
-                (wp, _category(cs, "parton", sorted(by_parton.items()))) for wp, by_parton in sorted(by_wp.items())
-            ])) for tagger, by_wp in sorted(t.items())
-        ])
+        return _category(
+            cs,
+            "tagger",
+            [
+                (
+                    tagger,
+                    _category(
+                        cs,
+                        "working_point",
+                        [
+                            (wp, _category(cs, "parton", sorted(by_parton.items())))
+                            for wp, by_parton in sorted(by_wp.items())
+                        ],
+                    ),
+                )
+                for tagger, by_wp in sorted(t.items())
+            ],
+        )
 
     head = [
         cs.Variable(name="tagger", type="string", description="tagger name from the qgcal config"),
-        cs.Variable(name="working_point", type="string",
-                    description="quark-efficiency working point as written by f'{wp:g}', e.g. '0.6'"),
-        cs.Variable(name="parton", type="string",
-                    description="'quark' (SF of the quark efficiency) or 'gluon' (SF of the gluon rejection)"),
+        cs.Variable(
+            name="working_point",
+            type="string",
+            description="quark-efficiency working point as written by f'{wp:g}', e.g. '0.6'",
+        ),
+        cs.Variable(
+            name="parton",
+            type="string",
+            description="'quark' (SF of the quark efficiency) or 'gluon' (SF of the gluon rejection)",
+        ),
     ]
     pt = cs.Variable(name="pt", type="real", description="jet pT in GeV; clamped to the first/last bin")
     syst = cs.Variable(name="systematic", type="string", description=", ".join(systs))
     sf = cs.Correction(
-        name=CORRECTION, version=1,
+        name=CORRECTION,
+        version=1,
         description="quark/gluon tagging scale factors (qgcal): nominal, stat, per-group and total systematic "
         "variations (SF + up or SF - down). Undefined values: SF 1.0, uncertainty 100 % (see qg_sf_flags).",
-        inputs=[*head, syst, pt], output=cs.Variable(name="sf", type="real", description="scale factor"),
+        inputs=[*head, syst, pt],
+        output=cs.Variable(name="sf", type="real", description="scale factor"),
         data=nest(tree),
     )
     flags = cs.Correction(
-        name=FLAGS_CORRECTION, version=1,
+        name=FLAGS_CORRECTION,
+        version=1,
         description="0: healthy; 1: flagged (see combined/scale_factors.json); 2: an undefined value was "
         "replaced by the fallback (SF 1.0, uncertainty 100 %)",
-        inputs=[*head, pt], output=cs.Variable(name="flag", type="real", description="0, 1 or 2"),
+        inputs=[*head, pt],
+        output=cs.Variable(name="flag", type="real", description="0, 1 or 2"),
         data=nest(flag_tree),
     )
-    return cs.CorrectionSet(schema_version=2, description=description or "qgcal scale factors",
-                            corrections=[sf, flags])
+    return cs.CorrectionSet(schema_version=2, description=description or "qgcal scale factors", corrections=[sf, flags])
 
 
-def write_corrections(path: Path, records: Sequence[Mapping[str, Any]], groups: Sequence[str], *,
-                      description: str = "") -> Path:
+def write_corrections(
+    path: Path, records: Sequence[Mapping[str, Any]], groups: Sequence[str], *, description: str = ""
+) -> Path:
     """Validate (pydantic models, then correctionlib's own loader) and write atomically."""
     import correctionlib
 

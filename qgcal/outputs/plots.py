@@ -66,8 +66,7 @@ def _label(ax: Any, cfg: Config) -> None:
     atlas = TextArea("ATLAS", textprops={"fontweight": "bold", "fontstyle": "italic", "fontsize": 13})
     label = TextArea(f" {cfg.plots.label}", textprops={"fontsize": 13})
     lumi = f"{cfg.lumi_pb / 1000.0:.3g} fb" if cfg.lumi_pb >= 1000.0 else f"{cfg.lumi_pb:.3g} pb"
-    sub = TextArea(rf"√s = {cfg.plots.com_energy_tev:g} TeV, {lumi}$^{{-1}}$",
-                   textprops={"fontsize": 10})
+    sub = TextArea(rf"√s = {cfg.plots.com_energy_tev:g} TeV, {lumi}$^{{-1}}$", textprops={"fontsize": 10})
     box = VPacker(children=[HPacker(children=[atlas, label], pad=0, sep=0), sub], pad=0, sep=3, align="left")
     ax.add_artist(AnchoredOffsetbox(loc="upper left", child=box, frameon=False, pad=0.2, borderpad=0.4))
 
@@ -96,15 +95,22 @@ def _sf_panel(ax: Any, recs: Sequence[Mapping[str, Any]], groups: Sequence[str],
     colours = [f"C{i}" for i in range(10)]
     for i, g in enumerate(groups):
         g_up, g_down = _group_arrays(recs, g)
-        ax.stairs(sf + g_up, edges, baseline=sf - g_down, fill=False, color=colours[i % 10], linewidth=1.2,
-                  label=g)
+        ax.stairs(sf + g_up, edges, baseline=sf - g_down, fill=False, color=colours[i % 10], linewidth=1.2, label=g)
     flagged = np.array([bool(r["flags"]) for r in recs])
     ok = ~flagged
-    ax.errorbar(centres[ok], sf[ok], yerr=stat[ok], xerr=half[ok], fmt="o", color="k", markersize=4,
-                label="SF ± stat")
+    ax.errorbar(centres[ok], sf[ok], yerr=stat[ok], xerr=half[ok], fmt="o", color="k", markersize=4, label="SF ± stat")
     if flagged.any():
-        ax.errorbar(centres[flagged], sf[flagged], yerr=stat[flagged], xerr=half[flagged], fmt="o",
-                    color="k", markerfacecolor="white", markersize=4, label="flagged")
+        ax.errorbar(
+            centres[flagged],
+            sf[flagged],
+            yerr=stat[flagged],
+            xerr=half[flagged],
+            fmt="o",
+            color="k",
+            markerfacecolor="white",
+            markersize=4,
+            label="flagged",
+        )
     ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
     ax.set_xlim(edges[0], edges[-1])
     ax.set_xlabel("jet $p_{T}$ [GeV]", fontsize=12)
@@ -120,8 +126,15 @@ def _sf_panel(ax: Any, recs: Sequence[Mapping[str, Any]], groups: Sequence[str],
     ax.legend(fontsize=7, loc="upper right", ncol=2)
 
 
-def _per_tagger_wp(cfg: Config, records: Sequence[Mapping[str, Any]], groups: Sequence[str], out_dir: Path,
-                   panel: Any, title: str, prefix: str) -> list[Path]:
+def _per_tagger_wp(
+    cfg: Config,
+    records: Sequence[Mapping[str, Any]],
+    groups: Sequence[str],
+    out_dir: Path,
+    panel: Any,
+    title: str,
+    prefix: str,
+) -> list[Path]:
     """One PNG per tagger and WP with ``panel`` drawn for quark and gluon side by side."""
     plt = setup_matplotlib()
     written = []
@@ -137,8 +150,9 @@ def _per_tagger_wp(cfg: Config, records: Sequence[Mapping[str, Any]], groups: Se
     return written
 
 
-def plot_scale_factors(cfg: Config, records: Sequence[Mapping[str, Any]], groups: Sequence[str],
-                       out_dir: Path) -> list[Path]:
+def plot_scale_factors(
+    cfg: Config, records: Sequence[Mapping[str, Any]], groups: Sequence[str], out_dir: Path
+) -> list[Path]:
     """SF vs pT with stat error bars, per-group bands and the total band."""
     return _per_tagger_wp(cfg, records, groups, out_dir, _sf_panel, "{tagger}, WP {wp}, {parton}", "sf")
 
@@ -150,8 +164,14 @@ def _breakdown_panel(ax: Any, recs: Sequence[Mapping[str, Any]], groups: Sequenc
         rel = 100.0 / np.abs(sf)
         stat = _arr([r["stat"] for r in recs]) * rel
         up, down = _arr([r["total_up"] for r in recs]) * rel, _arr([r["total_down"] for r in recs]) * rel
-    ax.stairs(np.hypot(up, stat), edges, baseline=-np.hypot(down, stat), fill=True, color="#dddddd",
-              label=r"stat $\oplus$ syst")
+    ax.stairs(
+        np.hypot(up, stat),
+        edges,
+        baseline=-np.hypot(down, stat),
+        fill=True,
+        color="#dddddd",
+        label=r"stat $\oplus$ syst",
+    )
     ax.stairs(stat, edges, baseline=-stat, fill=False, color="k", linestyle="--", label="stat")
     for i, g in enumerate(groups):
         g_up, g_down = _group_arrays(recs, g)
@@ -170,11 +190,13 @@ def _breakdown_panel(ax: Any, recs: Sequence[Mapping[str, Any]], groups: Sequenc
     ax.legend(fontsize=7, loc="upper right", ncol=2)
 
 
-def plot_breakdown(cfg: Config, records: Sequence[Mapping[str, Any]], groups: Sequence[str],
-                   out_dir: Path) -> list[Path]:
+def plot_breakdown(
+    cfg: Config, records: Sequence[Mapping[str, Any]], groups: Sequence[str], out_dir: Path
+) -> list[Path]:
     """Relative uncertainty per group vs pT; one PNG per tagger and WP."""
-    return _per_tagger_wp(cfg, records, groups, out_dir, _breakdown_panel,
-                          "{tagger}, WP {wp}, {parton}: up > 0, down < 0", "breakdown")
+    return _per_tagger_wp(
+        cfg, records, groups, out_dir, _breakdown_panel, "{tagger}, WP {wp}, {parton}: up > 0, down < 0", "breakdown"
+    )
 
 
 def _read_extraction(cfg: Config) -> dict[str, Any]:
@@ -194,8 +216,14 @@ def plot_fractions(cfg: Config, extraction: Mapping[str, Any], out_dir: Path) ->
         bins = extraction[tagger]
         edges = np.asarray(bin_edges(bins))
         ax.stairs(_arr([b["f_forward_quark"] for b in bins]), edges, color="C0", linewidth=2, label="forward jets")
-        ax.stairs(_arr([b["f_central_quark"] for b in bins]), edges, color="C1", linewidth=2, linestyle="--",
-                  label="central jets")
+        ax.stairs(
+            _arr([b["f_central_quark"] for b in bins]),
+            edges,
+            color="C1",
+            linewidth=2,
+            linestyle="--",
+            label="central jets",
+        )
         ax.set_ylim(0.0, 1.0)
         ax.set_xlim(edges[0], edges[-1])
         ax.set_xlabel("jet $p_{T}$ [GeV]", fontsize=12)
@@ -220,10 +248,15 @@ def extraction_plots(cfg: Config, extraction: Mapping[str, Any], out_dir: Path) 
                 shutil.copyfile(src, tmp)
             written.append(dst)
         elif tagger in cfg.taggers:
-            to_draw[tagger] = [SimpleNamespace(
-                pt_low=b["pt_low"], pt_high=b["pt_high"], flags=b["flags"],
-                **{k: _arr(b[k]) for k in ("p_q_mc", "p_g_mc", "p_q_data", "p_g_data")},
-            ) for b in bins]
+            to_draw[tagger] = [
+                SimpleNamespace(
+                    pt_low=b["pt_low"],
+                    pt_high=b["pt_high"],
+                    flags=b["flags"],
+                    **{k: _arr(b[k]) for k in ("p_q_mc", "p_g_mc", "p_q_data", "p_g_data")},
+                )
+                for b in bins
+            ]
     if to_draw:
         written += plot_extractions(cfg, "nominal", to_draw, out_dir)
     return sorted(written)

@@ -31,12 +31,16 @@ def _syst_cell(r: Mapping[str, Any]) -> str:
 
 
 def _table(records: Sequence[Mapping[str, Any]]) -> list[str]:
-    lines = ["| tagger | WP | parton | pT [GeV] | SF ± stat | syst (+up / −down) | flags |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| tagger | WP | parton | pT [GeV] | SF ± stat | syst (+up / −down) | flags |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(records, key=lambda r: (r["tagger"], r["working_point"], r["parton"] != "quark", r["pt_low"])):
         flags = ", ".join(r["flags"]) if r["flags"] else ""
-        lines.append(f"| {r['tagger']} | {r['working_point']:g} | {r['parton']} | "
-                     f"{r['pt_low']:g}–{r['pt_high']:g} | {_sf_cell(r)} | {_syst_cell(r)} | {flags} |")
+        lines.append(
+            f"| {r['tagger']} | {r['working_point']:g} | {r['parton']} | "
+            f"{r['pt_low']:g}–{r['pt_high']:g} | {_sf_cell(r)} | {_syst_cell(r)} | {flags} |"
+        )
     return lines
 
 
@@ -50,8 +54,10 @@ def _group_table(records: Sequence[Mapping[str, Any]], groups: Sequence[str]) ->
             if r["sf"] and grp and grp["up"] is not None and grp["down"] is not None:
                 ups.append(grp["up"] / abs(r["sf"]))
                 downs.append(grp["down"] / abs(r["sf"]))
-        lines.append(f"| {g} | {format_value(max(ups) * 100 if ups else None, 1)} % | "
-                     f"{format_value(max(downs) * 100 if downs else None, 1)} % |")
+        lines.append(
+            f"| {g} | {format_value(max(ups) * 100 if ups else None, 1)} % | "
+            f"{format_value(max(downs) * 100 if downs else None, 1)} % |"
+        )
     return lines
 
 
@@ -72,14 +78,20 @@ def _flags(records: Sequence[Mapping[str, Any]]) -> list[str]:
     counts = Counter(f for r in records for f in r["flags"])
     if not counts:
         return ["No record is flagged."]
-    head = (f"{sum(1 for r in records if r['flags'])} of {len(records)} records are flagged "
-            "(see docs/physics.md and docs/outputs.md for the meaning of each flag):")
+    head = (
+        f"{sum(1 for r in records if r['flags'])} of {len(records)} records are flagged "
+        "(see docs/physics.md and docs/outputs.md for the meaning of each flag):"
+    )
     lines = [head, "", "| flag | records |", "|---|---|"]
     lines += [f"| `{f}` | {n} |" for f, n in sorted(counts.items())]
     undefined = sorted({v for r in records for v in r.get("undefined_variations", [])})
     if undefined:
-        lines += ["", "Variations with an undefined SF in some bin (their group and total are undefined (-) there): "
-                  + ", ".join(f"`{v}`" for v in undefined) + "."]
+        lines += [
+            "",
+            "Variations with an undefined SF in some bin (their group and total are undefined (-) there): "
+            + ", ".join(f"`{v}`" for v in undefined)
+            + ".",
+        ]
     return lines
 
 
@@ -117,29 +129,41 @@ def _skipped(skipped: Sequence[Mapping[str, Any]]) -> list[str]:
         per_file[r["file"]] = n if old is None else old if n is None else max(old, int(n))
     lost = sum(n for n in per_file.values() if n is not None)
     unknown = sum(1 for n in per_file.values() if n is None)
-    head = (f"**{len(per_file)} input file(s) were skipped as unreadable** (`--skip-bad-files` / "
-            f"`reading.skip_bad_files`): **{lost} events lost** (entries of their trees, before any "
-            "selection)" + (f", plus {unknown} file(s) whose number of entries could not be read" if unknown else "")
-            + ". The scale factors below do not include these events.")
+    head = (
+        f"**{len(per_file)} input file(s) were skipped as unreadable** (`--skip-bad-files` / "
+        f"`reading.skip_bad_files`): **{lost} events lost** (entries of their trees, before any "
+        "selection)"
+        + (f", plus {unknown} file(s) whose number of entries could not be read" if unknown else "")
+        + ". The scale factors below do not include these events."
+    )
     lines = [head, "", "| file | tree | events lost | reason | systematics affected |", "|---|---|---|---|---|"]
     for r in skipped:
         n = r.get("events_lost")
-        lines.append(f"| `{_cell_text(r['file'])}` | {_cell_text(r.get('tree'))} | "
-                     f"{'unknown' if n is None else n} | {_cell_text(r.get('reason'))} | "
-                     f"{', '.join(r.get('systematics', []))} |")
+        lines.append(
+            f"| `{_cell_text(r['file'])}` | {_cell_text(r.get('tree'))} | "
+            f"{'unknown' if n is None else n} | {_cell_text(r.get('reason'))} | "
+            f"{', '.join(r.get('systematics', []))} |"
+        )
     return lines
 
 
-def render_report(title: str, metadata: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
-                  plots: Sequence[Path], report_dir: Path,
-                  skipped: Sequence[Mapping[str, Any]] = ()) -> str:
+def render_report(
+    title: str,
+    metadata: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    plots: Sequence[Path],
+    report_dir: Path,
+    skipped: Sequence[Mapping[str, Any]] = (),
+) -> str:
     """The Markdown text; plot paths are written relative to ``report_dir``."""
     groups = list(metadata["groups"])
     rel = [p.relative_to(report_dir).as_posix() for p in sorted(plots)]
-    intro = (f"qgcal {metadata.get('qgcal_version', '')}. pT in GeV. SF ± statistical error; the systematic "
-             "error is the quadrature sum of the groups below (upward / downward, as magnitudes). "
-             "`-`: undefined, see flags. Machine-readable: [scale_factors.json](scale_factors.json), "
-             "[corrections.json](corrections.json) (correctionlib), [scale_factors.root](scale_factors.root).")
+    intro = (
+        f"qgcal {metadata.get('qgcal_version', '')}. pT in GeV. SF ± statistical error; the systematic "
+        "error is the quadrature sum of the groups below (upward / downward, as magnitudes). "
+        "`-`: undefined, see flags. Machine-readable: [scale_factors.json](scale_factors.json), "
+        "[corrections.json](corrections.json) (correctionlib), [scale_factors.root](scale_factors.root)."
+    )
     out = [f"# {title}: quark/gluon tagging scale factors", "", intro, ""]
     out += ["## Skipped input files", ""] + _skipped(skipped) + [""]
     out += ["## Summary", ""]
@@ -148,8 +172,12 @@ def render_report(title: str, metadata: Mapping[str, Any], records: Sequence[Map
     out += ["", "## Systematic variations", ""] + _systematics(metadata)
     out += ["", "## Flags", ""] + _flags(records)
     out += ["", "## Plots", ""]
-    sections = [("Scale factors vs pT", "sf_"), ("Uncertainty breakdown", "breakdown_"),
-                ("Quark fractions", "quark_fractions"), ("Extracted shapes (nominal)", "extracted_")]
+    sections = [
+        ("Scale factors vs pT", "sf_"),
+        ("Uncertainty breakdown", "breakdown_"),
+        ("Quark fractions", "quark_fractions"),
+        ("Extracted shapes (nominal)", "extracted_"),
+    ]
     listed: set[str] = set()
     for heading, prefix in sections:
         mine = [p for p in rel if Path(p).name.startswith(prefix)]
@@ -167,8 +195,9 @@ def render_report(title: str, metadata: Mapping[str, Any], records: Sequence[Map
     return "\n".join(out).rstrip() + "\n"
 
 
-def write_report(path: Path, title: str, metadata: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
-                 plots: Sequence[Path]) -> Path:
+def write_report(
+    path: Path, title: str, metadata: Mapping[str, Any], records: Sequence[Mapping[str, Any]], plots: Sequence[Path]
+) -> Path:
     # report.md lives in <output>/results/combined/
     skipped = collect_skipped(metadata, path.parent.parent.parent)
     text = render_report(title, metadata, records, plots, path.parent, skipped)

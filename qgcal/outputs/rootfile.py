@@ -42,8 +42,12 @@ def histogram_path(tagger: str, wp: str, parton: str, name: str) -> str:
 def _th1(edges: list[float], values: Sequence[float], errors: Sequence[float], title: str) -> Any:
     import hist
 
-    h = hist.Hist(hist.axis.Variable(edges, name="pt", label="jet p_{T} [GeV]"),
-                  storage=hist.storage.Weight(), name=title, label=title)
+    h = hist.Hist(
+        hist.axis.Variable(edges, name="pt", label="jet p_{T} [GeV]"),
+        storage=hist.storage.Weight(),
+        name=title,
+        label=title,
+    )
     view = h.view()
     view.value[:] = np.asarray(values, dtype=float)
     view.variance[:] = np.asarray(errors, dtype=float) ** 2
@@ -60,16 +64,18 @@ def write_root(path: Path, records: Sequence[Mapping[str, Any]], groups: Sequenc
             edges = bin_edges(recs)
             vals = [published_values(r, groups)[0] for r in recs]
             # the statistical error itself (not stat_up - nominal, which rounds); fallback 100 %
-            stat = [float(r["stat"]) if r["sf"] is not None and r["stat"] is not None else v["nominal"]
-                    for r, v in zip(recs, vals)]
+            stat = [
+                float(r["stat"]) if r["sf"] is not None and r["stat"] is not None else v["nominal"]
+                for r, v in zip(recs, vals)
+            ]
             head = f"{tagger} WP {wp} {parton}"
             f[histogram_path(tagger, wp, parton, "nominal")] = _th1(
-                edges, [v["nominal"] for v in vals], stat, f"{head}: SF (stat error)")
+                edges, [v["nominal"] for v in vals], stat, f"{head}: SF (stat error)"
+            )
             zeros = [0.0] * len(recs)
             for s in systs[1:]:
-                f[histogram_path(tagger, wp, parton, s)] = _th1(edges, [v[s] for v in vals], zeros,
-                                                                f"{head}: SF {s}")
+                f[histogram_path(tagger, wp, parton, s)] = _th1(edges, [v[s] for v in vals], zeros, f"{head}: SF {s}")
             f[histogram_path(tagger, wp, parton, "flags")] = _th1(
-                edges, [float(flag_code(r, groups)) for r in recs], zeros,
-                f"{head}: 0 healthy, 1 flagged, 2 fallback")
+                edges, [float(flag_code(r, groups)) for r in recs], zeros, f"{head}: 0 healthy, 1 flagged, 2 fallback"
+            )
     return path
