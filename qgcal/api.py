@@ -31,11 +31,15 @@ from qgcal.config import Config, load_config
 __all__ = ["combine", "generate", "load_config", "run", "status", "sweep", "train"]
 
 
-def _configured(cfg: Config, executor: str | Executor | None, options: dict[str, Any]) -> Config:
-    settings = {SETTINGS[k]: v for k, v in options.items()}
+def _configured(cfg: Config, executor: str | Executor | None, settings: dict[str, Any]) -> Config:
+    """``cfg`` with the keyword settings applied (None keeps the config's value)."""
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise TypeError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(SETTINGS))}")
+    dotted = {SETTINGS[k]: v for k, v in settings.items()}
     if isinstance(executor, str):
-        settings[SETTINGS["executor"]] = executor
-    return cfg.with_overrides(settings)
+        dotted[SETTINGS["executor"]] = executor
+    return cfg.with_overrides(dotted)
 
 
 def _instance(executor: str | Executor | None) -> Executor | None:
@@ -48,26 +52,16 @@ def run(
     *,
     executor: str | Executor | None = None,
     force: bool = False,
-    workers: int | None = None,
-    skip_bad_files: bool | None = None,
-    backend: str | None = None,
-    device: str | None = None,
-    triton_url: str | None = None,
+    **settings: Any,
 ) -> Any:
-    """``qgcal run --syst SYST``: the per-file passes, then the final pass; returns a ``RunResult``."""
+    """``qgcal run --syst SYST``: the per-file passes, then the final pass; returns a ``RunResult``.
+
+    ``settings``: ``workers``, ``skip_bad_files``, ``scheduler``, ``backend``, ``device``,
+    ``triton_url`` (the command's options of the same names).
+    """
     from qgcal.workflows.single import run_systematic
 
-    cfg = _configured(
-        cfg,
-        executor,
-        {
-            "workers": workers,
-            "skip_bad_files": skip_bad_files,
-            "backend": backend,
-            "device": device,
-            "triton_url": triton_url,
-        },
-    )
+    cfg = _configured(cfg, executor, settings)
     return run_systematic(cfg, syst, executor=_instance(executor), force=force)
 
 
@@ -77,39 +71,35 @@ def sweep(
     *,
     executor: str | Executor | None = None,
     force: bool = False,
-    workers: int | None = None,
-    skip_bad_files: bool | None = None,
-    backend: str | None = None,
-    device: str | None = None,
-    triton_url: str | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """``qgcal sweep``: nominal and every (or the named) variation through one pool; ``{syst: RunResult}``."""
+    """``qgcal sweep``: nominal and every (or the named) variation through one pool; ``{syst: RunResult}``.
+
+    ``settings`` as for :func:`run`.
+    """
     from qgcal.workflows.sweep import run_many
 
     names = list(systs) if systs else cfg.variation_names()
     if "nominal" not in names:
         names = ["nominal", *names]
-    cfg = _configured(
-        cfg,
-        executor,
-        {
-            "workers": workers,
-            "skip_bad_files": skip_bad_files,
-            "backend": backend,
-            "device": device,
-            "triton_url": triton_url,
-        },
-    )
-    return run_many(cfg, names, executor=_instance(executor), force=force)
+    return run_many(_configured(cfg, executor, settings), names, executor=_instance(executor), force=force)
 
 
-def combine(cfg: Config, *, plots: bool | None = None) -> Any:
-    """``qgcal combine``: uncertainties per group and total, correctionlib, ROOT, plots and report.md."""
+def combine(cfg: Config, *, plots: bool | None = None, allow_stale: bool = False) -> Any:
+    """``qgcal combine``: uncertainties per group and total, correctionlib, ROOT, plots and report.md.
+
+    Refuses stale per-systematic results (ArtifactError) unless ``allow_stale`` (then warned and
+    recorded in ``results/combined/stale_inputs.json``).
+    """
     from qgcal.locking import output_lock
     from qgcal.outputs import publish
+    from qgcal.workflows.status import check_combinable, record_stale_inputs
 
     with output_lock(cfg.output_path):
-        return publish(cfg, plots=plots)
+        stale = check_combinable(cfg, allow_stale=allow_stale)
+        published = publish(cfg, plots=plots)
+        record_stale_inputs(cfg, stale)
+        return published
 
 
 def status(cfg: Config, systs: Sequence[str] | None = None) -> Any:

@@ -102,21 +102,62 @@ def library_versions() -> dict[str, str]:
     return dict(_versions())
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (not thread-safe, but only read once per write)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the umask (group-readable with umask 002/022)."""
+    return 0o666 & ~current_umask()
+
+
 @contextmanager
 def atomic_path(final: Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary sibling path; rename it over ``final`` only on success."""
+    """Yield a temporary sibling path; rename it over ``final`` only on success.
+
+    ``mkstemp`` creates the file with mode 0600 whatever the umask; the artifact gets the mode an
+    ordinary ``open()`` would give it, so colleagues in a shared group area can read it.
+    """
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.tmp-", suffix=suffix, dir=final.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, file_mode())
+    finally:
+        os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with tmp_path.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp_path, final)
+        try:
+            yield tmp_path
+            with tmp_path.open("rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp_path, final)
+        except OSError as err:
+            raise _naming(err, final) from err
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _naming(err: OSError, final: Path) -> OSError:
+    """``err`` with the artifact's path as its filename: a full disk says which file it was writing.
+
+    A write error (ENOSPC from ``write``, pyarrow's ``OSError`` without errno) names no file, or
+    the temporary one; the user needs the artifact and its folder.
+    """
+    if err.filename is not None and Path(str(err.filename)).parent == final.parent and ".tmp-" not in str(err.filename):
+        return err
+    text = err.strerror or (str(err).splitlines() or [type(err).__name__])[0]
+    return OSError(err.errno, text, str(final))
 
 
 def write_json_atomic(final: Path, payload: Any) -> None:
@@ -148,13 +189,20 @@ class ParquetArtifactWriter:
     def write(self, columns: Mapping[str, Any]) -> None:
         table = pa.table({name: columns[name] for name in self.schema.names}, schema=self.schema)
         if table.num_rows:
-            self._writer.write_table(table)
+            try:
+                self._writer.write_table(table)
+            except OSError as err:  # a full disk: name the artifact (pyarrow names no file)
+                raise _naming(err, self.final) from err
             self.rows += table.num_rows
 
     def commit(self, provenance: Mapping[str, Any]) -> None:
         blob = json.dumps(provenance, sort_keys=True, allow_nan=False).encode()
         self._writer.add_key_value_metadata({PROVENANCE_KEY: blob})
-        self._writer.close()
+        try:
+            self._writer.close()
+        except OSError as err:
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)  # removes the temporary file
+            raise _naming(err, self.final) from err
         self._ctx.__exit__(None, None, None)
 
     def abort(self) -> None:

@@ -41,6 +41,7 @@ __all__ = [
     "Config",
     "format_validation",
     "load_config",
+    "load_yaml",
     "parse_branch_expr",
     "parse_config",
 ]
@@ -64,8 +65,10 @@ _BRANCH_EXPR = re.compile(r"^(?P<name>[^\[\]\s]+)(\[(?P<index>\d+)\])?$")
 
 
 class _Model(BaseModel):
-    # allow_inf_nan=False: '.inf' or '.nan' in YAML is a float to pydantic, never a sensible setting
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    # allow_inf_nan=False: '.inf' or '.nan' in YAML is a float to pydantic, never a sensible setting.
+    # strict=True: no bool as a number ('lumi_pb: true'), no string as a bool ("require_trigger: 'yes'"),
+    # no number as a string; an int is still a float ('lumi_pb: 20').
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 # ----------------------------------------------------------------------------- branches
@@ -259,6 +262,16 @@ class ModelTagger(_Model):
     bins: Binning = Field(description="histogram binning of the raw decision score")
     quark_side: Literal["low", "high"] = Field("low", description="which side is quark-like")
     train_max_iter: int = Field(200, ge=1, description="boosting iterations for qgcal train")
+
+    @field_validator("features")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("a model needs at least one feature")
+        repeated = sorted({f for f in v if v.count(f) > 1})
+        if repeated:
+            raise ValueError(f"features must be distinct; {', '.join(map(repr, repeated))} is listed twice")
+        return v
 
 
 Tagger = Annotated[BranchTagger | ModelTagger, Field(discriminator="kind")]
@@ -846,6 +859,36 @@ def parse_config(data: Any, *, source: str = "config", base_dir: Path | str = ".
         raise ConfigError(f"{source}: the config is nested too deeply (or refers to itself)") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, except that a key given twice in one mapping is an error (not "the last wins")."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *anchor' merges are not duplicates
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: SafeLoader reports it
+                continue
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} on lines {first} and {line} (a key may appear once per mapping)",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with the safe loader, rejecting duplicate keys (both line numbers named)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def load_config(path: str | Path) -> Config:
     """Read and validate a YAML config; relative paths resolve against its directory."""
     p = Path(path)
@@ -858,7 +901,7 @@ def load_config(path: str | Path) -> Config:
     except OSError as err:
         raise ConfigError(f"{p}: cannot read the config ({err.strerror or type(err).__name__})") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -11,12 +11,14 @@ Light on purpose (numpy only): the config layer and every pass import it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "ALL_MC_FLAVOURS",
+    "EVENTS_UNKNOWN",
     "FLAVOURS",
     "FLAVOUR_BOTTOM",
     "FLAVOUR_CHARM",
@@ -36,6 +38,8 @@ __all__ = [
     "REPLICA_OTHER",
     "REPLICA_QUARK",
     "TAGGER_DTYPE",
+    "EventsLost",
+    "events_lost",
     "flavour_codes",
     "jet_table_schema",
     "replica_class",
@@ -121,3 +125,41 @@ def replica_class(flavour: np.ndarray) -> np.ndarray:
     out[np.isin(flavour, QUARK_FLAVOURS)] = REPLICA_QUARK
     out[flavour == FLAVOUR_GLUON] = REPLICA_GLUON
     return out
+
+
+# ----------------------------------------------------------------------------- files skipped as bad
+# A skip record (workflows/runner.py) carries "file" and "events_lost": the entries of the file's
+# tree, or None when the file cannot tell (not a ROOT file, truncated, no such tree). The final
+# pass, report.md and the command's summary line all count them here, so they agree.
+
+EVENTS_UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True)
+class EventsLost:
+    """Events lost to skipped files: ``total`` is a number only when every file's count is known."""
+
+    known: int  # sum over the files whose count is known (each file once)
+    unknown_files: tuple[str, ...]  # files whose count is not known
+
+    @property
+    def total(self) -> int | str:
+        return EVENTS_UNKNOWN if self.unknown_files else self.known
+
+    def text(self) -> str:
+        """``"1234 events lost"`` or ``"unknown events lost (at least 1234; 2 file(s) could not be counted)"``."""
+        if not self.unknown_files:
+            return f"{self.known} events lost"
+        least = f"at least {self.known}; " if self.known else ""
+        return f"{EVENTS_UNKNOWN} events lost ({least}{len(self.unknown_files)} file(s) could not be counted)"
+
+
+def events_lost(skipped: Sequence[Mapping[str, Any]]) -> EventsLost:
+    """Each file once (a file skipped for several variations is one loss): its largest known count."""
+    per_file: dict[str, int | None] = {}
+    for r in skipped:
+        n, old = r.get("events_lost"), per_file.get(str(r["file"]))
+        n = None if n is None or isinstance(n, bool) or not isinstance(n, int) else n
+        per_file[str(r["file"])] = n if old is None else old if n is None else max(old, n)
+    known = sum(n for n in per_file.values() if n is not None)
+    return EventsLost(known, tuple(sorted(f for f, n in per_file.items() if n is None)))

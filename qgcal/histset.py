@@ -98,7 +98,10 @@ def save_histset(
     """
     arrays = _to_arrays(hs, meta, extra)
     buf = io.BytesIO()
-    np.savez(buf, **arrays)  # np.savez writes zip entries with a fixed date
+    # np.savez writes zip entries with a fixed date; numpy 2's stubs type **kwds as its own
+    # keyword options, so the call is typed as Any (no member is named like one of them)
+    savez: Any = np.savez
+    savez(buf, **arrays)
     with atomic_path(path, ".npz") as tmp:
         tmp.write_bytes(buf.getvalue())
 

@@ -28,7 +28,7 @@ def output_lock(output: Path) -> Iterator[None]:
     Worker processes start from a forkserver, so they never inherit the descriptor.
     """
     output.mkdir(parents=True, exist_ok=True)
-    fd = os.open(output / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(output / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides (group-readable areas)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 from qgcal.config import Config
 from qgcal.plan import FileTask, artifact_path
 
-__all__ = ["FilePass", "PassInput", "PassRun", "artifact_of"]
+__all__ = ["FilePass", "PassInput", "PassRun", "UpstreamPass", "artifact_of"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,43 @@ class FilePass(Protocol):
     def run(self, cfg: Config, items: Sequence[PassInput]) -> list[PassRun]:
         """Process one job's items, writing each ``item.out`` atomically; one result per item."""
         ...
+
+
+class UpstreamPass:
+    """Base of a pass that turns its upstream artifact into its own, one file task per job.
+
+    Subclasses set ``name`` and ``ext`` and define ``provenance_for`` (what a valid
+    artifact records, from the upstream artifact), ``read_provenance`` and ``run_one``
+    (write ``out`` from ``upstream``; return the events processed).
+    """
+
+    name: str
+    ext: str
+    unit = "files"
+
+    def jobs(self, tasks: Sequence[FileTask]) -> list[list[FileTask]]:
+        return [[t] for t in tasks]
+
+    def expected_provenance(self, cfg: Config, item: PassInput) -> dict[str, Any]:
+        return self.provenance_for(cfg, _upstream(item))
+
+    def run(self, cfg: Config, items: Sequence[PassInput]) -> list[PassRun]:
+        return [PassRun(self.run_one(cfg, item.task, _upstream(item), item.out)) for item in items]
+
+    def provenance_for(self, cfg: Config, upstream: Path) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def read_provenance(self, path: Path) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def run_one(self, cfg: Config, task: FileTask, upstream: Path, out: Path) -> int:
+        raise NotImplementedError
+
+
+def _upstream(item: PassInput) -> Path:
+    if item.upstream is None:
+        raise ValueError(f"{item.out}: a pass that reads an upstream artifact cannot be the first of the chain")
+    return item.upstream
 
 
 def artifact_of(cfg: Config, task: FileTask, p: FilePass) -> Path:

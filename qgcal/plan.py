@@ -25,7 +25,16 @@ from qgcal.config import (
     WeightVariation,
 )
 
-__all__ = ["FileTask", "artifact_path", "jet_variables", "mc_sample_for", "model_path", "plan_tasks", "reweighting_for"]
+__all__ = [
+    "FileTask",
+    "artifact_path",
+    "input_ref",
+    "jet_variables",
+    "mc_sample_for",
+    "model_path",
+    "plan_tasks",
+    "reweighting_for",
+]
 
 
 @dataclass(frozen=True)
@@ -43,17 +52,32 @@ class FileTask:
     weight_divide: tuple[str, ...] = ()
     sumw_branch: str | None = None
     extra: tuple[tuple[str, str], ...] = field(default=())
+    ref: str = ""  # the input's identity: its path relative to the config's directory (see input_ref)
+
+    @property
+    def ident(self) -> str:
+        """The input file as artifacts name it: relative to the config's directory when inside it."""
+        return self.ref or self.path
 
     @property
     def key(self) -> str:
-        """Sort key: sample, slice and the file path (never completion or listing order)."""
-        return f"{self.sample}/{self.slice}/{self.path}"
+        """Sort key: sample, slice and the file's identity (never completion or listing order)."""
+        return f"{self.sample}/{self.slice}/{self.ident}"
 
     @property
     def stem(self) -> str:
-        p = Path(self.path)
-        digest = hashlib.sha256(str(p).encode()).hexdigest()[:8]
-        return f"{p.stem}-{digest}"
+        """Artifact file stem: the file's stem and a hash of its identity, so moving or copying the
+        config, its inputs and the output folder together keeps every artifact (``cp -a``)."""
+        digest = hashlib.sha256(self.ident.encode()).hexdigest()[:8]
+        return f"{Path(self.path).stem}-{digest}"
+
+
+def input_ref(cfg: Config, path: Path) -> str:
+    """An input file's identity: POSIX path relative to the config's directory, or absolute outside it."""
+    try:
+        return path.relative_to(cfg.base_path.resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def artifact_path(output: Path, task: FileTask, stage: str, ext: str) -> Path:
@@ -168,6 +192,7 @@ def plan_tasks(
                         weight_multiply=mult,
                         weight_divide=div,
                         sumw_branch=sumw_branch,
+                        ref=input_ref(cfg, path),
                     )
                 )
     return sorted(tasks, key=lambda t: t.key)

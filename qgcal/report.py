@@ -6,10 +6,28 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["DASH", "format_sf", "format_value", "print_sf_table", "print_table", "skipped_summary"]
+__all__ = [
+    "DASH",
+    "SF_LEGEND",
+    "format_sf",
+    "format_value",
+    "print_sf_table",
+    "print_table",
+]
 
 # What a null (undefined) number prints as, everywhere; its record's flags say why.
 DASH = "-"
+
+#: What a working point and the two SF quantities are, one line each (tables and report.md).
+_WP_LINE = (
+    "WP x: the cut on the tagger, per pT bin (frozen from nominal MC), that keeps a fraction x of quark jets "
+    "(quark efficiency x)."
+)
+_SF_LINE = (
+    "quark SF = quark efficiency in data / MC (true quark jets passing the cut); gluon SF = gluon rejection in "
+    "data / MC (true gluon jets failing it)."
+)
+SF_LEGEND = (_WP_LINE, _SF_LINE)
 
 
 def format_value(x: float | None, digits: int = 3) -> str:
@@ -73,17 +91,4 @@ def print_sf_table(
 ) -> None:
     """SF ± stat per tagger, WP, parton (rows) and pT bin in GeV (columns); * = flagged."""
     header, rows = _rows(records, wp)
-    print_table(header, rows, title=f"{title}  (pT bins in GeV; * flagged)", file=file)
-
-
-def skipped_summary(skipped: Sequence[Mapping[str, Any]]) -> str:
-    """The final summary line about files skipped as bad ('' when none)."""
-    if not skipped:
-        return ""
-    files = sorted({r["file"] for r in skipped})
-    lost = sum(int(r["events_lost"] or 0) for r in {r["file"]: r for r in skipped}.values())
-    unknown = any(r["events_lost"] is None for r in skipped)
-    return (
-        f"WARNING: {len(files)} input file(s) skipped as bad, {lost}{'+' if unknown else ''} events lost: "
-        + ", ".join(files)
-    )
+    print_table(header, rows, title=f"{title}  (pT bins in GeV; * flagged)", file=file, footer="\n".join(SF_LEGEND))

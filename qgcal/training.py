@@ -279,10 +279,24 @@ def _evaluate(
     return metrics, roc
 
 
-def write_training_outputs(result: TrainResult, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-    """Write ``metrics.json`` and ``roc.png`` (one panel per pT bin) into ``out_dir``."""
+def write_training_outputs(
+    result: TrainResult,
+    out_dir: str | os.PathLike[str],
+    *,
+    tagger: str | None = None,
+    label: str = "Simulation Internal",
+) -> dict[str, Path]:
+    """Write ``metrics.json`` and ``roc.png`` (one panel per pT bin) into ``out_dir``.
+
+    The ROC curves show the gluon rejection 1/eps_g (log scale) against the quark
+    efficiency eps_q, for cuts "score < c". ``tagger``: the config's name of the trained
+    tagger, used as its legend label (default: the model file's stem, from an ``out_dir``
+    named ``<stem>-training``, else "model"); ``label``: the ATLAS label text.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from qgcal.plotting import experiment_label, setup_matplotlib
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -291,25 +305,34 @@ def write_training_outputs(result: TrainResult, out_dir: str | os.PathLike[str])
     tmp = metrics_path.with_name(".metrics.json.tmp")
     tmp.write_text(text)
     os.replace(tmp, metrics_path)
+    if tagger is None:
+        tagger = out.name[: -len("-training")] if out.name.endswith("-training") else "model"
 
+    setup_matplotlib()
     n_bins = len(result.metrics)
     ncols = min(3, n_bins)
     nrows = -(-n_bins // ncols)
-    fig = Figure(figsize=(4.2 * ncols, 3.8 * nrows), layout="constrained")
+    fig = Figure(figsize=(4.6 * ncols, 4.2 * nrows), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, m, curves in zip(axes, result.metrics, result.roc):
-        for label, style in (("model", "-"), (result.reference_feature, "--")):
-            eff_q, rej_g = curves[label]
-            auc = m.auc_model if label == "model" else m.auc_reference
-            name = "BDT" if label == "model" else label
-            ax.plot(eff_q, rej_g, style, label=f"{name} (AUC {auc:.3f})")
-        ax.set_title(f"{m.pt_low:g} < pT < {m.pt_high:g} GeV")
-        ax.set_xlabel("quark efficiency")
-        ax.set_ylabel("gluon rejection")
+        for key, style in (("model", "-"), (result.reference_feature, "--")):
+            eff_q, rej_g = curves[key]
+            eps_g = 1.0 - np.asarray(rej_g)
+            ok = eps_g > 0
+            with np.errstate(divide="ignore"):
+                inv = 1.0 / eps_g[ok]
+            auc = m.auc_model if key == "model" else m.auc_reference
+            name = tagger if key == "model" else f"{key} alone"
+            ax.plot(np.asarray(eff_q)[ok], inv, style, label=f"{name} (AUC {auc:.3f})")
+        ax.set_title(f"{m.pt_low:g} < jet pT < {m.pt_high:g} GeV", fontsize=10)
+        ax.set_xlabel("quark efficiency", fontsize=10)
+        ax.set_ylabel("gluon rejection (1 / gluon efficiency)", fontsize=10)
+        ax.set_yscale("log")
         ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.legend(loc="lower left", fontsize="small")
+        ax.set_ylim(1, None)
+        ax.legend(loc="upper right", fontsize="small")
+        experiment_label(ax, label, "MC, odd event numbers", loc="lower left")
     for ax in axes[n_bins:]:
         ax.set_visible(False)
     roc_path = out / "roc.png"

@@ -25,6 +25,7 @@ from typing import Any
 from qgcal import __version__
 from qgcal.artifacts import write_json_atomic
 from qgcal.config import Config
+from qgcal.contract import events_lost
 from qgcal.errors import QgcalError
 from qgcal.extraction import (
     bootstrap_stat,
@@ -101,10 +102,7 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
 
     results = out / "results" / syst
     skipped = [dict(r) for r in inputs.skipped]
-    lost: dict[str, int] = {}
-    for r in skipped:
-        if r.get("events_lost") is not None:
-            lost[r["file"]] = max(lost.get(r["file"], 0), int(r["events_lost"]))
+    lost = events_lost(skipped)
     flagged = sum(1 for r in records if r["flags"])
     skipped_files = sorted(skipped, key=lambda r: (r["sample"], r["file"], r["variation"]))
     metadata: dict[str, Any] = {
@@ -120,9 +118,11 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
         "cuts_from": "nominal",
         "merge": {"data": data_info, "mc": mc_info},
         "skipped_files": skipped_files,
-        # entries of each skipped file's tree, each file once (as report.md and the summary line)
-        "events_lost": sum(lost.values()),
-        "events_lost_unknown_files": sorted(f for f in {r["file"] for r in skipped} if f not in lost),
+        # entries of each skipped file's tree, each file once (as report.md and the summary line):
+        # a number when every file could be counted, else "unknown" (events_lost_known: the counted ones)
+        "events_lost": lost.total,
+        "events_lost_known": lost.known,
+        "events_lost_unknown_files": list(lost.unknown_files),
         "n_records": len(records),
         "n_flagged": flagged,
         "null_means": "undefined (NaN); the record's flags say why",
@@ -137,10 +137,10 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
     if skipped:
         names = ", ".join(sorted({Path(r["file"]).name for r in skipped}))
         log.warning(
-            "%s: %d input file(s) skipped as bad, %d events lost (%s); listed in %s",
+            "%s: %d input file(s) skipped as bad, %s (%s); listed in %s",
             syst,
             len({r["file"] for r in skipped}),
-            metadata["events_lost"],
+            lost.text(),
             names,
             results / "scale_factors.json",
         )

@@ -8,7 +8,6 @@ The output keeps only what the histogram pass needs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from qgcal.artifacts import (
 from qgcal.config import BranchTagger, Config, ModelTagger
 from qgcal.contract import JET_COLUMNS, jet_table_schema, tagger_column
 from qgcal.errors import ArtifactError
-from qgcal.passes import PassInput, PassRun
+from qgcal.passes import UpstreamPass
 from qgcal.plan import FileTask, model_path
 
 __all__ = ["PASS", "Pkl2PredPkl", "expected_provenance", "run_file"]
@@ -171,29 +170,20 @@ def run_file(cfg: Config, upstream: Path, out_path: Path) -> int:
     return n_jets
 
 
-class Pkl2PredPkl:
+class Pkl2PredPkl(UpstreamPass):
     """The :class:`qgcal.passes.FilePass` of pass 2: one job per file task."""
 
     name = NAME
     ext = ".parquet"
-    unit = "files"
 
-    def jobs(self, tasks: Sequence[FileTask]) -> list[list[FileTask]]:
-        return [[t] for t in tasks]
-
-    def expected_provenance(self, cfg: Config, item: PassInput) -> dict[str, Any]:
-        assert item.upstream is not None
-        return expected_provenance(cfg, item.upstream)
+    def provenance_for(self, cfg: Config, upstream: Path) -> dict[str, Any]:
+        return expected_provenance(cfg, upstream)
 
     def read_provenance(self, path: Path) -> dict[str, Any] | None:
         return read_parquet_provenance(path)
 
-    def run(self, cfg: Config, items: Sequence[PassInput]) -> list[PassRun]:
-        out = []
-        for item in items:
-            assert item.upstream is not None
-            out.append(PassRun(run_file(cfg, item.upstream, item.out) // 2))  # two jets per event
-        return out
+    def run_one(self, cfg: Config, task: FileTask, upstream: Path, out: Path) -> int:
+        return run_file(cfg, upstream, out) // 2  # two jets per event
 
 
 PASS = Pkl2PredPkl()

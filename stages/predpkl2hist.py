@@ -12,7 +12,6 @@ result does not depend on how the jet table was chunked into row groups.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from qgcal.contract import (
 )
 from qgcal.errors import ArtifactError
 from qgcal.histset import HistSet, read_histset_meta, save_histset
-from qgcal.passes import PassInput, PassRun
+from qgcal.passes import UpstreamPass
 from qgcal.plan import FileTask
 
 __all__ = ["PASS", "PredPkl2Hist", "book", "expected_provenance", "replica_shape", "run_file"]
@@ -179,36 +178,21 @@ def carry_for(task: FileTask, upstream: Path) -> dict[str, Any]:
     }
 
 
-class PredPkl2Hist:
+class PredPkl2Hist(UpstreamPass):
     """The :class:`qgcal.passes.FilePass` of pass 3: one histogram set per file task."""
 
     name = NAME
     ext = ".npz"
-    unit = "files"
 
-    def jobs(self, tasks: Sequence[FileTask]) -> list[list[FileTask]]:
-        return [[t] for t in tasks]
-
-    def expected_provenance(self, cfg: Config, item: PassInput) -> dict[str, Any]:
-        assert item.upstream is not None
-        return expected_provenance(cfg, item.upstream)
+    def provenance_for(self, cfg: Config, upstream: Path) -> dict[str, Any]:
+        return expected_provenance(cfg, upstream)
 
     def read_provenance(self, path: Path) -> dict[str, Any] | None:
         return read_histset_meta(path)
 
-    def run(self, cfg: Config, items: Sequence[PassInput]) -> list[PassRun]:
-        out = []
-        for item in items:
-            assert item.upstream is not None
-            n = run_file(
-                cfg,
-                item.upstream,
-                item.out,
-                is_data=item.task.kind == "data",
-                carry=carry_for(item.task, item.upstream),
-            )
-            out.append(PassRun(n // 2))
-        return out
+    def run_one(self, cfg: Config, task: FileTask, upstream: Path, out: Path) -> int:
+        carry = carry_for(task, upstream)
+        return run_file(cfg, upstream, out, is_data=task.kind == "data", carry=carry) // 2
 
 
 PASS = PredPkl2Hist()

@@ -71,7 +71,7 @@ def expected_provenance(cfg: Config, task: FileTask) -> dict[str, Any]:
     return {
         "pass": NAME,
         "config_hash": config_hash(pass_config(cfg, task)),
-        "inputs": {task.path: fingerprint},
+        "inputs": {task.ident: fingerprint},
     }
 
 

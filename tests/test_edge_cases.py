@@ -285,18 +285,23 @@ def test_tables_print_nulls_as_a_dash_with_their_flags():
     assert "1.200 ± -" in text and "- [empty_data_bin]" in text and "None" not in text
 
 
-def _expected(r: dict[str, Any]) -> tuple[dict[str, float], int, float]:
-    """docs/outputs.md: undefined SF -> 1.0; undefined uncertainty -> 100 % (up 2 x SF, down 0);
-    flags 0 healthy, 1 flagged, 2 fallback; ROOT nominal bin error = stat, or 100 % of the written SF."""
-    sf = 1.0 if r["sf"] is None else r["sf"]
-    fallback = r["sf"] is None
-    out = {"nominal": sf}
+def _expected(r: dict[str, Any]) -> tuple[dict[str, float | None], int, float]:
+    """docs/outputs.md: an undefined value is not evaluable (correctionlib) / NaN (ROOT);
+    qg_sf_flag bit 1 = some value undefined, plus one bit per flag (low_stats 8, empty_data_bin 4,
+    bootstrap_unstable 1024, variation_undefined 2048, variation_flagged 4096); ROOT nominal
+    bin error = stat (+inf when undefined)."""
+    bits = {"low_stats": 8, "empty_data_bin": 4, "bootstrap_unstable": 1024, "variation_undefined": 2048}
+    bits["variation_flagged"] = 4096
+    bits["unphysical_efficiency"] = 512
+    sf = r["sf"]
+    out: dict[str, float | None] = {"nominal": sf}
+    missing = sf is None
 
     def band(key: str, up: float | None, down: float | None) -> None:
-        nonlocal fallback
-        if up is None or down is None:
-            out[f"{key}_up"], out[f"{key}_down"] = 2 * sf, 0.0
-            fallback = True
+        nonlocal missing
+        if sf is None or up is None or down is None:
+            out[f"{key}_up"] = out[f"{key}_down"] = None
+            missing = True
         else:
             out[f"{key}_up"], out[f"{key}_down"] = sf + up, sf - down
 
@@ -304,16 +309,19 @@ def _expected(r: dict[str, Any]) -> tuple[dict[str, float], int, float]:
     band("JES", r["groups"]["JES"]["up"], r["groups"]["JES"]["down"])
     band("parton_shower", r["groups"]["parton shower"]["up"], r["groups"]["parton shower"]["down"])
     band("total", r["total_up"], r["total_down"])
-    error = r["stat"] if r["sf"] is not None and r["stat"] is not None else sf
-    return out, 2 if fallback else 1 if r["flags"] else 0, error
+    code = 1 if missing else 0
+    for f in r["flags"]:
+        code |= bits[f]
+    error = r["stat"] if sf is not None and r["stat"] is not None else math.inf
+    return out, code, error
 
 
 def test_correctionlib_and_root_publish_flagged_bins_as_documented(tmp_path: Path):
     import correctionlib
 
     combined, groups = _combined()
-    write_corrections(tmp_path / "c.json", combined, groups)
-    write_root(tmp_path / "sf.root", combined, groups)
+    write_corrections(tmp_path / "c.json", combined, groups, abs_eta_max=2.1)
+    write_root(tmp_path / "sf.root", combined, groups, abs_eta_max=2.1)
     cset = correctionlib.CorrectionSet.from_file(str(tmp_path / "c.json"))
     codes = []
     with uproot.open(tmp_path / "sf.root") as f:
@@ -321,10 +329,16 @@ def test_correctionlib_and_root_publish_flagged_bins_as_documented(tmp_path: Pat
             values, code, error = _expected(r)
             pt = r["pt_low"] + 50.0
             for syst, v in values.items():
-                assert cset["qg_sf"].evaluate("t", "0.6", "quark", syst, pt) == pytest.approx(v), (r["pt_low"], syst)
-                assert f["t/wp0.6/quark"][syst].values()[i] == pytest.approx(v), (r["pt_low"], syst)
-            assert cset["qg_sf_flags"].evaluate("t", "0.6", "quark", pt) == code
+                if v is None:
+                    with pytest.raises(IndexError):
+                        cset["qg_sf"].evaluate("t", "0.6", "quark", syst, pt, 1.0)
+                    assert math.isnan(f["t/wp0.6/quark"][syst].values()[i]), (r["pt_low"], syst)
+                else:
+                    assert cset["qg_sf"].evaluate("t", "0.6", "quark", syst, pt, 1.0) == pytest.approx(v)
+                    assert f["t/wp0.6/quark"][syst].values()[i] == pytest.approx(v), (r["pt_low"], syst)
+            assert cset["qg_sf_flag"].evaluate("t", "0.6", "quark", pt, 1.0) == code
             assert f["t/wp0.6/quark/flags"].values()[i] == code
             assert f["t/wp0.6/quark/nominal"].errors()[i] == pytest.approx(error)
             codes.append(code)
-    assert codes == [0, 1, 2, 2, 2]  # healthy, flagged, undefined SF, undefined group, undefined stat
+    # healthy; flagged (defined); undefined SF; an undefined variation (JES); undefined stat
+    assert codes == [0, 8, 1 | 4, 1 | 2048 | 4096, 1 | 1024]

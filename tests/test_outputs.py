@@ -2,8 +2,8 @@
 results/combined tree on a generated sample; the injected JES shift has the expected sign and size.
 
 The expected values of the format tests are rebuilt here from the JSON with the
-documented rule (SF, SF + up, SF - down; undefined SF -> 1.0, undefined
-uncertainty -> 100 %), not with the code's own helper.
+documented rule (SF, SF + up, SF - down; an undefined value is not evaluable in
+correctionlib and NaN in ROOT, with bin error +inf), not with the code's own helper.
 """
 
 from __future__ import annotations
@@ -35,49 +35,52 @@ def _key(group: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", group).strip("_")
 
 
-def expected_values(rec: dict[str, Any], groups: list[str]) -> tuple[dict[str, float], int]:
-    """systematic name -> value, and the flag code, from the documented rule."""
-    sf = 1.0 if rec["sf"] is None else rec["sf"]
-    fallback = rec["sf"] is None
-    out = {"nominal": sf}
+def expected_values(rec: dict[str, Any], groups: list[str]) -> dict[str, float | None]:
+    """systematic name -> value from the documented rule (None: undefined, not evaluable)."""
+    sf = rec["sf"]
+    out: dict[str, float | None] = {"nominal": sf}
 
     def band(name: str, up: float | None, down: float | None) -> None:
-        nonlocal fallback
-        if up is None or down is None:
-            out[f"{name}_up"], out[f"{name}_down"] = 2 * sf, 0.0
-            fallback = True
-        else:
-            out[f"{name}_up"], out[f"{name}_down"] = sf + up, sf - down
+        ok = sf is not None and up is not None and down is not None
+        out[f"{name}_up"] = sf + up if ok else None  # type: ignore[operator]
+        out[f"{name}_down"] = sf - down if ok else None  # type: ignore[operator]
 
     band("stat", rec["stat"], rec["stat"])
     for g in groups:
         band(_key(g), rec["groups"][g]["up"], rec["groups"][g]["down"])
     band("total", rec["total_up"], rec["total_down"])
-    return out, (2 if fallback else 1 if rec["flags"] else 0)
+    return out
 
 
 def check_correctionlib(path: Path, records: list[dict[str, Any]], groups: list[str]) -> int:
     import correctionlib
 
     cset = correctionlib.CorrectionSet.from_file(str(path))
-    sf, flags = cset["qg_sf"], cset["qg_sf_flags"]
+    sf, flags = cset["qg_sf"], cset["qg_sf_flag"]
     first = min(r["pt_low"] for r in records)
     last = max(r["pt_high"] for r in records)
     n = 0
     for r in records:
-        values, code = expected_values(r, groups)
+        values = expected_values(r, groups)
         wp = f"{r['working_point']:g}"
         points = [0.5 * (r["pt_low"] + r["pt_high"]), r["pt_low"]]  # a bin includes its low edge
-        if r["pt_low"] == first:
-            points.append(first - 400.0)  # clamped below
-        if r["pt_high"] == last:
-            points += [last, last * 10]  # clamped at and above the last edge
         for pt in points:
             for syst, value in values.items():
-                got = sf.evaluate(r["tagger"], wp, r["parton"], syst, pt)
-                assert got == pytest.approx(value, rel=1e-12), (r, syst, pt)
+                if value is None:
+                    with pytest.raises(IndexError):
+                        sf.evaluate(r["tagger"], wp, r["parton"], syst, pt, 1.0)
+                else:
+                    got = sf.evaluate(r["tagger"], wp, r["parton"], syst, pt, 1.0)
+                    assert got == pytest.approx(value, rel=1e-12), (r, syst, pt)
                 n += 1
-            assert flags.evaluate(r["tagger"], wp, r["parton"], pt) == code
+            code = flags.evaluate(r["tagger"], wp, r["parton"], pt, 1.0)
+            assert (code == 0) == (not r["flags"] and None not in values.values())
+        if r["pt_low"] == first:
+            with pytest.raises(RuntimeError, match="below bounds"):  # no clamping by default
+                sf.evaluate(r["tagger"], wp, r["parton"], "nominal", first - 400.0, 1.0)
+        if r["pt_high"] == last:
+            with pytest.raises(RuntimeError, match="above bounds"):
+                sf.evaluate(r["tagger"], wp, r["parton"], "nominal", last, 1.0)
     return n
 
 
@@ -86,19 +89,24 @@ def check_root(path: Path, records: list[dict[str, Any]], groups: list[str]) -> 
     with uproot.open(path) as f:
         classes = f.classnames()
         for r in records:
-            values, code = expected_values(r, groups)
+            values = expected_values(r, groups)
             d = f"{r['tagger']}/wp{r['working_point']:g}/{r['parton']}"
-            for syst, value in [*values.items(), ("flags", float(code))]:
+            for syst, value in [*values.items(), ("flags", None)]:
                 assert classes[f"{d}/{syst};1"] == "TH1D"
                 h = f[f"{d}/{syst}"]
                 edges = h.axis().edges()
                 i = int(np.searchsorted(edges, r["pt_low"]))
                 assert edges[i] == r["pt_low"] and edges[i + 1] == r["pt_high"]
-                assert h.values()[i] == pytest.approx(value, rel=1e-12), (d, syst)
-                if syst == "nominal":
-                    stat = r["stat"] if r["sf"] is not None and r["stat"] is not None else value
-                    assert h.errors()[i] == pytest.approx(stat, rel=1e-12)
+                if syst == "flags":
+                    assert (h.values()[i] == 0) == (not r["flags"] and None not in values.values())
+                elif value is None:
+                    assert math.isnan(h.values()[i]), (d, syst)
                 else:
+                    assert h.values()[i] == pytest.approx(value, rel=1e-12), (d, syst)
+                if syst == "nominal":
+                    stat = r["stat"] if r["sf"] is not None and r["stat"] is not None else math.inf
+                    assert h.errors()[i] == pytest.approx(stat, rel=1e-12)
+                elif syst != "flags":
                     assert h.errors()[i] == 0.0
                 n += 1
     return n
@@ -138,18 +146,36 @@ HAND = [
 HAND_GROUPS = ["JES", "parton shower"]
 
 
+def _with_effs(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for r in recs:
+        r = dict(r)
+        r.update(
+            eff_data=None if r["sf"] is None else 0.5,
+            eff_mc=None if r["sf"] is None else 0.52,
+            stat_data=None if r["sf"] is None else 0.03,
+            stat_mc=None if r["sf"] is None else 0.01,
+            cut=14.0,
+            quark_side="low",
+        )
+        out.append(r)
+    return out
+
+
 def test_correctionlib_hand_made(tmp_path):
-    path = write_corrections(tmp_path / "corrections.json", HAND, HAND_GROUPS)
-    assert check_correctionlib(path, HAND, HAND_GROUPS) > 0
+    hand = _with_effs(HAND)
+    path = write_corrections(tmp_path / "corrections.json", hand, HAND_GROUPS, abs_eta_max=2.1)
+    assert check_correctionlib(path, hand, HAND_GROUPS) > 0
     import correctionlib
 
     sf = correctionlib.CorrectionSet.from_file(str(path))["qg_sf"]
-    assert sf.evaluate("ntrk", "0.6", "quark", "nominal", 900.0) == 1.0  # undefined -> 1.0
-    assert sf.evaluate("ntrk", "0.6", "quark", "total_up", 900.0) == 2.0
-    assert sf.evaluate("ntrk", "0.6", "gluon", "parton_shower_up", 550.0) == pytest.approx(0.95)
-    assert sf.evaluate("ntrk", "0.6", "gluon", "JES_up", 550.0) == pytest.approx(1.8)  # 100 % of 0.9
+    with pytest.raises(IndexError):  # undefined: not evaluable (no 1.0 passed off as a measurement)
+        sf.evaluate("ntrk", "0.6", "quark", "nominal", 900.0, 1.0)
+    assert sf.evaluate("ntrk", "0.6", "gluon", "parton_shower_up", 550.0, 1.0) == pytest.approx(0.95)
+    with pytest.raises(IndexError):  # an undefined group: not evaluable there, nor the total
+        sf.evaluate("ntrk", "0.6", "gluon", "JES_up", 550.0, 1.0)
     with pytest.raises(IndexError, match="no_such_syst"):
-        sf.evaluate("ntrk", "0.6", "quark", "no_such_syst", 550.0)
+        sf.evaluate("ntrk", "0.6", "quark", "no_such_syst", 550.0, 1.0)
     doc = json.loads(path.read_text())
     assert doc["schema_version"] == 2
     from correctionlib.schemav2 import CorrectionSet
@@ -158,8 +184,9 @@ def test_correctionlib_hand_made(tmp_path):
 
 
 def test_root_hand_made(tmp_path):
-    path = write_root(tmp_path / "sf.root", HAND, HAND_GROUPS)
-    assert check_root(path, HAND, HAND_GROUPS) == len(HAND) * (1 + 2 + 2 * len(HAND_GROUPS) + 2 + 1)
+    hand = _with_effs(HAND)
+    path = write_root(tmp_path / "sf.root", hand, HAND_GROUPS, abs_eta_max=2.1)
+    assert check_root(path, hand, HAND_GROUPS) == len(HAND) * (1 + 2 + 2 * len(HAND_GROUPS) + 2 + 1)
 
 
 # ----------------------------------------------------------------------------- the whole tree
@@ -200,6 +227,7 @@ def test_whole_combined_tree(published_small):
     wps = [f"{wp:g}" for wp in cfg.working_points]
     expected = {f"{kind}_{t}_wp{wp}.png" for kind in ("sf", "breakdown") for t in cfg.taggers for wp in wps}
     expected |= {"quark_fractions.png"} | {f"extracted_{t}.png" for t in cfg.taggers}
+    expected |= {f"closure_{t}.png" for t in cfg.taggers} | {"closure_sf.png"}  # a generated sample: its truth
     assert {p.name for p in (d / "plots").glob("*.png")} == expected
     assert {p.name for p in pub.plots} == expected
     for p in pub.plots:
@@ -250,7 +278,7 @@ def test_correctionlib_and_root_agree_with_json(published_small):
     assert "parton shower" in groups  # a group name with a space is published as parton_shower
     n_cl = check_correctionlib(d / "corrections.json", doc["records"], groups)
     n_root = check_root(d / "scale_factors.root", doc["records"], groups)
-    assert n_cl > len(doc["records"]) * 2 * (2 * len(groups) + 5)
+    assert n_cl == len(doc["records"]) * 2 * (2 * len(groups) + 5)  # two pT points per record
     assert n_root == len(doc["records"]) * (2 * len(groups) + 6)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import hist
@@ -15,6 +16,10 @@ from qgcal.histset import load_histset
 
 def _cms_config(tmp_path: Path) -> Path:
     path = skhep_testdata.data_path("uproot-mc10events.root")
+    # pseudo-data are the same events as the MC (a closure); one file may belong to one sample
+    # only (qgcal validate: it would be counted twice), so the data are a copy
+    data = tmp_path / "pseudo_data.root"
+    shutil.copyfile(path, data)
     doc = {
         "name": "cms-mc10events",
         "output": str(tmp_path / "out"),
@@ -24,7 +29,7 @@ def _cms_config(tmp_path: Path) -> Path:
         "data": "pseudo_data",
         "nominal_mc": "mc",
         "samples": {
-            "pseudo_data": {"kind": "data", "files": [path]},
+            "pseudo_data": {"kind": "data", "files": [str(data)]},
             "mc": {
                 "kind": "mc",
                 "files": [path],

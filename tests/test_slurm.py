@@ -173,7 +173,9 @@ def test_failed_task_cancels_final_job_and_resubmit_completes(
 
     assert qgcal_cli(*submit_args(path)) == 0
     sub = wait_for_jobs(cfg)
-    bad = next(i for i, keys in enumerate(sub.shards) if any(k.endswith(str(victim)) for k in keys))
+    # task keys name inputs relative to the config's directory (tmp_path here)
+    victim_ref = victim.relative_to(tmp_path).as_posix()
+    bad = next(i for i, keys in enumerate(sub.shards) if any(k.endswith("/" + victim_ref) for k in keys))
 
     capsys.readouterr()
     assert qgcal_cli("slurm", "status", "--config", path, "--json") == 0

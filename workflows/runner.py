@@ -58,7 +58,17 @@ def read_skip_record(cfg: Config, task: FileTask) -> dict[str, Any] | None:
 
 
 def _events_in(path: str, tree: str) -> int | None:
-    """Entries of the file's tree, when the file can still be opened (else unknown)."""
+    """Entries of the file's tree when the file is whole and can still be opened; else unknown (None).
+
+    A truncated file is never counted: uproot may still open it and find an early cycle of the
+    tree (written before its events), whose entry count (often 0) is not the file's.
+    """
+    from qgcal.rootio import check_root_file
+
+    try:
+        check_root_file(Path(path))
+    except InputError:
+        return None
     try:
         import uproot
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from qgcal.config import Config, ModelTagger
-from qgcal.errors import ArtifactError, InputError
+from qgcal.errors import ArtifactError, ConfigError
 from qgcal.executors import make_executor
 from qgcal.locking import output_lock
 from qgcal.passes import artifact_of
@@ -25,6 +25,7 @@ from qgcal.plan import FileTask, mc_sample_for, plan_tasks
 from qgcal.progress import PassProgress
 from qgcal.stages import FILE_PASSES
 from qgcal.stages import final_reweighting as final
+from qgcal.workflows.preflight import preflight
 from qgcal.workflows.runner import Job, Runner, read_skip_record
 from qgcal.workflows.tasks import pass_is_valid, run_job, upstream_exists
 
@@ -52,7 +53,7 @@ def tasks_for(cfg: Config, syst: str) -> list[FileTask]:
             tasks.setdefault(t.key + "@" + t.variation, t)
     for t in tasks.values():
         if not Path(t.path).is_file():
-            raise InputError(
+            raise ConfigError(
                 f"{t.path}: input file not found (listed by samples.{t.sample}); fix the path or glob in the config"
             )
     return [tasks[k] for k in sorted(tasks)]
@@ -145,6 +146,7 @@ def finalise(cfg: Config, syst: str, *, plot: bool | None = None) -> RunResult:
 def run_systematic(cfg: Config, syst: str, *, executor: Executor | None = None, force: bool = False) -> RunResult:
     """``qgcal run --syst``: passes for the files this systematic needs, then final_reweighting."""
     cfg.variation(syst)  # unknown names fail before any work
+    preflight(cfg, [syst])  # what 'qgcal validate' checks, before any event is read
     with output_lock(cfg.output_path):
         tasks = tasks_for(cfg, syst)
         runner = make_runner(cfg, executor)

@@ -37,6 +37,7 @@ from qgcal.config import Config, Slurm
 from qgcal.errors import ConfigError, QgcalError
 from qgcal.plan import FileTask
 from qgcal.stages import pass_index
+from qgcal.workflows.preflight import preflight
 from qgcal.workflows.sweep import missing_artifacts, shards, sweep_tasks
 
 __all__ = [
@@ -416,6 +417,7 @@ def submit(
 ) -> tuple[Submission, Plan, Round | None]:
     """Write the scripts, sbatch the array and the dependent final job, record both."""
     names = sweep_systs(cfg, systs)
+    preflight(cfg, names)  # what 'qgcal validate' checks, before any job is queued
     tasks = sweep_tasks(cfg, names)
     if not tasks:
         raise ConfigError("samples: this sweep has no input files; nothing to submit")

@@ -16,7 +16,13 @@ Per file task and pass:
 Results: ``results/<syst>/scale_factors.json`` is ``missing``, ``stale`` (older
 than one of its histogram artifacts, or one of them is not done) or ``done``;
 ``results/combined`` is ``stale`` when the per-systematic results it was made
-from changed since (content hashes recorded in its metadata).
+from changed since (content hashes recorded in its metadata), or when one of
+them is itself stale (a combination of stale results is not up to date either).
+
+Orphans (``qgcal status --orphans``, removed by ``qgcal clean``): files under the
+output that no current file task, systematic or combination would read or write:
+artifacts of renamed or removed input files, of removed variations or samples,
+and temporary files of killed writers.
 """
 
 from __future__ import annotations
@@ -37,12 +43,20 @@ from qgcal.workflows.tasks import pass_is_valid
 
 __all__ = [
     "COMBINED_FILES",
+    "STALE_RECORD",
     "CombinedStatus",
+    "Orphan",
     "PassCounts",
     "Status",
     "SystStatus",
+    "check_combinable",
     "collect_status",
+    "find_orphans",
+    "print_orphans",
     "print_status",
+    "record_stale_inputs",
+    "remove_orphans",
+    "stale_results",
 ]
 
 State = Literal["done", "missing", "stale"]
@@ -164,13 +178,32 @@ def _results_state(cfg: Config, syst: str, tasks: Sequence[FileTask], checker: _
     mtime = path.stat().st_mtime_ns
     for t in tasks:
         if checker.state(t, PASS_NAMES[-1]) != "done":
+            if _skipped_as_bad(cfg, t):  # left out of the results, and recorded in them
+                continue
             return "stale"
         if artifact_of(cfg, t, FILE_PASSES[-1]).stat().st_mtime_ns > mtime:
             return "stale"
     return "done"
 
 
-def _combined_state(cfg: Config) -> CombinedStatus:
+def _skipped_as_bad(cfg: Config, task: FileTask) -> bool:
+    from qgcal.workflows.runner import read_skip_record
+
+    return read_skip_record(cfg, task) is not None and not artifact_of(cfg, task, FILE_PASSES[0]).is_file()
+
+
+def stale_results(cfg: Config, checker: _Checker | None = None) -> dict[str, str]:
+    """``{syst: state}`` for the configured systematics whose results are not ``done`` (stale or missing)."""
+    checker = checker or _Checker(cfg)
+    out = {}
+    for syst in cfg.variation_names():
+        state = _results_state(cfg, syst, needed_tasks(cfg, syst), checker)
+        if state != "done":
+            out[syst] = state
+    return out
+
+
+def _combined_state(cfg: Config, checker: _Checker | None = None) -> CombinedStatus:
     from qgcal.artifacts import sha256_file
 
     d = cfg.output_path / "results" / "combined"
@@ -187,7 +220,12 @@ def _combined_state(cfg: Config) -> CombinedStatus:
         rec = inputs.get(syst)
         if rec is None or not p.is_file() or sha256_file(p) != rec.get("sha256"):
             return CombinedStatus("stale", files, f"results/{syst} changed since the combination")
-    if not all(files.values()):
+    not_done = stale_results(cfg, checker)
+    if not_done:
+        names = ", ".join(f"results/{k} {v}" for k, v in not_done.items())
+        return CombinedStatus("stale", files, f"made from results that are not up to date ({names}); rerun the sweep")
+    required = [k for k in COMBINED_FILES if k != "plots" or cfg.plots.enabled]  # plots.enabled: false draws none
+    if not all(files[k] for k in required):
         return CombinedStatus("stale", files, "some outputs are missing; rerun 'qgcal combine'")
     return CombinedStatus("done", files)
 
@@ -227,7 +265,7 @@ def collect_status(cfg: Config, systs: Iterable[str] | None = None) -> Status:
     everything = [union[k] for k in sorted(union)]
     done = sum(1 for r in rows if r.results == "done")
     total = _row("all", "-", "-", everything, checker, f"{done}/{len(rows)} done")
-    return Status(cfg.output_path, rows, total, _combined_state(cfg))
+    return Status(cfg.output_path, rows, total, _combined_state(cfg, checker))
 
 
 # ----------------------------------------------------------------------------- printing
@@ -249,3 +287,156 @@ def print_status(status: Status, file: TextIO | None = None) -> None:
     present = ", ".join(k for k, v in c.files.items() if v) or "nothing"
     combined_line = f"results/combined: {c.state}" + (f" ({c.reason})" if c.reason else "") + f"; present: {present}"
     print_table(header, rows, title=f"qgcal status: {status.output}", file=file, footer=combined_line)
+
+
+STALE_RECORD = "stale_inputs.json"
+
+
+def check_combinable(cfg: Config, *, allow_stale: bool = False) -> dict[str, str]:
+    """Before ``qgcal combine``: ArtifactError when a systematic's results are stale, unless ``allow_stale``.
+
+    Returns ``{syst: state}`` of the stale ones (empty when all are up to date); missing results are
+    left to the combination, which names them.
+    """
+    from qgcal.errors import ArtifactError
+    from qgcal.progress import log
+
+    stale = {k: v for k, v in stale_results(cfg).items() if v == "stale"}
+    if stale and not allow_stale:
+        raise ArtifactError(
+            f"results of {', '.join(stale)} are stale (their inputs or the config changed since they were made); "
+            "rerun them ('qgcal sweep --config C'), or combine anyway with --allow-stale (recorded in "
+            f"results/combined/{STALE_RECORD})"
+        )
+    if stale:
+        log.warning(
+            "combining stale results of %s (--allow-stale); recorded in results/combined/%s",
+            ", ".join(stale),
+            STALE_RECORD,
+        )
+    return stale
+
+
+def record_stale_inputs(cfg: Config, stale: dict[str, str]) -> None:
+    """``results/combined/stale_inputs.json`` names what a combination with --allow-stale used; removed otherwise."""
+    from qgcal.artifacts import write_json_atomic
+
+    path = cfg.output_path / "results" / "combined" / STALE_RECORD
+    if stale:
+        write_json_atomic(path, {"stale_inputs": sorted(stale), "note": "combined with --allow-stale"})
+    else:
+        path.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------- orphans
+
+_TOP_LEVEL_KEPT = {"results", "models", "slurm"}  # never orphans as a whole (results are checked per systematic)
+
+
+@dataclass(frozen=True)
+class Orphan:
+    path: Path
+    size: int
+    why: str
+
+
+def _expected_files(cfg: Config) -> set[Path]:
+    from qgcal.workflows.runner import skip_record_path
+
+    out: set[Path] = set()
+    for syst in cfg.variation_names():
+        for t in needed_tasks(cfg, syst):
+            out.update(artifact_of(cfg, t, p) for p in FILE_PASSES)
+            out.add(skip_record_path(cfg, t))
+    return out
+
+
+def _size(path: Path) -> int:
+    try:
+        if path.is_dir():
+            return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def find_orphans(cfg: Config) -> list[Orphan]:
+    """Files and folders under the output that nothing current reads or writes (sorted by path).
+
+    Per-file artifacts (``<namespace>/<pass>/...``) that no planned file task has;
+    namespaces of variations that are no longer configured; ``results/<name>`` of such
+    variations; ``.*.tmp-*`` files left by a killed writer. Models, Slurm logs and the
+    combination are never orphans.
+    """
+    from qgcal.stages.final_reweighting import NAME as FINAL
+
+    out = cfg.output_path
+    if not out.is_dir():
+        return []
+    namespaces = set(cfg.variation_names())
+    expected = _expected_files(cfg)
+    found: list[Orphan] = []
+    for entry in sorted(out.iterdir()):
+        if entry.name in _TOP_LEVEL_KEPT or not entry.is_dir():
+            continue
+        passes = [entry / name for name in [*PASS_NAMES, FINAL] if (entry / name).is_dir()]
+        if not passes:
+            continue  # not a namespace qgcal wrote: left alone
+        if entry.name not in namespaces:
+            found.append(Orphan(entry, _size(entry), f"no variation named {entry.name!r} is configured"))
+            continue
+        for stage_dir in passes:
+            if stage_dir.name == FINAL:
+                continue  # merged histograms: rewritten by every final pass
+            for f in sorted(p for p in stage_dir.rglob("*") if p.is_file()):
+                if f not in expected:
+                    why = "temporary file of an interrupted write" if ".tmp-" in f.name else "no current file task"
+                    found.append(Orphan(f, _size(f), why))
+    results = out / "results"
+    if results.is_dir():
+        for entry in sorted(results.iterdir()):
+            if entry.is_dir() and entry.name != "combined" and entry.name not in namespaces:
+                found.append(Orphan(entry, _size(entry), f"no variation named {entry.name!r} is configured"))
+    for tmp in sorted(out.rglob(".*.tmp-*")):
+        if tmp.is_file() and not any(tmp == o.path or o.path in tmp.parents for o in found):
+            found.append(Orphan(tmp, _size(tmp), "temporary file of an interrupted write"))
+    return sorted(found, key=lambda o: str(o.path))
+
+
+def remove_orphans(orphans: Sequence[Orphan]) -> int:
+    """Delete them (folders with their content); return the bytes freed."""
+    import shutil
+
+    freed = 0
+    for o in orphans:
+        if o.path.is_dir():
+            shutil.rmtree(o.path)
+        else:
+            o.path.unlink(missing_ok=True)
+        freed += o.size
+    return freed
+
+
+def print_orphans(
+    cfg: Config, orphans: Sequence[Orphan], *, removed: bool | None = None, file: TextIO | None = None
+) -> None:
+    """One line per orphan (relative to the output) and a total."""
+    import sys
+
+    stream = file or sys.stdout
+    out = cfg.output_path
+    for o in orphans:
+        print(f"{o.path.relative_to(out)}\t{o.size} bytes\t{o.why}", file=stream)
+    total = sum(o.size for o in orphans)
+    if removed is None:
+        print(
+            f"{len(orphans)} orphans ({total} bytes) under {out}; 'qgcal clean --config C --delete' removes them",
+            file=stream,
+        )
+    elif removed:
+        print(f"removed {len(orphans)} orphans ({total} bytes) under {out}", file=stream)
+    else:
+        print(
+            f"would remove {len(orphans)} orphans ({total} bytes) under {out} (dry run; --delete removes them)",
+            file=stream,
+        )

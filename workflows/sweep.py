@@ -18,6 +18,7 @@ from qgcal.locking import output_lock
 from qgcal.passes import artifact_of
 from qgcal.plan import FileTask
 from qgcal.stages import FILE_PASSES, file_pass
+from qgcal.workflows.preflight import preflight
 from qgcal.workflows.runner import read_skip_record
 from qgcal.workflows.single import RunResult, finalise, make_runner, run_file_passes, tasks_for
 from qgcal.workflows.tasks import pass_is_valid
@@ -100,6 +101,7 @@ def run_many(
     cfg: Config, systs: Sequence[str], *, executor: Executor | None = None, force: bool = False
 ) -> dict[str, RunResult]:
     """Per-file passes for all systematics through one pool, then each final pass."""
+    preflight(cfg, systs)  # what 'qgcal validate' checks, before any event is read
     tasks = sweep_tasks(cfg, systs)
     with output_lock(cfg.output_path):
         runner = make_runner(cfg, executor)

@@ -84,7 +84,7 @@ def train_from_config(cfg: Config) -> list[Path]:
             path = model_path(cfg, tagger)
             path.parent.mkdir(parents=True, exist_ok=True)
             result.save(path)
-            outputs = write_training_outputs(result, path.parent / f"{path.stem}-training")
+            outputs = write_training_outputs(result, path.parent / f"{path.stem}-training", tagger=name)
             for m in result.metrics:
                 log.info(
                     "%s: %g-%g GeV AUC %.3f (nTracks alone %.3f)",

@@ -23,6 +23,12 @@ def register(sub: Any) -> None:
         default=None,
         help="draw the plots (default: plots.enabled of the config)",
     )
+    p.add_argument(
+        "--allow-stale",
+        action="store_true",
+        help="combine even when some systematic's results are stale (warned, and recorded in "
+        "results/combined/stale_inputs.json); by default combine refuses",
+    )
     p.set_defaults(func=_run)
 
 
@@ -30,10 +36,13 @@ def _run(args: argparse.Namespace) -> int:
     from qgcal.config import load_config
     from qgcal.locking import output_lock
     from qgcal.outputs import publish
+    from qgcal.workflows.status import check_combinable, record_stale_inputs
 
     cfg = load_config(args.config)
     with output_lock(cfg.output_path):
+        stale = check_combinable(cfg, allow_stale=args.allow_stale)
         out = publish(cfg, plots=args.plots, config_path=str(args.config))
+        record_stale_inputs(cfg, stale)
     wp = cfg.working_points[0]
     print_combined(out.combined.records, title=f"{cfg.name}: combined, WP {wp:g}", wp=wp)
     print(f"results: {out.scale_factors.parent}  (report: {out.report})")
@@ -42,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def print_combined(records: Any, *, title: str, wp: float, file: Any = None) -> None:
     """SF ± stat +up/-down (syst) for one WP: rows tagger x parton, columns pT bins (GeV); * flagged."""
-    from qgcal.report import print_table
+    from qgcal.report import SF_LEGEND, print_table
 
     recs = [r for r in records if r["working_point"] == wp]
     bins = sorted({(r["pt_low"], r["pt_high"]) for r in recs})
@@ -56,7 +65,9 @@ def print_combined(records: Any, *, title: str, wp: float, file: Any = None) -> 
                 r = index.get((tagger, parton, lo))
                 row.append(_cell(r) if r else "")
             rows.append(row)
-    print_table(header, rows, title=f"{title}  (SF ± stat +up/-down syst; * flagged)", file=file)
+    print_table(
+        header, rows, title=f"{title}  (SF ± stat +up/-down syst; * flagged)", file=file, footer="\n".join(SF_LEGEND)
+    )
 
 
 def _cell(r: Any) -> str:

@@ -51,3 +51,15 @@ def load_config_from_args(args: argparse.Namespace) -> Any:
     from qgcal.config import load_config
 
     return load_config(args.config).with_overrides(config_overrides(args))
+
+
+def skipped_line(skipped: Any) -> str:
+    """The closing line about files skipped as bad: ``WARNING: N input file(s) skipped as bad, <events lost>: ...``.
+
+    Events lost are a number, or "unknown" when a file could not be counted (as in scale_factors.json
+    and report.md: :func:`qgcal.contract.events_lost`).
+    """
+    from qgcal.contract import events_lost
+
+    files = sorted({str(r["file"]) for r in skipped})
+    return f"WARNING: {len(files)} input file(s) skipped as bad, {events_lost(skipped).text()}: " + ", ".join(files)

@@ -26,8 +26,8 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from qgcal.cli.options import load_config_from_args
-    from qgcal.report import print_sf_table, skipped_summary
+    from qgcal.cli.options import load_config_from_args, skipped_line
+    from qgcal.report import print_sf_table
     from qgcal.workflows.single import run_systematic
 
     cfg = load_config_from_args(args)
@@ -35,5 +35,5 @@ def _run(args: argparse.Namespace) -> int:
     print_sf_table(result.records, title=f"{cfg.name}: {args.syst}")
     print(f"results: {result.results_dir / 'scale_factors.json'}")
     if result.skipped:
-        print(skipped_summary(result.skipped))
+        print(skipped_line(result.skipped))
     return 0

@@ -31,8 +31,8 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from qgcal.cli.options import load_config_from_args
-    from qgcal.report import print_sf_table, skipped_summary
+    from qgcal.cli.options import load_config_from_args, skipped_line
+    from qgcal.report import print_sf_table
     from qgcal.workflows.sweep import finalise_many, run_many, run_shard
 
     cfg = load_config_from_args(args)
@@ -53,5 +53,5 @@ def _run(args: argparse.Namespace) -> int:
     print(f"results: {cfg.output_path / 'results'} ({len(results)} systematics)")
     skipped = [r for res in results.values() for r in res.skipped]
     if skipped:
-        print(skipped_summary(skipped))
+        print(skipped_line(skipped))
     return 0

@@ -35,7 +35,7 @@ def validate_url(url: str) -> str:
 class TritonSettings(BaseModel):
     """How to reach a Triton Inference Server and how the served model is laid out."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     url: str = Field(
         default="127.0.0.1:8001",
@@ -101,7 +101,7 @@ class TritonSettings(BaseModel):
 class InferenceConfig(BaseModel):
     """Where and how tagger models are evaluated (the ``inference:`` config section)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     backend: Literal["local", "triton"] = Field(
         default="local",

@@ -4,8 +4,10 @@
 ``corrections.json`` (correctionlib), ``scale_factors.root`` (TH1D),
 ``plots/*.png`` and ``report.md``. :func:`publish` does all of it;
 :func:`rebuild_report` redraws the plots and the report from an existing combination.
-The numbers every format writes for an undefined value come from one function,
-:func:`qgcal.outputs.correction.published_values`. See docs/outputs.md.
+The numbers every format writes come from :func:`qgcal.outputs.correction.published_values`
+and :func:`~qgcal.outputs.correction.efficiency_values`. ``flow`` (``"error"``, or ``"clamp"``
+outside the calibrated pT / |eta| range) and ``undefined`` (``"error"``: not evaluable, or
+``"fallback"``: SF 1.0, uncertainty 100 %) choose the documented options. See docs/outputs.md.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from qgcal.combine import Combined, combine, load_combined
 from qgcal.config import Config
-from qgcal.outputs.correction import group_keys
+from qgcal.outputs.correction import Flow, Undefined, group_keys
 
 __all__ = ["Published", "combined_dir", "publish", "rebuild_report", "write_outputs"]
 
@@ -48,7 +50,14 @@ def _plots_and_report(cfg: Config, combined: Combined, out: Published, plots: bo
     return out
 
 
-def write_outputs(cfg: Config, combined: Combined, *, plots: bool | None = None) -> Published:
+def write_outputs(
+    cfg: Config,
+    combined: Combined,
+    *,
+    plots: bool | None = None,
+    flow: Flow = "error",
+    undefined: Undefined = "error",
+) -> Published:
     """corrections.json, scale_factors.root, plots and report.md from a combination."""
     from qgcal.outputs.correction import write_corrections
     from qgcal.outputs.rootfile import write_root
@@ -60,20 +69,36 @@ def write_outputs(cfg: Config, combined: Combined, *, plots: bool | None = None)
         d / "corrections.json",
         combined.records,
         combined.groups,
+        abs_eta_max=cfg.selection.abs_eta_max,
         description=f"{cfg.name}: quark/gluon tagging scale factors (qgcal)",
+        flow=flow,
+        undefined=undefined,
     )
-    out.root = write_root(d / "scale_factors.root", combined.records, combined.groups)
+    out.root = write_root(
+        d / "scale_factors.root",
+        combined.records,
+        combined.groups,
+        abs_eta_max=cfg.selection.abs_eta_max,
+        undefined=undefined,
+    )
     return _plots_and_report(cfg, combined, out, cfg.plots.enabled if plots is None else plots)
 
 
-def publish(cfg: Config, *, plots: bool | None = None, config_path: str = "C") -> Published:
+def publish(
+    cfg: Config,
+    *,
+    plots: bool | None = None,
+    config_path: str = "C",
+    flow: Flow = "error",
+    undefined: Undefined = "error",
+) -> Published:
     """``qgcal combine``: combine every systematic, then write every output.
 
     Takes no lock: call it after a sweep has finished (the CLI holds the output lock).
     """
     group_keys({v.group for v in cfg.variations.values()})  # clashing names fail before any write
     combined = combine(cfg, config_path=config_path)
-    return write_outputs(cfg, combined, plots=plots)
+    return write_outputs(cfg, combined, plots=plots, flow=flow, undefined=undefined)
 
 
 def rebuild_report(cfg: Config, *, plots: bool | None = None, config_path: str = "C") -> Published:

@@ -10,7 +10,14 @@ Files in ``results/combined/plots/``:
 * ``quark_fractions.png``: f_Fq and f_Cq vs pT, one panel per tagger (from
   ``results/nominal/extraction.json``);
 * ``extracted_<tagger>.png``: the nominal extracted quark/gluon shapes, data vs
-  MC (copied from ``results/nominal/plots`` when up to date, else drawn).
+  MC with statistical errors, bins below zero shaded (copied from
+  ``results/nominal/plots`` when up to date, else drawn);
+* ``closure_<tagger>.png``: MC closure: extracted vs MC-truth shapes per pT bin (and
+  the true data shapes on a generated sample), and extracted / true MC efficiency per WP vs pT;
+* ``closure_sf.png`` (generated samples only, :mod:`qgcal.outputs.closure`): calibrated
+  vs true SF per WP vs pT, for every branch tagger.
+
+Every figure has the ATLAS label; no text needs a glyph the fonts lack.
 """
 
 from __future__ import annotations
@@ -28,18 +35,21 @@ from qgcal.artifacts import atomic_path
 from qgcal.config import Config
 from qgcal.errors import ArtifactError
 from qgcal.outputs.correction import bin_edges, series
-from qgcal.plotting import plot_extractions, setup_matplotlib
+from qgcal.plotting import DATA_STYLE, experiment_label, label_lines, plot_extractions, setup_matplotlib
 
 __all__ = [
     "DPI",
     "extraction_plots",
     "plot_breakdown",
+    "plot_closure",
     "plot_fractions",
     "plot_scale_factors",
+    "plot_sf_closure",
     "write_plots",
 ]
 
 DPI = 80
+_SHAPES = ("p_q_mc", "p_g_mc", "p_q_data", "p_g_data")
 _PARTON_LABEL = {"quark": "quark efficiency SF", "gluon": "gluon rejection SF"}
 
 
@@ -56,19 +66,8 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def _label(ax: Any, cfg: Config) -> None:
-    """'ATLAS <label>' and the energy/luminosity line, as mplhep.atlas.label draws them.
-
-    Built from offset boxes: mplhep's label redraws the whole figure to place the
-    text (about 1 s per figure here), these need no extra draw.
-    """
-    from matplotlib.offsetbox import AnchoredOffsetbox, HPacker, TextArea, VPacker
-
-    atlas = TextArea("ATLAS", textprops={"fontweight": "bold", "fontstyle": "italic", "fontsize": 13})
-    label = TextArea(f" {cfg.plots.label}", textprops={"fontsize": 13})
-    lumi = f"{cfg.lumi_pb / 1000.0:.3g} fb" if cfg.lumi_pb >= 1000.0 else f"{cfg.lumi_pb:.3g} pb"
-    sub = TextArea(rf"√s = {cfg.plots.com_energy_tev:g} TeV, {lumi}$^{{-1}}$", textprops={"fontsize": 10})
-    box = VPacker(children=[HPacker(children=[atlas, label], pad=0, sep=0), sub], pad=0, sep=3, align="left")
-    ax.add_artist(AnchoredOffsetbox(loc="upper left", child=box, frameon=False, pad=0.2, borderpad=0.4))
+    """'ATLAS <label>' and the energy/luminosity line (qgcal.plotting.experiment_label)."""
+    experiment_label(ax, *label_lines(cfg))
 
 
 def _by_tagger_wp(records: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, list[Mapping[str, Any]]]]:
@@ -90,7 +89,9 @@ def _sf_panel(ax: Any, recs: Sequence[Mapping[str, Any]], groups: Sequence[str],
     sf, stat = _arr([r["sf"] for r in recs]), _arr([r["stat"] for r in recs])
     up, down = _arr([r["total_up"] for r in recs]), _arr([r["total_down"] for r in recs])
     tot_up, tot_down = np.hypot(up, stat), np.hypot(down, stat)
-    ax.stairs(sf + tot_up, edges, baseline=sf - tot_down, fill=True, color="#f5d76e", label=r"stat $\oplus$ syst")
+    ax.stairs(
+        sf + tot_up, edges, baseline=sf - tot_down, fill=True, color="#f5d76e", label="stat + syst (in quadrature)"
+    )
     ax.stairs(sf + up, edges, baseline=sf - down, fill=True, color="#8fd19e", label="syst (total)")
     colours = [f"C{i}" for i in range(10)]
     for i, g in enumerate(groups):
@@ -170,7 +171,7 @@ def _breakdown_panel(ax: Any, recs: Sequence[Mapping[str, Any]], groups: Sequenc
         baseline=-np.hypot(down, stat),
         fill=True,
         color="#dddddd",
-        label=r"stat $\oplus$ syst",
+        label="stat + syst (in quadrature)",
     )
     ax.stairs(stat, edges, baseline=-stat, fill=False, color="k", linestyle="--", label="stat")
     for i, g in enumerate(groups):
@@ -254,6 +255,7 @@ def extraction_plots(cfg: Config, extraction: Mapping[str, Any], out_dir: Path) 
                     pt_high=b["pt_high"],
                     flags=b["flags"],
                     **{k: _arr(b[k]) for k in ("p_q_mc", "p_g_mc", "p_q_data", "p_g_data")},
+                    **{f"{k}_err": _arr(b[f"{k}_err"]) for k in _SHAPES if f"{k}_err" in b},
                 )
                 for b in bins
             ]
@@ -262,11 +264,147 @@ def extraction_plots(cfg: Config, extraction: Mapping[str, Any], out_dir: Path) 
     return sorted(written)
 
 
+def _true_efficiency(truth_q: np.ndarray, truth_g: np.ndarray, edges: np.ndarray, cut: float, side: str) -> tuple:
+    """(quark efficiency, gluon rejection) of the MC truth shapes at a cut (a bin edge)."""
+    k = int(np.searchsorted(edges, cut))
+    idx = np.arange(len(truth_q))
+    tagged = idx < k if side == "low" else idx >= k
+    return float(np.sum(truth_q[tagged])), float(np.sum(truth_g[~tagged]))
+
+
+def plot_closure(
+    cfg: Config,
+    extraction: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    out_dir: Path,
+    truth: Any = None,
+) -> list[Path]:
+    """MC closure, one PNG per tagger: the extracted MC quark/gluon shapes against the MC truth
+    shapes per pT bin (data extracted on top; with ``truth``, a generated sample's
+    :class:`qgcal.outputs.closure.DataTruth`, the true data shapes too), and the extracted MC
+    efficiencies (what the SF divides by) over the true ones per WP vs pT: 1 when the method closes."""
+    plt = setup_matplotlib()
+    written = []
+    for tagger, bins in sorted(extraction.items()):
+        if tagger not in cfg.taggers:
+            continue
+        edges = np.asarray(cfg.taggers[tagger].bins.bin_edges())
+        n = len(bins)
+        fig, axes = plt.subplots(n + 1, 2, figsize=(11, 3.0 * (n + 1) + 0.6), squeeze=False)
+        top = 1.0 - 0.75 / (3.0 * (n + 1) + 0.6)
+        fig.subplots_adjust(left=0.09, right=0.98, bottom=0.03, top=top, hspace=0.5, wspace=0.25)
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        for i, b in enumerate(bins):
+            for j, parton in enumerate(("quark", "gluon")):
+                ax = axes[i][j]
+                p = parton[0]
+                ext, true, data = _arr(b[f"p_{p}_mc"]), _arr(b[f"truth_{p}_mc"]), _arr(b[f"p_{p}_data"])
+                ax.stairs(true, edges, color="C1", linewidth=2, linestyle="--", label=f"MC truth {parton}")
+                ax.stairs(ext, edges, color="C0", label=f"MC extracted {parton}")
+                if truth is not None and tagger in truth.quark:
+                    shape = (truth.quark if parton == "quark" else truth.gluon)[tagger][i]
+                    ax.stairs(shape, edges, color="k", linestyle=":", linewidth=1.5, label=f"data truth {parton}")
+                if not np.isnan(data).all():
+                    ax.errorbar(centres, data, label=f"data extracted {parton}", **{**DATA_STYLE, "markersize": 2})
+                ax.axhline(0.0, color="grey", linewidth=0.6)
+                ax.set_title(f"{b['pt_low']:g} < jet pT < {b['pt_high']:g} GeV", fontsize=11)
+                ax.set_xlabel(f"{tagger} (tagger value)", fontsize=11)
+                ax.set_ylabel("fraction of jets per bin", fontsize=10)
+                ax.legend(fontsize=7, loc="upper right")
+        recs = {
+            (r["working_point"], r["parton"], r["pt_low"]): r
+            for r in records
+            if r["tagger"] == tagger and r["eff_mc"] is not None and r["cut"] is not None
+        }
+        mc_truth = {b["pt_low"]: (_arr(b["truth_q_mc"]), _arr(b["truth_g_mc"])) for b in bins}
+        pt_edges = np.asarray(bin_edges(bins))
+        pt_c = 0.5 * (pt_edges[1:] + pt_edges[:-1])
+        for j, parton in enumerate(("quark", "gluon")):
+            ax = axes[n][j]
+            for k, wp in enumerate(sorted({w for w, _, _ in recs})):
+                ratio = []
+                for b in bins:
+                    r = recs.get((wp, parton, b["pt_low"]))
+                    if r is None:
+                        ratio.append(np.nan)
+                        continue
+                    eq, rg = _true_efficiency(*mc_truth[b["pt_low"]], edges, r["cut"], r["quark_side"])
+                    true = eq if parton == "quark" else rg
+                    ratio.append(r["eff_mc"] / true if true > 0 else np.nan)
+                ax.plot(pt_c + (k - 1.5) * 4.0, ratio, "o-", markersize=4, label=f"WP {wp:g}")
+            ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
+            ax.set_xlim(pt_edges[0], pt_edges[-1])
+            ax.set_xlabel("jet pT [GeV]", fontsize=11)
+            what = "quark efficiency" if parton == "quark" else "gluon rejection"
+            ax.set_ylabel(f"MC {what}: extracted / true", fontsize=10)
+            ax.set_title(f"MC closure of the {parton} SF denominator", fontsize=11)
+            ax.legend(fontsize=7, loc="upper right", ncol=2)
+        experiment_label(fig, *label_lines(cfg, simulation=True), figure=True)
+        fig.text(0.98, 0.998, f"{cfg.name}: {tagger}, closure on MC (nominal)", ha="right", va="top", fontsize=12)
+        written.append(_save(fig, out_dir / f"closure_{tagger}.png"))
+    return written
+
+
+def plot_sf_closure(
+    cfg: Config, records: Sequence[Mapping[str, Any]], extraction: Mapping[str, Any], truth: Any, out_dir: Path
+) -> Path | None:
+    """Generated samples only: the calibrated SF (± stat) against the true SF = true eps(data) /
+    true eps(MC) at the same cut, per WP vs pT; rows = branch taggers, columns = quark, gluon."""
+    from qgcal.outputs.closure import true_sf
+
+    expected = true_sf(records, extraction, truth, cfg)
+    taggers = sorted({k[0] for k in expected})
+    if not taggers:
+        return None
+    plt = setup_matplotlib()
+    fig, axes = plt.subplots(len(taggers), 2, figsize=(11, 4.2 * len(taggers) + 0.6), squeeze=False)
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.08, top=1.0 - 0.8 / (4.2 * len(taggers) + 0.6))
+    fig.subplots_adjust(hspace=0.4, wspace=0.25)
+    for row, tagger in enumerate(taggers):
+        for j, parton in enumerate(("quark", "gluon")):
+            ax = axes[row][j]
+            recs = [r for r in records if r["tagger"] == tagger and r["parton"] == parton]
+            wps = sorted({r["working_point"] for r in recs})
+            edges = np.asarray(bin_edges([r for r in recs if r["working_point"] == wps[0]]))
+            centres = 0.5 * (edges[1:] + edges[:-1])
+            for k, wp in enumerate(wps):
+                series_ = sorted((r for r in recs if r["working_point"] == wp), key=lambda r: r["pt_low"])
+                x = centres + (k - (len(wps) - 1) / 2) * 0.012 * (edges[-1] - edges[0])
+                sf, stat = _arr([r["sf"] for r in series_]), _arr([r["stat"] for r in series_])
+                true = _arr([expected.get((tagger, wp, parton, r["pt_low"])) for r in series_])
+                colour = f"C{k % 10}"
+                ax.errorbar(x, sf, yerr=stat, fmt="o", color=colour, markersize=4, label=f"WP {wp:g} calibrated")
+                ax.plot(x, true, "_", color=colour, markersize=14, markeredgewidth=2.5, label=f"WP {wp:g} true")
+            ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
+            ax.set_xlim(edges[0], edges[-1])
+            ax.set_xlabel("jet pT [GeV]", fontsize=11)
+            ax.set_ylabel(_PARTON_LABEL[parton], fontsize=11)
+            ax.set_title(f"{tagger}: calibrated SF (points) vs true SF (bars)", fontsize=11)
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(lo, hi + 0.45 * (hi - lo))
+            ax.legend(fontsize=6, loc="upper right", ncol=4)
+    experiment_label(fig, *label_lines(cfg), figure=True)
+    fig.text(0.98, 0.998, f"{cfg.name}: closure against the generator's truth", ha="right", va="top", fontsize=12)
+    return _save(fig, out_dir / "closure_sf.png")
+
+
 def write_plots(cfg: Config, records: Sequence[Mapping[str, Any]], groups: Sequence[str], out_dir: Path) -> list[Path]:
-    """Every plot of the combined results; returns the files, sorted."""
+    """Every plot of the combined results; returns the files, sorted.
+
+    On a sample written by ``qgcal generate`` (truth.json next to the data), the closure plots
+    also show the true data shapes, and ``closure_sf.png`` the calibrated vs the true SFs.
+    """
+    from qgcal.outputs.closure import data_truth
+
     extraction = _read_extraction(cfg)
+    truth = data_truth(cfg)
     paths = plot_scale_factors(cfg, records, groups, out_dir)
     paths += plot_breakdown(cfg, records, groups, out_dir)
     paths.append(plot_fractions(cfg, extraction, out_dir))
     paths += extraction_plots(cfg, extraction, out_dir)
+    paths += plot_closure(cfg, extraction, records, out_dir, truth)
+    if truth is not None:
+        sf_closure = plot_sf_closure(cfg, records, extraction, truth, out_dir)
+        if sf_closure is not None:
+            paths.append(sf_closure)
     return sorted(paths)

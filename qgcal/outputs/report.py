@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qgcal.artifacts import atomic_path
-from qgcal.report import DASH, format_value
+from qgcal.report import DASH, SF_LEGEND, format_value
 
 __all__ = ["collect_skipped", "render_report", "write_report"]
 
@@ -123,18 +123,14 @@ def _skipped(skipped: Sequence[Mapping[str, Any]]) -> list[str]:
     """Skipped input files: never silent, so they come before the numbers."""
     if not skipped:
         return ["No input file was skipped."]
-    per_file: dict[str, int | None] = {}
-    for r in skipped:  # each file counted once, as in scale_factors.json and the command's summary line
-        n, old = r.get("events_lost"), per_file.get(r["file"])
-        per_file[r["file"]] = n if old is None else old if n is None else max(old, int(n))
-    lost = sum(n for n in per_file.values() if n is not None)
-    unknown = sum(1 for n in per_file.values() if n is None)
+    from qgcal.contract import events_lost
+
+    lost = events_lost(skipped)  # each file counted once, as in scale_factors.json and the command's summary
+    n_files = len({str(r["file"]) for r in skipped})
     head = (
-        f"**{len(per_file)} input file(s) were skipped as unreadable** (`--skip-bad-files` / "
-        f"`reading.skip_bad_files`): **{lost} events lost** (entries of their trees, before any "
-        "selection)"
-        + (f", plus {unknown} file(s) whose number of entries could not be read" if unknown else "")
-        + ". The scale factors below do not include these events."
+        f"**{n_files} input file(s) were skipped as unreadable** (`--skip-bad-files` / "
+        f"`reading.skip_bad_files`): **{lost.text()}** (entries of their trees, before any selection). "
+        "The scale factors below do not include these events."
     )
     lines = [head, "", "| file | tree | events lost | reason | systematics affected |", "|---|---|---|---|---|"]
     for r in skipped:
@@ -154,8 +150,12 @@ def render_report(
     plots: Sequence[Path],
     report_dir: Path,
     skipped: Sequence[Mapping[str, Any]] = (),
+    corrections: Mapping[str, Any] | None = None,
 ) -> str:
-    """The Markdown text; plot paths are written relative to ``report_dir``."""
+    """The Markdown text; plot paths are written relative to ``report_dir``.
+
+    ``corrections``: the JSON of corrections.json, summarised as ``correction summary`` does.
+    """
     groups = list(metadata["groups"])
     rel = [p.relative_to(report_dir).as_posix() for p in sorted(plots)]
     intro = (
@@ -165,18 +165,35 @@ def render_report(
         "[corrections.json](corrections.json) (correctionlib), [scale_factors.root](scale_factors.root)."
     )
     out = [f"# {title}: quark/gluon tagging scale factors", "", intro, ""]
+    out += [f"- {line}" for line in SF_LEGEND] + [""]
     out += ["## Skipped input files", ""] + _skipped(skipped) + [""]
     out += ["## Summary", ""]
     out += _table(records)
     out += ["", "## Uncertainty groups", ""] + _group_table(records, groups)
     out += ["", "## Systematic variations", ""] + _systematics(metadata)
     out += ["", "## Flags", ""] + _flags(records)
+    if corrections is not None:
+        from qgcal.outputs.correction import correction_summary
+
+        out += [
+            "",
+            "## corrections.json (correctionlib)",
+            "",
+            (
+                "The corrections, their inputs in order and the values each accepts (what `correction summary "
+                "corrections.json` shows); how to evaluate them: docs/outputs.md. Outside these ranges, or for "
+                "another key, evaluating raises (`flow: error`; docs/outputs.md describes the clamp option)."
+            ),
+            "",
+        ]
+        out += correction_summary(corrections)
     out += ["", "## Plots", ""]
     sections = [
         ("Scale factors vs pT", "sf_"),
         ("Uncertainty breakdown", "breakdown_"),
         ("Quark fractions", "quark_fractions"),
         ("Extracted shapes (nominal)", "extracted_"),
+        ("Closure on MC (extracted vs true shapes and efficiencies)", "closure_"),
     ]
     listed: set[str] = set()
     for heading, prefix in sections:
@@ -200,7 +217,9 @@ def write_report(
 ) -> Path:
     # report.md lives in <output>/results/combined/
     skipped = collect_skipped(metadata, path.parent.parent.parent)
-    text = render_report(title, metadata, records, plots, path.parent, skipped)
+    cl = path.parent / "corrections.json"
+    corrections = json.loads(cl.read_text(encoding="utf-8")) if cl.is_file() else None
+    text = render_report(title, metadata, records, plots, path.parent, skipped, corrections)
     with atomic_path(path, ".md") as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path

@@ -1,22 +1,27 @@
 """The combined scale factors as ROOT TH1D histograms (written with uproot, no ROOT needed).
 
-Layout of ``scale_factors.root``: one directory per tagger, working point and
-parton, ``<tagger>/wp<wp>/<parton>/`` (``wp`` as ``f"{wp:g}"``, e.g.
-``ntrk/wp0.6/quark/``), holding TH1Ds binned in jet pT (GeV):
+The same content as corrections.json. Layout of ``scale_factors.root`` (``wp`` as
+``f"{wp:g}"``), every histogram binned in jet pT (GeV, the calibration's bins):
 
-* ``nominal``: the SF, with the statistical error as the bin error;
-* ``stat_up``/``stat_down``, ``<group>_up``/``<group>_down``, ``total_up``/
-  ``total_down``: SF + up or SF - down, bin errors 0 (the same names and
-  values as the ``systematic`` input of corrections.json);
-* ``flags``: 0 healthy, 1 flagged, 2 a fallback was written (an undefined SF
-  as 1.0, an undefined uncertainty as 100 %), as in corrections.json.
+* ``<tagger>/wp<wp>/<parton>/nominal``: the SF, bin error = its statistical error;
+* ``<tagger>/wp<wp>/<parton>/<systematic>`` for ``stat_up``, ``stat_down``,
+  ``<group>_up``/``_down``, ``total_up``/``total_down``: SF + up or SF - down, bin errors 0
+  (the names and values of the ``systematic`` input of corrections.json);
+* ``<tagger>/wp<wp>/<parton>/flags``: the ``qg_sf_flag`` bit mask (0 healthy);
+* ``<tagger>/wp<wp>/<parton>/eff_data``, ``eff_mc``: the efficiencies (quark: quark
+  efficiency, gluon: gluon rejection), bin error = their statistical error;
+* ``<tagger>/wp<wp>/cut``: the working-point cut per pT bin (its title says the side);
+* ``abs_eta_range``: one bin, [0, abs_eta_max): the calibrated |eta| range.
 
-ROOT files are not byte-reproducible (uproot writes a UUID and a timestamp);
-the JSON outputs are.
+An undefined value is NaN (``undefined="error"``, as in corrections.json where it is not
+evaluable), or the fallback with ``undefined="fallback"``; an undefined bin error is +inf
+(uproot reads a NaN bin error as 0). ROOT files are not
+byte-reproducible (uproot writes a UUID and a timestamp); the JSON outputs are.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,8 +30,10 @@ import numpy as np
 
 from qgcal.artifacts import atomic_path
 from qgcal.outputs.correction import (
+    Undefined,
     bin_edges,
-    flag_code,
+    efficiency_errors,
+    flag_mask,
     published_values,
     series,
     systematic_names,
@@ -34,12 +41,18 @@ from qgcal.outputs.correction import (
 
 __all__ = ["histogram_path", "write_root"]
 
+NAN = float("nan")
+
 
 def histogram_path(tagger: str, wp: str, parton: str, name: str) -> str:
     return f"{tagger}/wp{wp}/{parton}/{name}"
 
 
-def _th1(edges: list[float], values: Sequence[float], errors: Sequence[float], title: str) -> Any:
+def _num(x: float | None) -> float:
+    return NAN if x is None else float(x)
+
+
+def _th1(edges: list[float], values: Sequence[float | None], errors: Sequence[float | None], title: str) -> Any:
     import hist
 
     h = hist.Hist(
@@ -49,25 +62,37 @@ def _th1(edges: list[float], values: Sequence[float], errors: Sequence[float], t
         label=title,
     )
     view = h.view()
-    view.value[:] = np.asarray(values, dtype=float)
-    view.variance[:] = np.asarray(errors, dtype=float) ** 2
+    view.value[:] = np.array([_num(v) for v in values], dtype=float)
+    # an undefined error is +inf: uproot reads a NaN (or any non-positive) sumw2 as error 0
+    view.variance[:] = np.array([math.inf if e is None else float(e) for e in errors], dtype=float) ** 2
     return h
 
 
-def write_root(path: Path, records: Sequence[Mapping[str, Any]], groups: Sequence[str]) -> Path:
-    """One TH1D per tagger, WP, parton and systematic name, plus ``flags``; atomic."""
+def write_root(
+    path: Path,
+    records: Sequence[Mapping[str, Any]],
+    groups: Sequence[str],
+    *,
+    abs_eta_max: float,
+    undefined: Undefined = "error",
+) -> Path:
+    """Every histogram above; atomic."""
+    import hist
     import uproot
 
     systs = systematic_names(groups)
     with atomic_path(path, ".root") as tmp, uproot.recreate(tmp) as f:
+        eta: Any = hist.Hist(hist.axis.Variable([0.0, float(abs_eta_max)], name="abs_eta", label="|#eta|"))
+        eta.view()[:] = 1.0
+        f["abs_eta_range"] = eta
+        cuts_written: set[tuple[str, str]] = set()
         for (tagger, wp, parton), recs in series(records).items():
             edges = bin_edges(recs)
-            vals = [published_values(r, groups)[0] for r in recs]
+            vals = [published_values(r, groups, undefined)[0] for r in recs]
             # the statistical error itself (not stat_up - nominal, which rounds); fallback 100 %
-            stat = [
-                float(r["stat"]) if r["sf"] is not None and r["stat"] is not None else v["nominal"]
-                for r, v in zip(recs, vals)
-            ]
+            stat = [r["stat"] if r["sf"] is not None else None for r in recs]
+            if undefined == "fallback":
+                stat = [v["nominal"] if s is None else s for s, v in zip(stat, vals)]
             head = f"{tagger} WP {wp} {parton}"
             f[histogram_path(tagger, wp, parton, "nominal")] = _th1(
                 edges, [v["nominal"] for v in vals], stat, f"{head}: SF (stat error)"
@@ -76,6 +101,19 @@ def write_root(path: Path, records: Sequence[Mapping[str, Any]], groups: Sequenc
             for s in systs[1:]:
                 f[histogram_path(tagger, wp, parton, s)] = _th1(edges, [v[s] for v in vals], zeros, f"{head}: SF {s}")
             f[histogram_path(tagger, wp, parton, "flags")] = _th1(
-                edges, [float(flag_code(r, groups)) for r in recs], zeros, f"{head}: 0 healthy, 1 flagged, 2 fallback"
+                edges, [float(flag_mask(r, groups)) for r in recs], zeros, f"{head}: qg_sf_flag bits, 0 healthy"
             )
+            for sample in ("data", "mc"):
+                effs = [efficiency_errors(r)[sample] for r in recs]
+                what = "quark efficiency" if parton == "quark" else "gluon rejection"
+                f[histogram_path(tagger, wp, parton, f"eff_{sample}")] = _th1(
+                    edges, [e for e, _ in effs], [s for _, s in effs], f"{head}: {what} in {sample} (stat error)"
+                )
+            if (tagger, wp) not in cuts_written:
+                cuts_written.add((tagger, wp))
+                side = recs[0].get("quark_side")
+                rule = "value < cut" if side == "low" else "value >= cut"
+                f[f"{tagger}/wp{wp}/cut"] = _th1(
+                    edges, [r["cut"] for r in recs], zeros, f"{tagger} WP {wp}: cut, quark-tagged when {rule}"
+                )
     return path

@@ -1,0 +1,213 @@
+"""What can be known before any event is read: ``qgcal validate`` runs it, and so do ``run`` and ``sweep``.
+
+Why one function: a check that only the run makes (a missing model file found after
+root2pkl has run for minutes, a sum-of-weights histogram name that exists in no file)
+wastes the run, and a ``validate`` that calls such a config valid is wrong. So both
+commands call :func:`preflight` and exit with the same codes (docs in the README).
+
+Checked, from the config and the file system only (ROOT files are opened for their
+key lists and tree metadata; no basket is read):
+
+* every input file exists, and no file is listed twice: not in two samples or slices
+  (its events would be counted twice), not twice in one slice;
+* every model tagger has its model file and sidecar, and the sidecar's features are
+  the tagger's ``features`` in order;
+* the trees, branches and sum-of-weights histogram (and bin) the config asks for
+  exist: a name that no file has is a config error.
+
+A file that is not a readable ROOT file (empty, truncated, corrupt), or that lacks
+what the other files of its sample have, is a bad file: left to the run's bad-file
+policy (stop, or ``--skip-bad-files``), or an InputError with ``unreadable="raise"``
+(``qgcal validate``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from qgcal.config import Config, ModelTagger, parse_branch_expr
+from qgcal.errors import ConfigError, InputError
+from qgcal.plan import FileTask, model_path, plan_tasks
+
+__all__ = ["PreflightReport", "check_duplicate_files", "check_models", "preflight"]
+
+
+@dataclass
+class PreflightReport:
+    tasks: int = 0
+    files: int = 0
+    unreadable: list[str] = field(default_factory=list)  # one line per file left to the bad-file policy
+
+
+def _needed(cfg: Config, systs: Iterable[str]) -> list[FileTask]:
+    tasks: dict[str, FileTask] = {}
+    for syst in systs:
+        for t in plan_tasks(cfg, syst):
+            tasks.setdefault(f"{t.variation}@{t.key}", t)
+        if syst != "nominal":
+            for t in plan_tasks(cfg, "nominal", include_data=False):
+                tasks.setdefault(f"{t.variation}@{t.key}", t)
+    return [tasks[k] for k in sorted(tasks)]
+
+
+def check_duplicate_files(cfg: Config) -> None:
+    """ConfigError when one input file is listed by two samples, two slices, or twice in one slice."""
+    owner: dict[Path, str] = {}
+    for sname, sample in sorted(cfg.samples.items()):
+        for slice_name, sl in sorted(sample.slice_map().items()):
+            where = f"samples.{sname}" if not sample.slices else f"samples.{sname}.slices.{slice_name}"
+            for path in cfg.resolve_files(sl.files):
+                first = owner.get(path)
+                if first is not None:
+                    both = f"twice by {where}" if first == where else f"by {first} and by {where}"
+                    raise ConfigError(
+                        f"{path}: listed {both}; its events would be counted twice. List each input file "
+                        "in exactly one sample slice (check overlapping globs; for a closure with data = MC, "
+                        "use a copy of the file)"
+                    )
+                owner[path] = where
+
+
+def check_models(cfg: Config) -> None:
+    """ConfigError when a model tagger's model file or sidecar is missing or its features differ."""
+    from qgcal.inference.errors import InferenceError
+    from qgcal.inference.model_io import read_meta
+
+    for name, tagger in sorted(cfg.taggers.items()):
+        if not isinstance(tagger, ModelTagger):
+            continue
+        path = model_path(cfg, tagger)
+        if not path.is_file():
+            raise ConfigError(
+                f"taggers.{name}.model: no model file {path}; run 'qgcal train --config <config>' first "
+                "(or point 'model' at an existing .skops file)"
+            )
+        try:
+            meta = read_meta(path)
+        except InferenceError as err:
+            raise ConfigError(f"taggers.{name}.model: {err}") from None
+        if list(meta.features) != list(tagger.features):
+            raise ConfigError(
+                f"taggers.{name}.features: {tagger.features} but the model {path} was trained on "
+                f"{list(meta.features)}; use the model's features in its order, or retrain with 'qgcal train'"
+            )
+
+
+Problem = tuple[tuple[str, ...], str]  # (what was asked of the file, the one-line message)
+
+
+def _check_file(cfg: Config, path: Path, tasks: Sequence[FileTask]) -> tuple[list[tuple[str, ...]], list[Problem]]:
+    """What the config asks of one file (trees, branches, bookkeeping histogram; metadata only).
+
+    Returns what was asked and what the file lacks; an unreadable file raises InputError.
+    """
+    from qgcal.rootio import open_tree, read_th1_bin, resolve_branches
+
+    asked: list[tuple[str, ...]] = []
+    problems: list[Problem] = []
+    first = tasks[0]
+    sample = cfg.samples[first.sample]
+    for tree in sorted({t.tree for t in tasks}):
+        of_tree = [t for t in tasks if t.tree == tree]
+        if tree == cfg.tree:
+            key = "tree"
+        elif tree == sample.tree:
+            key = f"samples.{first.sample}.tree"
+        else:
+            key = " and ".join(f"variations.{v}.tree" for v in sorted({t.variation for t in of_tree}))
+        what: tuple[str, ...] = ("tree", first.sample, tree)
+        asked.append(what)
+        try:
+            ot = open_tree(path, tree, config_key=key)
+        except InputError as err:
+            if "no tree" in str(err) or "not a TTree" in str(err):
+                problems.append((what, str(err)))
+                continue
+            raise
+        with ot:
+            wanted = {}
+            for t in of_tree:
+                for _, expr, ckey in t.branches:
+                    wanted[expr] = (parse_branch_expr(expr), ckey)
+                for expr in t.weight_multiply:
+                    wanted[expr] = (parse_branch_expr(expr), f"variations.{t.variation}.multiply")
+                for expr in t.weight_divide:
+                    wanted[expr] = (parse_branch_expr(expr), f"variations.{t.variation}.divide")
+                if t.sumw_branch:
+                    wanted[t.sumw_branch] = (parse_branch_expr(t.sumw_branch), f"samples.{t.sample}.sum_of_weights")
+            for expr, spec in sorted(wanted.items()):
+                what = ("branch", first.sample, tree, spec[0].name)
+                asked.append(what)
+                try:
+                    resolve_branches(ot, {expr: spec})
+                except InputError as err:
+                    problems.append((what, str(err)))
+            sow = sample.sum_of_weights
+            if sample.kind == "mc" and sow is not None and sow.source == "histogram":
+                assert sow.histogram is not None and sow.bin is not None
+                what = ("histogram", first.sample, sow.histogram)
+                if what in asked:
+                    continue
+                asked.append(what)
+                try:
+                    read_th1_bin(ot, sow.histogram, sow.bin, config_key=f"samples.{first.sample}.sum_of_weights")
+                except InputError as err:
+                    problems.append((what, str(err)))
+    return asked, problems
+
+
+def preflight(
+    cfg: Config,
+    systs: Iterable[str] | None = None,
+    *,
+    unreadable: Literal["raise", "report"] = "report",
+    open_files: bool = True,
+) -> PreflightReport:
+    """Every check that needs no event: raises ConfigError (exit 2) naming the key and the file.
+
+    ``systs``: the systematics about to run (default: every one). Bad files (unreadable,
+    or lacking what the others have) raise InputError (exit 1) with ``unreadable="raise"``;
+    otherwise they are listed in the report and left to the run's bad-file policy.
+    """
+    names = list(systs) if systs is not None else cfg.variation_names()
+    for s in names:
+        cfg.variation(s)
+    check_duplicate_files(cfg)
+    tasks = _needed(cfg, names)
+    by_file: dict[str, list[FileTask]] = {}
+    for t in tasks:
+        by_file.setdefault(t.path, []).append(t)
+    for path, of_file in by_file.items():
+        if not Path(path).is_file():
+            t = of_file[0]
+            raise ConfigError(
+                f"{path}: input file not found (listed by samples.{t.sample}); fix the path or glob in the config"
+            )
+    check_models(cfg)
+    report = PreflightReport(tasks=len(tasks), files=len(by_file))
+    if not open_files:
+        return report
+    asked: dict[tuple[str, ...], int] = {}
+    lacking: dict[tuple[str, ...], list[str]] = {}
+    for path, of_file in sorted(by_file.items()):
+        try:
+            wanted, problems = _check_file(cfg, Path(path), of_file)
+        except InputError as err:  # not a readable ROOT file: the bad-file policy decides
+            report.unreadable.append(str(err))
+            continue
+        for what in wanted:
+            asked[what] = asked.get(what, 0) + 1
+        for what, message in problems:
+            lacking.setdefault(what, []).append(message)
+    for what, messages in sorted(lacking.items()):
+        if len(messages) == asked[what]:  # no file has it: the config names something that does not exist
+            every = f" (the same in all {len(messages)} files asked)" if len(messages) > 1 else ""
+            raise ConfigError(messages[0] + every)
+        report.unreadable.extend(messages)  # some files lack it: those files are bad
+    if report.unreadable and unreadable == "raise":
+        more = f" (and {len(report.unreadable) - 1} more bad file(s))" if len(report.unreadable) > 1 else ""
+        raise InputError(report.unreadable[0] + more)
+    return report
