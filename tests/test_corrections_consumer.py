@@ -378,3 +378,41 @@ def test_correction_validate_accepts_the_file(published_small):  # noqa: F811
     exe = shutil.which("correction") or str(Path(sys.executable).with_name("correction"))
     res = subprocess.run([exe, "validate", str(path)], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_combine_command_writes_the_chosen_flow_and_fallback(published_small, tmp_path):  # noqa: F811
+    """``qgcal combine --flow clamp --undefined fallback`` reaches the writer (on a copy of the output)."""
+    import yaml
+
+    from qgcal.cli import main
+
+    src = published_small["config_path"]
+    doc = yaml.safe_load(Path(src).read_text())
+    out = tmp_path / "out"
+    shutil.copytree(published_small["cfg"].output_path, out, symlinks=True)
+    doc["output"] = str(out)
+    cfg_path = Path(src).with_name(f"clamp-{tmp_path.name}.yaml")  # beside the original: same relative inputs
+    cfg_path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    try:
+        code = main(
+            ["-q", "combine", "--config", str(cfg_path), "--no-plots", "--flow", "clamp", "--undefined", "fallback"]
+        )
+    finally:
+        cfg_path.unlink()
+    assert code == 0
+    cset = correctionlib.CorrectionSet.from_file(str(out / "results" / "combined" / "corrections.json"))
+    edges = published_small["cfg"].pt_bins_gev
+    first = cset["qg_sf"].evaluate("ntrk", "0.6", "quark", "nominal", 0.5 * (edges[0] + edges[1]), 1.0)
+    assert cset["qg_sf"].evaluate("ntrk", "0.6", "quark", "nominal", 30.0, 1.0) == first  # clamped
+    default = correctionlib.CorrectionSet.from_file(
+        str(published_small["cfg"].output_path / "results" / "combined" / "corrections.json")
+    )
+    with pytest.raises(RuntimeError):
+        default["qg_sf"].evaluate("ntrk", "0.6", "quark", "nominal", 30.0, 1.0)
+    doc = json.loads((out / "results" / "combined" / "scale_factors.json").read_text())
+    undefined = [r for r in doc["records"] if r["sf"] is None]
+    for r in undefined[:5]:  # the fallback writes 1.0 where the default file has nothing to evaluate
+        args = (r["tagger"], f"{r['working_point']:g}", r["parton"], "nominal", 0.5 * (r["pt_low"] + r["pt_high"]), 1.0)
+        assert cset["qg_sf"].evaluate(*args) == 1.0
+        with pytest.raises(IndexError):
+            default["qg_sf"].evaluate(*args)

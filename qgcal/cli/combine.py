@@ -29,6 +29,19 @@ def register(sub: Any) -> None:
         help="combine even when some systematic's results are stale (warned, and recorded in "
         "results/combined/stale_inputs.json); by default combine refuses",
     )
+    p.add_argument(
+        "--flow",
+        choices=["error", "clamp"],
+        default="error",
+        help="corrections.json outside the calibrated pT / |eta|: raise (default) or clamp to the edge bins",
+    )
+    p.add_argument(
+        "--undefined",
+        choices=["error", "fallback"],
+        default="error",
+        help="undefined SFs in corrections.json / the ROOT file: left out (default) or a conservative "
+        "fallback (docs/outputs.md)",
+    )
     p.set_defaults(func=_run)
 
 
@@ -41,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     with output_lock(cfg.output_path):
         stale = check_combinable(cfg, allow_stale=args.allow_stale)
-        out = publish(cfg, plots=args.plots, config_path=str(args.config))
+        out = publish(cfg, plots=args.plots, config_path=str(args.config), flow=args.flow, undefined=args.undefined)
         record_stale_inputs(cfg, stale)
     wp = cfg.working_points[0]
     print_combined(out.combined.records, title=f"{cfg.name}: combined, WP {wp:g}", wp=wp)
