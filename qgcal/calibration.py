@@ -169,13 +169,27 @@ def side_fraction(h: Binned, mask: FloatArray) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class Efficiency:
-    """Quark efficiency and gluon rejection of the extracted shapes, with variances."""
+    """Quark efficiency and gluon rejection of the extracted shapes, with variances.
+
+    Flags are per quantity: a quark-efficiency record must not be flagged because the
+    gluon rejection of the same cell is unphysical (and the other way round).
+    """
 
     eps_q: float
     var_eps_q: float
     rej_g: float
     var_rej_g: float
-    flags: tuple[str, ...] = field(default=())
+    flags_q: tuple[str, ...] = field(default=())
+    flags_g: tuple[str, ...] = field(default=())
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        """The flags of either quantity."""
+        return tuple(sorted({*self.flags_q, *self.flags_g}))
+
+    def flags_for(self, parton: str) -> tuple[str, ...]:
+        """The flags of the quark efficiency (``"quark"``) or the gluon rejection (``"gluon"``)."""
+        return self.flags_q if parton == "quark" else self.flags_g
 
 
 def efficiencies(fr: Fractions, forward: Binned, central: Binned, mask: FloatArray) -> Efficiency:
@@ -189,10 +203,9 @@ def efficiencies(fr: Fractions, forward: Binned, central: Binned, mask: FloatArr
         g_tag = inv[1, 0] * e_f + inv[1, 1] * e_c  # gluons on the quark side
         rej_g = 1.0 - g_tag
         var_g = inv[1, 0] * inv[1, 0] * v_f + inv[1, 1] * inv[1, 1] * v_c
-    flags: list[str] = []
-    if not (_physical(eps_q, var_q) and _physical(rej_g, var_g)):
-        flags.append("unphysical_efficiency")
-    return Efficiency(float(eps_q), float(var_q), float(rej_g), float(var_g), tuple(flags))
+    flags_q = () if _physical(eps_q, var_q) else ("unphysical_efficiency",)
+    flags_g = () if _physical(rej_g, var_g) else ("unphysical_efficiency",)
+    return Efficiency(float(eps_q), float(var_q), float(rej_g), float(var_g), flags_q, flags_g)
 
 
 def _physical(eff: float, var: float) -> bool:

@@ -310,7 +310,7 @@ def scale_factor_records(
                     rec_flags = list(flags)
                     for eff in (eff_mc, eff_d):
                         if eff is not None:
-                            rec_flags.extend(eff.flags)
+                            rec_flags.extend(eff.flags_for(parton))  # this record's quantity only
                     if bad or eff_d is None or eff_mc is None:
                         sf = stat = stat_d = stat_m = e_d = e_m = float("nan")
                     else:

@@ -83,3 +83,21 @@ def test_ratio_error_and_undefined_cases():
     assert e == pytest.approx(2.0 * np.sqrt(0.0004 / 0.25 + 0.0001 / 0.0625))
     assert np.isnan(ratio_with_error(0.5, 0.01, 0.0, 0.01)[0])
     assert np.isnan(ratio_with_error(-0.1, 0.01, 0.5, 0.01)[0])
+
+
+def test_unphysical_gluon_rejection_flags_only_the_gluon_quantity():
+    """Regression: one flag for both quantities of a cell flagged a healthy quark-efficiency SF.
+
+    By hand, with F = [[0.7, 0.3], [0.3, 0.7]] (det 0.4) and quark-side fractions e_F = 0.5,
+    e_C = 0.1: eps_q = (0.7 * 0.5 - 0.3 * 0.1) / 0.4 = 0.8 (physical); the gluons on the quark
+    side are (-0.3 * 0.5 + 0.7 * 0.1) / 0.4 = -0.2, so rej_g = 1.2, more than 2 sigma above 1
+    with 1e5 entries per region.
+    """
+    fr = Fractions(f_fq=0.7, f_cq=0.3)
+    forward = Binned(np.array([50_000.0, 50_000.0]), np.array([50_000.0, 50_000.0]))
+    central = Binned(np.array([10_000.0, 90_000.0]), np.array([10_000.0, 90_000.0]))
+    eff = efficiencies(fr, forward, central, np.array([True, False]))
+    assert eff.eps_q == pytest.approx(0.8) and eff.rej_g == pytest.approx(1.2)
+    assert eff.flags_for("quark") == ()
+    assert eff.flags_for("gluon") == ("unphysical_efficiency",)
+    assert eff.flags == ("unphysical_efficiency",)
