@@ -31,6 +31,7 @@ from typing import Literal
 from qgcal.config import Config, ModelTagger, parse_branch_expr
 from qgcal.errors import ConfigError, InputError
 from qgcal.plan import FileTask, model_path, plan_tasks
+from qgcal.workflows.tasks import pass_is_valid
 
 __all__ = ["PreflightReport", "check_duplicate_files", "check_models", "preflight"]
 
@@ -159,6 +160,14 @@ def _check_file(cfg: Config, path: Path, tasks: Sequence[FileTask]) -> tuple[lis
     return asked, problems
 
 
+def _proven(what: tuple[str, ...], proven: set[tuple[str, str]]) -> bool:
+    """Whether a file not opened here (its jet tables are valid) has ``what``: a tree or branch
+    of its (sample, tree), or its sample's bookkeeping histogram."""
+    if what[0] == "histogram":
+        return any(sample == what[1] for sample, _ in proven)
+    return (what[1], what[2]) in proven
+
+
 def preflight(
     cfg: Config,
     systs: Iterable[str] | None = None,
@@ -192,7 +201,14 @@ def preflight(
         return report
     asked: dict[tuple[str, ...], int] = {}
     lacking: dict[tuple[str, ...], list[str]] = {}
+    proven: set[tuple[str, str]] = set()  # (sample, tree) a file was already read for with this config
     for path, of_file in sorted(by_file.items()):
+        # a file whose jet tables are valid was read with these trees, branches and bookkeeping
+        # (the first pass's provenance hashes them with the file's fingerprint, which the run
+        # reuses): opening it again would only repeat that, at every run, for every file
+        if all(pass_is_valid(cfg, t, 0) for t in of_file):
+            proven.update((t.sample, t.tree) for t in of_file)
+            continue
         try:
             wanted, problems = _check_file(cfg, Path(path), of_file)
         except InputError as err:  # not a readable ROOT file: the bad-file policy decides
@@ -203,7 +219,8 @@ def preflight(
         for what, message in problems:
             lacking.setdefault(what, []).append(message)
     for what, messages in sorted(lacking.items()):
-        if len(messages) == asked[what]:  # no file has it: the config names something that does not exist
+        # no file has it: the config names something that does not exist
+        if len(messages) == asked[what] and not _proven(what, proven):
             every = f" (the same in all {len(messages)} files asked)" if len(messages) > 1 else ""
             raise ConfigError(messages[0] + every)
         report.unreadable.extend(messages)  # some files lack it: those files are bad
