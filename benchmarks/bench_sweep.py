@@ -23,8 +23,10 @@ import yaml
 from qgcal.configs import demo_config_text
 
 
-def _config(base: Path, name: str, variations: dict) -> Path:
+def _config(base: Path, name: str, variations: dict, bootstrap: int | None = None) -> Path:
     doc = yaml.safe_load(demo_config_text())
+    if bootstrap is not None:
+        doc["bootstrap"] = bootstrap
     doc["lumi_pb"] = json.loads((base / "sample" / "truth.json").read_text())["luminosity_pb"]
     doc["output"] = str(base / f"out-{name}")
     doc["variations"] = variations
@@ -41,6 +43,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--workdir", type=Path)
+    ap.add_argument("--bootstrap", type=int, help="bootstrap replicas (default: the demo config's)")
     args = ap.parse_args()
 
     import qgcal
@@ -54,8 +57,8 @@ def main() -> None:
         "trk_eff": {"kind": "branch", "replace": {"nTracks": "jet_nTracks_sys_eff"}, "group": "tracking"},
         "pdf": {"kind": "weight", "multiply": ["pdf_weight[1..10]"], "group": "PDF"},
     }
-    nominal_cfg = load_config(_config(base, "nominal", {}))
-    sweep_cfg = load_config(_config(base, "sweep", sweep_vars))
+    nominal_cfg = load_config(_config(base, "nominal", {}, args.bootstrap))
+    sweep_cfg = load_config(_config(base, "sweep", sweep_vars, args.bootstrap))
     best = {"nominal": float("inf"), "sweep": float("inf")}
     for _ in range(args.repeat):
         for name, cfg in (("nominal", nominal_cfg), ("sweep", sweep_cfg)):
@@ -70,6 +73,7 @@ def main() -> None:
                 "events": args.events,
                 "workers": args.workers,
                 "variations": n_var,
+                "bootstrap": sweep_cfg.bootstrap,
                 "nominal_s": best["nominal"],
                 "sweep_s": best["sweep"],
                 "ratio": best["sweep"] / best["nominal"],

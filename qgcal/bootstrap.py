@@ -1,34 +1,64 @@
-"""Poisson bootstrap replicas that do not depend on how events are split or processed.
+"""Poisson bootstrap replicas that do not depend on how events are split, processed or weighted.
 
 Each event's N replica weights are Poisson(1) draws from a counter-based
-generator keyed by (sample, run, event, replica): no random state is carried
-from event to event, so the same event gets the same weights in any file split,
-worker, chunk and systematic.
+generator keyed by (dataset, run, event, replica), the dataset being the sample
+AND its slice (``dataset_key``): no random state is carried from event to
+event, so the same event gets the same weights in any file split, worker, chunk
+and systematic, while two JZ slices of one production, which share run numbers
+and overlap in event numbers, get independent draws.
 
-Replica histograms are accumulated EXACTLY, as int64 counts of weight quanta
-(2^-20 of a weight unit): integer addition is associative, so two different
-splits of the same events into files give byte-identical replica histograms,
-not just equal ones up to rounding. The quantisation (1e-6 of a typical MC
-weight) is far below any statistical effect.
+Replica histograms are accumulated EXACTLY, with no quantum: every float64
+weight is an integer mantissa times a power of two, so each term w x k (k the
+Poisson count) is cut into 32-bit limbs at ABSOLUTE bit positions (multiples of
+32) and the limbs are summed as integers (:class:`ExactSum`). Integer addition is
+associative, so any split of the same events into files, chunks or workers
+gives the same exact sum, and it is turned into a float64 only once, by a
+deterministic function of that exact value (:meth:`ExactSum.to_float`). Nothing
+depends on the weight scale: weights of 1e-12 or of 1e12 (ATLAS PHYSLITE
+``mcEventWeights`` are 1e5-1e8) are summed exactly like weights of 1, and no sum
+can overflow (the limb list grows with the magnitude).
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+from dataclasses import dataclass
+from typing import Self
 
 import numpy as np
 
-__all__ = ["QUANTUM_BITS", "poisson_replicas", "quantise", "replica_bincount", "sample_key"]
+__all__ = [
+    "LIMB_BITS",
+    "ExactSum",
+    "dataset_key",
+    "exact_sum",
+    "from_arrays",
+    "poisson_replicas",
+    "replica_sums",
+    "sample_key",
+    "to_arrays",
+]
 
-QUANTUM_BITS = 20
-_MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
+LIMB_BITS = 32
+_LIMB = 1 << LIMB_BITS
+_LOW = np.int64(_LIMB - 1)
+_MAX_K = 12  # largest Poisson count drawn
+# float64 bincount sums integers exactly while every partial sum stays below 2^53
+_EXACT_FLOAT = float(2**53)
 # Poisson(1) cumulative distribution up to k = 12 (beyond: probability < 1e-10, mapped to 12)
-_CDF = np.cumsum([np.exp(-1.0) / float(np.prod(np.arange(1, k + 1))) for k in range(13)])
+_CDF = np.cumsum([np.exp(-1.0) / float(np.prod(np.arange(1, k + 1))) for k in range(_MAX_K + 1)])
 
 
 def sample_key(sample: str) -> int:
-    """A stable 64-bit key of a sample name (the data and each MC sample get their own draws)."""
+    """A stable 64-bit key of a dataset name (the data and each MC sample/slice get their own draws)."""
     return int.from_bytes(hashlib.sha256(sample.encode()).digest()[:8], "little")
+
+
+def dataset_key(sample: str, slice_name: str) -> str:
+    """The dataset an event belongs to: sample and slice (DSID). Run and event numbers are unique
+    only within one dataset (JZ slices of one production share runNumber, overlap in eventNumber)."""
+    return f"{sample}/{slice_name}"
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -39,9 +69,12 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def poisson_replicas(sample: str, run: np.ndarray, event: np.ndarray, n: int) -> np.ndarray:
-    """(len(event), n) uint8 Poisson(1) weights keyed by (sample, run, event, replica)."""
-    key = np.uint64(sample_key(sample))
+def poisson_replicas(dataset: str, run: np.ndarray, event: np.ndarray, n: int) -> np.ndarray:
+    """(len(event), n) uint8 Poisson(1) weights keyed by (dataset, run, event, replica).
+
+    ``dataset`` is :func:`dataset_key` (sample/slice) for MC and data alike.
+    """
+    key = np.uint64(sample_key(dataset))
     with np.errstate(over="ignore"):
         base = _splitmix64(
             _splitmix64(np.asarray(run, dtype=np.int64).view(np.uint64) ^ key)
@@ -53,25 +86,189 @@ def poisson_replicas(sample: str, run: np.ndarray, event: np.ndarray, n: int) ->
     return np.searchsorted(_CDF, u, side="right").astype(np.uint8)
 
 
-def quantise(weight: np.ndarray) -> np.ndarray:
-    """Weights as int64 multiples of 2^-QUANTUM_BITS."""
-    return np.rint(np.asarray(weight, dtype=np.float64) * float(1 << QUANTUM_BITS)).astype(np.int64)
+@dataclass
+class ExactSum:
+    """An array of exact sums: ``value = sum_l limbs[l] * 2**(LIMB_BITS * (base + l))``.
+
+    ``limbs`` is int64 of shape (n_limbs, *cells). After :meth:`normalise` every limb but
+    the top one lies in [0, 2^32) and the top one in (-2^31, 2^31): the representation of
+    a value is then unique up to all-zero limbs at either end, which change nothing that
+    :meth:`to_float` computes. That is what makes the float result of two different
+    splits of the same events byte-identical.
+    """
+
+    base: int
+    limbs: np.ndarray
+
+    @classmethod
+    def zeros(cls, shape: tuple[int, ...]) -> ExactSum:
+        return cls(0, np.zeros((0, *shape), dtype=np.int64))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.limbs.shape[1:])
+
+    def normalise(self) -> Self:
+        """Carry every limb into [0, 2^32), growing the top while it holds |x| >= 2^31 (in place)."""
+        limbs = self.limbs
+        if len(limbs) == 0:
+            return self
+        while True:
+            for i in range(len(limbs) - 1):
+                carry = limbs[i] >> LIMB_BITS  # arithmetic shift: floor division by 2^32
+                limbs[i] &= _LOW
+                limbs[i + 1] += carry
+            top = limbs[-1]
+            if not np.any((top >= _LIMB // 2) | (top < -(_LIMB // 2))):
+                break
+            limbs = np.concatenate([limbs, np.zeros((1, *limbs.shape[1:]), dtype=np.int64)])
+        self.limbs = limbs
+        return self
+
+    def __iadd__(self, other: ExactSum) -> Self:
+        if other.shape != self.shape:
+            raise ValueError(f"exact sums of shapes {self.shape} and {other.shape} cannot be added")
+        if len(other.limbs) == 0:
+            return self
+        if len(self.limbs) == 0:
+            self.base, self.limbs = other.base, other.limbs.copy()
+            return self.normalise()
+        lo = min(self.base, other.base)
+        hi = max(self.base + len(self.limbs), other.base + len(other.limbs))
+        out = np.zeros((hi - lo, *self.shape), dtype=np.int64)
+        out[self.base - lo : self.base - lo + len(self.limbs)] += self.limbs
+        out[other.base - lo : other.base - lo + len(other.limbs)] += other.limbs
+        self.base, self.limbs = lo, out
+        return self.normalise()
+
+    def to_float(self) -> np.ndarray:
+        """float64 values: a deterministic function of the exact sums (relative error < 1e-15).
+
+        Negative cells are negated first (sign and magnitude), so every limb added is
+        non-negative and exactly representable, and limbs are added from the top down:
+        all-zero limbs at either end add exact zeros, so any two representations of the
+        same exact values give the same bits.
+        """
+        if len(self.limbs) == 0:
+            return np.zeros(self.shape, dtype=np.float64)
+        mag = ExactSum(self.base, self.limbs.copy()).normalise()
+        neg = mag.limbs[-1] < 0
+        mag.limbs = np.where(neg, -mag.limbs, mag.limbs)
+        mag.normalise()
+        acc = np.zeros(self.shape, dtype=np.float64)
+        for i in range(len(mag.limbs) - 1, -1, -1):
+            acc += np.ldexp(mag.limbs[i].astype(np.float64), LIMB_BITS * (mag.base + i))
+        return np.where(neg, -acc, acc)
+
+    def reshaped(self, shape: tuple[int, ...]) -> ExactSum:
+        """The same sums with the cells in another shape (limbs first, as always)."""
+        return ExactSum(self.base, self.limbs.reshape(len(self.limbs), *shape))
+
+    def trimmed(self) -> ExactSum:
+        """The same values without all-zero limbs at either end (smaller artifacts).
+
+        Still normalised: a zero top limb stays when the limb below it holds a value >= 2^31
+        somewhere (as the top limb it would read as negative).
+        """
+        self.normalise()
+        nz = [i for i in range(len(self.limbs)) if np.any(self.limbs[i])]
+        if not nz:
+            return ExactSum.zeros(self.shape)
+        lo, hi = nz[0], nz[-1] + 1
+        if hi < len(self.limbs) and np.any(self.limbs[hi - 1] >= _LIMB // 2):
+            hi += 1
+        return ExactSum(self.base + lo, self.limbs[lo:hi].copy())
 
 
-def replica_bincount(flat_bin: np.ndarray, qweight: np.ndarray, replicas: np.ndarray, n_bins: int) -> np.ndarray:
-    """(n_bins, n_replicas) int64 sums of quantised weight x replica weight, exact."""
+def _limbs_of(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each weight as three signed 32-bit limbs at absolute limb positions j, j+1, j+2.
+
+    w = M * 2^p with M a 53-bit integer (frexp is exact); p = 32 j + s with 0 <= s < 32,
+    and |M| << s (at most 85 bits) is cut into three 32-bit pieces.
+    """
+    mant, exp = np.frexp(weight)
+    m = np.ldexp(mant, 53).astype(np.int64)  # exact: |m| < 2^53
+    p = exp.astype(np.int64) - 53
+    j = p >> 5  # floor(p / 32): the limb holding the lowest bit
+    s = p - (j << 5)
+    a = np.abs(m)
+    lo = (a & ((np.int64(1) << (32 - s)) - 1)) << s
+    mid = (a >> (32 - s)) & _LOW
+    hi = np.where(s > 0, a >> np.minimum(64 - s, 63), 0)
+    sign = np.sign(m)
+    return j, np.stack([sign * lo, sign * mid, sign * hi]), m != 0
+
+
+def replica_sums(flat_bin: np.ndarray, weight: np.ndarray, replicas: np.ndarray, n_bins: int) -> ExactSum:
+    """Exact sums of weight x replica weight per (bin, replica): an :class:`ExactSum` of shape
+    (n_bins, n_replicas). Raises ValueError on a non-finite weight."""
     n_rep = replicas.shape[1]
-    out = np.zeros((n_bins, n_rep), dtype=np.int64)
+    weight = np.asarray(weight, dtype=np.float64)
     if len(flat_bin) == 0:
-        return out
-    for r in range(n_rep):
-        k = replicas[:, r].astype(np.int64)
-        nz = k != 0
-        terms = qweight[nz] * k[nz]
-        # bincount sums in float64: exact because every term is an integer and no partial
-        # sum can exceed the sum of |terms|, checked to stay below 2^53
-        if float(np.abs(terms).sum(dtype=np.float64)) >= 2.0**53:
-            raise OverflowError("bootstrap accumulation would exceed the exact float range; use smaller chunks")
-        sums = np.bincount(flat_bin[nz], weights=terms.astype(np.float64), minlength=n_bins)
-        out[:, r] = sums.astype(np.int64)
+        return ExactSum.zeros((n_bins, n_rep))
+    if not np.all(np.isfinite(weight)):
+        raise ValueError("non-finite event weight")
+    j, parts, nz = _limbs_of(weight)
+    if not nz.any():
+        return ExactSum.zeros((n_bins, n_rep))
+    flat_bin, j, parts, replicas = flat_bin[nz], j[nz], parts[:, nz], replicas[nz]
+    base = int(j.min())
+    n_limbs = int(j.max()) - base + 3
+    index = ((j - base)[None, :] + np.arange(3)[:, None]) * n_bins + flat_bin[None, :]  # (3, jets)
+    values = parts.astype(np.float64)  # exact: |part| < 2^32
+    # cut the jets into batches whose float64 partial sums stay exact: a batch costs less than
+    # half the exact range plus one jet (< 2^38), so every partial sum is below 2^53
+    cost = np.cumsum(np.abs(values).sum(axis=0) * _MAX_K)
+    half = _EXACT_FLOAT / 2
+    cuts = np.searchsorted(cost, np.arange(1, int(cost[-1] // half) + 1) * half)
+    edges = sorted({0, len(cost), *(int(c) for c in cuts if 0 < c < len(cost))})
+    out = ExactSum(base, np.zeros((n_limbs, n_bins, n_rep), dtype=np.int64))
+    for a, b in itertools.pairwise(edges):
+        idx, val = index[:, a:b].ravel(), values[:, a:b]
+        for r in range(n_rep):
+            k = replicas[a:b, r].astype(np.float64)
+            sums = np.bincount(idx, weights=(val * k).ravel(), minlength=n_limbs * n_bins)
+            out.limbs[:, :, r] += sums.astype(np.int64).reshape(n_limbs, n_bins)
+        out.normalise()
     return out
+
+
+def to_arrays(sums: dict[str, ExactSum]) -> dict[str, np.ndarray]:
+    """Plain arrays for an artifact: ``replicas.<tagger>`` (the limbs) and ``replicas_base.<tagger>``.
+
+    Normalised limbs fit in 32 bits (the lower ones in [0, 2^32), the top one in
+    (-2^31, 2^31), stored as its two's complement), so they are stored as uint32: half
+    the bytes of int64.
+    """
+    out: dict[str, np.ndarray] = {}
+    for name, s in sorted(sums.items()):
+        t = s.trimmed()
+        out[f"replicas.{name}"] = (t.limbs & _LOW).astype(np.uint32)
+        out[f"replicas_base.{name}"] = np.array([t.base], dtype=np.int64)
+    return out
+
+
+def from_arrays(extra: dict[str, np.ndarray]) -> dict[str, ExactSum]:
+    """The exact replica sums of a per-file artifact (inverse of :func:`to_arrays`)."""
+    out: dict[str, ExactSum] = {}
+    for key, arr in extra.items():
+        if key.startswith("replicas."):
+            name = key[len("replicas.") :]
+            base = extra.get(f"replicas_base.{name}")
+            if base is None or base.size != 1 or arr.dtype != np.uint32 or arr.ndim < 2:
+                raise ValueError(f"replica array {name!r} is not in the exact-limb layout")
+            limbs = arr.astype(np.int64)
+            if len(limbs):
+                top = limbs[-1]
+                limbs[-1] = np.where(top >= _LIMB // 2, top - _LIMB, top)  # the top limb is signed
+            out[name] = ExactSum(int(base.reshape(-1)[0]), limbs)
+    return out
+
+
+def exact_sum(values: np.ndarray) -> ExactSum:
+    """The exact sum of float64 ``values`` as an :class:`ExactSum` of shape (1,) (ValueError on NaN/inf).
+
+    For sums that must not depend on how the values were chunked (bookkeeping sums of weights).
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    return replica_sums(np.zeros(len(v), dtype=np.int64), v, np.ones((len(v), 1), dtype=np.uint8), 1).reshaped((1,))

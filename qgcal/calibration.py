@@ -13,12 +13,13 @@ efficiency is linear in the forward and central fractions below the cut,
 eps = a * e_F + b * e_C with (a, b) a row of F^-1, and each e is a ratio of
 weighted sums with variance (B^2 V_A + A^2 V_B) / (A + B)^4. The fractions
 f_Fq, f_Cq and the reweighting factors are treated as exact (their MC
-statistical error is ignored here; the bootstrap of the sweep issue covers it).
+statistical error is ignored here; the bootstrap, on in the shipped configs, covers it).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,12 +29,16 @@ __all__ = [
     "Efficiency",
     "Fractions",
     "apply_weights",
+    "cut_efficiency",
+    "effective_entries",
     "efficiencies",
     "extract",
     "fractions",
+    "merged_reweighting_factors",
     "normalised",
     "ratio_with_error",
     "reweighting_factors",
+    "reweighting_groups",
     "side_fraction",
     "wp_cut_index",
 ]
@@ -85,6 +90,64 @@ def reweighting_factors(forward: Binned, central: Binned, *, tolerance: float = 
     return w, lost
 
 
+def effective_entries(h: Binned) -> float:
+    """Kish effective number of entries (sum w)^2 / sum w^2 (0 for an empty or weightless histogram)."""
+    var = float(np.sum(h.variances))
+    tot = h.total
+    return tot * tot / var if var > 0 and tot > 0 else 0.0
+
+
+def reweighting_groups(forward: Binned, central: Binned, min_neff: float) -> list[tuple[int, int]]:
+    """Adjacent tagger bins merged left to right until both shapes have ``min_neff`` effective entries.
+
+    Returns (start, stop) index ranges covering every bin. A last group that does not reach
+    ``min_neff`` joins the one before (so both tails are merged, and a bulk bin with enough
+    entries stays alone). ``min_neff <= 0``: every bin its own group (bin by bin).
+    """
+    n = len(forward.values)
+    if not min_neff > 0:
+        return [(i, i + 1) for i in range(n)]
+    groups: list[tuple[int, int]] = []
+    start = 0
+    for stop in range(1, n + 1):
+        f = Binned(forward.values[start:stop], forward.variances[start:stop])
+        c = Binned(central.values[start:stop], central.variances[start:stop])
+        if effective_entries(f) >= min_neff and effective_entries(c) >= min_neff:
+            groups.append((start, stop))
+            start = stop
+    if start < n:
+        groups[-1:] = [(groups[-1][0], n)] if groups else [(0, n)]
+    return groups
+
+
+def merged_reweighting_factors(
+    forward: Binned, central: Binned, groups: Sequence[tuple[int, int]], *, tolerance: float = 1e-2
+) -> tuple[FloatArray, bool]:
+    """Regularised pass 1: w = p_F / p_C over groups of adjacent bins, constant within a group.
+
+    Bin-by-bin factors in a tail with a handful of MC jets are mostly noise (on a sample whose
+    true factor is 1 they range 0.2-4 and move SFs by up to a standard deviation). Over the
+    groups of :func:`reweighting_groups` the noise is bounded; within a group the central shape
+    keeps its own bin-to-bin form. The groups are chosen once, on the histograms with their
+    variances, and reused by the bootstrap replicas (whose own variances are not known).
+    One-bin groups give exactly :func:`reweighting_factors`. The flag means the same as there.
+    """
+    w_bins, lost = reweighting_factors(forward, central, tolerance=tolerance)
+    if all(b - a == 1 for a, b in groups):
+        return w_bins, lost
+    p_f = normalised(forward)
+    p_c = normalised(central)
+    if np.isnan(p_f).any() or np.isnan(p_c).any():
+        return w_bins, lost
+    w = np.ones_like(forward.values, dtype=np.float64)
+    for a, b in groups:
+        pf, pc = float(np.sum(p_f[a:b])), float(np.sum(p_c[a:b]))
+        if pc > 0:
+            with np.errstate(all="ignore"):
+                w[a:b] = pf / pc
+    return w, lost
+
+
 def apply_weights(h: Binned, w: FloatArray) -> Binned:
     """Bin-wise reweighting: identical to weighting every jet by w(its bin) and refilling."""
     with np.errstate(all="ignore"):
@@ -127,24 +190,47 @@ def extract(fr: Fractions, p_f: FloatArray, p_c: FloatArray) -> tuple[FloatArray
     return p_q, p_g
 
 
-def wp_cut_index(p_q: FloatArray, wp: float, quark_side: str) -> int | None:
-    """Index of the bin edge where the cumulative quark shape first reaches ``wp``.
+def _cumulative(p_q: FloatArray, quark_side: str) -> FloatArray:
+    """cum[k] = quark efficiency of the cut at edge index k (sum of p_q on the quark side of edge k)."""
+    if quark_side == "low":
+        return np.concatenate([[0.0], np.cumsum(p_q)])
+    return np.concatenate([np.cumsum(p_q[::-1])[::-1], [0.0]])  # cum[k] = sum(p_q[k:])
 
-    quark_side 'low': jets below edge[k] are quark-tagged, k is the smallest edge
-    index with sum(p_q[:k]) >= wp. 'high': jets at or above edge[k] are
-    quark-tagged, k the largest index with sum(p_q[k:]) >= wp. None when the
-    working point is not reachable (NaN shape or efficiency never reaches wp).
+
+def wp_cut_index(p_q: FloatArray, wp: float, quark_side: str, rule: str = "at_least") -> int | None:
+    """Index of the bin edge that defines working point ``wp`` on the extracted quark shape.
+
+    A cut can only sit on a bin edge, so on a coarse or integer tagger (nTracks) no edge may
+    give exactly ``wp``. ``rule="at_least"`` (default): the tightest edge whose efficiency
+    reaches ``wp`` -- quark_side 'low': jets below edge[k] are quark-tagged, k is the smallest
+    index with sum(p_q[:k]) >= wp; 'high': jets at or above edge[k] are tagged, k the largest
+    index with sum(p_q[k:]) >= wp. The achieved efficiency is then >= wp. ``rule="nearest"``:
+    the edge whose efficiency is closest to ``wp`` (above or below; a tie goes to the one that
+    reaches it), never an edge that tags no jet. None when the working point is not reachable
+    (NaN shape, or with ``at_least`` an efficiency that never reaches wp).
     """
     if np.isnan(p_q).any():
         return None
     tol = 1e-12
-    if quark_side == "low":
-        cum = np.concatenate([[0.0], np.cumsum(p_q)])
-        hits = np.nonzero(cum >= wp - tol)[0]
-        return int(hits[0]) if len(hits) else None
-    cum_hi = np.concatenate([np.cumsum(p_q[::-1])[::-1], [0.0]])  # cum_hi[k] = sum(p_q[k:])
-    hits = np.nonzero(cum_hi >= wp - tol)[0]
-    return int(hits[-1]) if len(hits) else None
+    cum = _cumulative(p_q, quark_side)
+    hits = np.nonzero(cum >= wp - tol)[0]
+    reach = (int(hits[0]) if quark_side == "low" else int(hits[-1])) if len(hits) else None
+    if rule == "at_least":
+        return reach
+    if rule != "nearest":
+        raise ValueError(f"rule must be 'at_least' or 'nearest', not {rule!r}")
+    candidates = [k for k in range(len(cum)) if cum[k] > tol]
+    if not candidates:
+        return None
+    gap = min(abs(float(cum[k]) - wp) for k in candidates)
+    closest = [k for k in candidates if abs(float(cum[k]) - wp) <= gap + tol]  # ties within rounding
+    best = reach if reach in closest else closest[0]
+    return int(best)
+
+
+def cut_efficiency(p_q: FloatArray, index: int, quark_side: str) -> float:
+    """The quark efficiency a cut at edge ``index`` achieves on the shape ``p_q`` (what a WP really is)."""
+    return float(_cumulative(p_q, quark_side)[index])
 
 
 def quark_mask(n_bins: int, cut: int, quark_side: str) -> FloatArray:

@@ -12,8 +12,18 @@ events and histograms are never touched. Conventions (docs/outputs.md):
 * a **single** variation (any kind, including sample and reweighting
   variations, unless declared as a pair) is symmetrised: +-|shift|;
 * a replica **set** (``pdf_weight[1..N]``) is the sample standard deviation
-  (ddof = 1; |shift| for a set of one) of its members' shifts, or with
-  ``set_combine: envelope`` the largest |shift|, then symmetrised;
+  (ddof = 1; |shift| for a set of one) of its members' shifts (Monte Carlo
+  replicas, NNPDF), or with ``set_combine: envelope`` the largest |shift|, or
+  with ``set_combine: hessian`` the sum in quadrature of the shifts (symmetric
+  Hessian eigenvectors, CT / MSHT / PDF4LHC Hessian sets), then symmetrised;
+* every shift has a statistical error, the standard deviation over the bootstrap
+  replicas of (variation - nominal), replica by replica (replicas are keyed by
+  event identity, so nominal and a variation of the same events share them and
+  their correlation cancels; for another MC sample the data replicas are shared
+  and the MC ones independent, which is the error of that difference too);
+  ``calibration.shift_policy`` keeps, prunes or smooths across pT bins the
+  shifts below ``calibration.shift_min_significance`` of it (singles and pairs;
+  set members are kept), and each record says which;
 * components add in quadrature within a group, groups add in quadrature to
   ``total_up`` / ``total_down``; the statistical error stays separate;
 * errors are magnitudes: the upward band is SF + up, the downward SF - down;
@@ -29,6 +39,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+import numpy as np
 
 from qgcal import __version__
 from qgcal.artifacts import sha256_file, write_json_atomic
@@ -48,15 +60,19 @@ __all__ = [
     "components",
     "load_combined",
     "load_results",
+    "nonclosure_variations",
     "pair_errors",
     "quadrature",
     "set_errors",
+    "shift_stat",
     "single_errors",
     "specs_from_config",
+    "treat_shifts",
 ]
 
 Direction = Literal["up", "down", "single"]
-SetCombine = Literal["std", "envelope"]
+SetCombine = Literal["std", "envelope", "hessian"]
+ShiftPolicy = Literal["keep", "prune", "smooth"]
 Errors = tuple[float, float] | None  # (up, down) magnitudes, None = undefined
 BinKey = tuple[str, float, str, float, float]  # tagger, working point, parton, pt_low, pt_high
 
@@ -69,11 +85,20 @@ CONVENTIONS = {
     "shift": "SF(variation) - SF(nominal), cuts frozen from nominal",
     "pair": "up = largest positive shift of the pair, down = |largest negative shift| (0 if none)",
     "single": "symmetrised: up = down = |shift|",
-    "set": "std: sample standard deviation (ddof=1) of the members' shifts; envelope: max |shift|; symmetrised",
+    "set": "std: sample standard deviation (ddof=1) of the members' shifts; envelope: max |shift|; "
+    "hessian: sqrt(sum of squared shifts); symmetrised",
+    "shift_stat": "standard deviation (ddof=1) over the bootstrap replicas of SF_r(variation) - SF_r(nominal); "
+    "null without replicas",
+    "shift_policy": "keep: every shift as measured; prune: a single or a pair (both halves) with |shift| < N "
+    "shift_stat counts as 0; smooth: runs of adjacent insignificant pT bins merged (inverse-variance mean "
+    "of the shifts) until |mean| >= N sigma, each bin of a merged group gets the mean, significant bins kept; "
+    "set members are kept",
     "group": "components added in quadrature",
     "total": "groups added in quadrature; statistical error separate ('stat')",
     "errors": "magnitudes: the band is [sf - down, sf + up]",
     "null": "undefined (NaN); a null shift makes its group and the total null and flags the record",
+    "nonclosure": "<sample variation>_nonclosure: SF extracted on that MC as pseudo-data (nominal templates, cuts "
+    "and reweighting) minus its true SF (MC truth), a single in the variation's 'nonclosure' group",
 }
 
 
@@ -96,7 +121,7 @@ class Component:
 
     name: str
     group: str
-    rule: Literal["pair", "single", "std", "envelope"]
+    rule: Literal["pair", "single", "std", "envelope", "hessian"]
     members: tuple[str, ...]  # a pair: (up, down)
 
 
@@ -195,11 +220,18 @@ def single_errors(shift: float | None) -> Errors:
 
 
 def set_errors(shifts: Sequence[float | None], how: SetCombine) -> Errors:
-    """A replica set: sample standard deviation (ddof=1) or envelope of the shifts, symmetrised."""
+    """A replica set: sample standard deviation (ddof=1), envelope or Hessian sum of the shifts, symmetrised.
+
+    ``hessian``: each member is one symmetric eigenvector shift, err = sqrt(sum shift^2)
+    (CT, MSHT, PDF4LHC Hessian sets; their asymmetric +/- pairs are better declared as
+    up/down pairs, one nuisance each).
+    """
     if not shifts or any(s is None for s in shifts):
         return None
     vals = [float(s) for s in shifts if s is not None]
-    if how == "envelope" or len(vals) == 1:
+    if how == "hessian":
+        err = math.sqrt(math.fsum(v * v for v in vals))
+    elif how == "envelope" or len(vals) == 1:
         err = max(abs(v) for v in vals)
     else:
         mean = math.fsum(vals) / len(vals)
@@ -223,15 +255,52 @@ def component_errors(comp: Component, shifts: Mapping[str, float | None]) -> Err
     return set_errors([shifts[m] for m in comp.members], comp.rule)
 
 
-def combine_bin(
-    nominal: Mapping[str, Any], variations: Mapping[str, Mapping[str, Any]], comps: Sequence[Component]
-) -> dict[str, Any]:
-    """One combined record: the nominal fields plus shifts, per-group and total errors."""
+def raw_shifts(nominal: Mapping[str, Any], variations: Mapping[str, Mapping[str, Any]]) -> dict[str, float | None]:
+    """SF(variation) - SF(nominal) per variation (None where either is undefined)."""
     sf0 = nominal["sf"]
-    shifts: dict[str, float | None] = {}
+    return {
+        name: None if sf0 is None or rec["sf"] is None else float(rec["sf"]) - float(sf0)
+        for name, rec in sorted(variations.items())
+    }
+
+
+def shift_stat(nominal: Any, variation: Any, n_min: int = 2) -> float | None:
+    """Standard deviation (ddof=1, outliers clipped) of (variation - nominal) over the replicas both define.
+
+    None with fewer than ``n_min`` (and 2) defined pairs.
+    """
+    if nominal is None or variation is None or len(nominal) != len(variation):
+        return None
+    d = np.asarray(variation, dtype=np.float64) - np.asarray(nominal, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if len(d) < max(2, n_min):
+        return None
+    from qgcal.extraction import replica_sigma
+
+    return replica_sigma(d)  # outlier replicas clipped, as the SF's own bootstrap error
+
+
+def combine_bin(
+    nominal: Mapping[str, Any],
+    variations: Mapping[str, Mapping[str, Any]],
+    comps: Sequence[Component],
+    treatment: Mapping[str, tuple[float | None, float | None, str]] | None = None,
+) -> dict[str, Any]:
+    """One combined record: the nominal fields plus shifts, per-group and total errors.
+
+    ``treatment``: variation -> (shift used, its statistical error, "kept" | "pruned" |
+    "smoothed"), from :func:`treat_shifts`; without it every shift is kept as measured.
+    """
+    sf0 = nominal["sf"]
+    measured = raw_shifts(nominal, variations)
+    shifts: dict[str, float | None] = dict(measured)
+    stats: dict[str, float | None] = dict.fromkeys(measured)
+    how: dict[str, str] = dict.fromkeys(measured, "kept")
+    for name, (used, err, what) in (treatment or {}).items():
+        if name in shifts:
+            shifts[name], stats[name], how[name] = used, err, what
     variation_flags: dict[str, list[str]] = {}
     for name, rec in sorted(variations.items()):
-        shifts[name] = None if sf0 is None or rec["sf"] is None else float(rec["sf"]) - float(sf0)
         extra = sorted(set(rec["flags"]) - set(nominal["flags"]))
         if extra:
             variation_flags[name] = extra
@@ -258,6 +327,10 @@ def combine_bin(
         {
             "flags": sorted(flags),
             "variations": shifts,
+            "variations_measured": measured,
+            "shift_stat": stats,
+            "shift_significance": {n: _significance(measured[n], stats[n]) for n in measured},
+            "shift_treatment": how,
             "undefined_variations": undefined if sf0 is not None else [],
             "variation_flags": variation_flags,
             "groups": groups,
@@ -268,6 +341,106 @@ def combine_bin(
     return out
 
 
+def _significance(shift: float | None, err: float | None) -> float | None:
+    if shift is None or err is None or not err > 0:
+        return None
+    return shift / err
+
+
+def treat_shifts(
+    specs: Sequence[VariationSpec],
+    nominal: Sequence[Mapping[str, Any]],
+    shifts: Sequence[Mapping[str, float | None]],
+    stats: Sequence[Mapping[str, float | None]],
+    policy: ShiftPolicy = "keep",
+    min_significance: float = 1.0,
+) -> list[dict[str, tuple[float | None, float | None, str]]]:
+    """The shift each record uses per variation: (shift, its stat error, what was done).
+
+    ``prune``: a single with |shift| < N sigma, or a pair whose two halves both are, counts as 0.
+    ``smooth``: per (tagger, WP, parton) series, runs of adjacent pT bins whose shifts are below N
+    sigma are merged left to right into the inverse-variance mean of their shifts until
+    |mean| >= N sigma(mean) (:func:`_smooth_groups`); a significant bin, or one without a stat
+    error, is never merged. Set members, and every shift with ``keep``, are used as measured.
+    """
+    out: list[dict[str, tuple[float | None, float | None, str]]] = [
+        {n: (sh.get(n), st.get(n), "kept") for n in sh} for sh, st in zip(shifts, stats)
+    ]
+    if policy == "keep":
+        return out
+    treatable = [s for s in specs if s.set is None]
+    if policy == "prune":
+        by_name = {s.name: s for s in specs}
+        for row in out:
+            for s in treatable:
+                members = [s.name] if s.pair is None else [s.name, by_name[s.pair].name]
+                if all(_insignificant(row[m][0], row[m][1], min_significance) for m in members):
+                    row[s.name] = (0.0, row[s.name][1], "pruned")
+        return out
+    if policy != "smooth":
+        raise ConfigError(f"calibration.shift_policy: {policy!r} is not keep, prune or smooth")
+    series: dict[tuple[str, float, str], list[int]] = {}
+    for i, rec in enumerate(nominal):
+        series.setdefault((rec["tagger"], float(rec["working_point"]), rec["parton"]), []).append(i)
+    for idx in series.values():
+        idx = sorted(idx, key=lambda i: float(nominal[i]["pt_low"]))
+        for s in treatable:
+            for group in _smooth_groups([out[i][s.name] for i in idx], min_significance):
+                if len(group) < 2:
+                    continue
+                vals = [out[idx[g]][s.name] for g in group]
+                wsum = math.fsum(1.0 / float(e) ** 2 for _, e, _ in vals if e)
+                mean = math.fsum(float(v) / float(e) ** 2 for v, e, _ in vals if e and v is not None) / wsum
+                for g in group:
+                    out[idx[g]][s.name] = (mean, out[idx[g]][s.name][1], "smoothed")
+    return out
+
+
+def _insignificant(shift: float | None, err: float | None, n_sigma: float) -> bool:
+    """|shift| < n_sigma x its error (a shift without an error is never pruned)."""
+    if shift is None or err is None:
+        return False
+    return abs(shift) < n_sigma * err
+
+
+def _smooth_groups(vals: Sequence[tuple[float | None, float | None, str]], n_sigma: float) -> list[list[int]]:
+    """Bin groups for smoothing: a bin significant alone (or without an error) stays alone; each run of
+    adjacent insignificant bins is merged left to right until the group's inverse-variance mean is
+    significant, and a tail that never is joins the group before it in the run (a run that never
+    reaches it is one group).
+    """
+
+    def mergeable(i: int) -> bool:
+        v, e, _ = vals[i]
+        return v is not None and e is not None and e > 0 and abs(v) < n_sigma * e
+
+    groups: list[list[int]] = []
+    i = 0
+    while i < len(vals):
+        if not mergeable(i):
+            groups.append([i])
+            i += 1
+            continue
+        run_groups: list[list[int]] = []
+        current: list[int] = []
+        while i < len(vals) and mergeable(i):
+            current.append(i)
+            pts = [(float(vals[j][0] or 0.0), float(vals[j][1] or 1.0)) for j in current]
+            w = [1.0 / e**2 for _, e in pts]
+            mean = math.fsum(wi * v for wi, (v, _) in zip(w, pts)) / math.fsum(w)
+            if abs(mean) * math.sqrt(math.fsum(w)) >= n_sigma:
+                run_groups.append(current)
+                current = []
+            i += 1
+        if current:
+            if run_groups:
+                run_groups[-1].extend(current)
+            else:
+                run_groups.append(current)
+        groups.extend(run_groups)
+    return groups
+
+
 def _key(rec: Mapping[str, Any]) -> BinKey:
     return (rec["tagger"], float(rec["working_point"]), rec["parton"], float(rec["pt_low"]), float(rec["pt_high"]))
 
@@ -276,11 +449,17 @@ def combine_records(
     specs: Sequence[VariationSpec],
     nominal: Sequence[Mapping[str, Any]],
     variations: Mapping[str, Sequence[Mapping[str, Any]]],
+    replicas: Mapping[str, Mapping[str, Any] | None] | None = None,
+    policy: ShiftPolicy = "keep",
+    min_significance: float = 1.0,
 ) -> list[dict[str, Any]]:
     """Combined records, one per nominal record, in nominal's order.
 
     Every variation must have a record for every nominal bin, made with the same cut
     (cuts are frozen from nominal; a different cut means results of another config).
+    ``replicas``: systematic (``nominal`` too) -> record key -> replica SFs
+    (:func:`qgcal.extraction.load_replicas`), for each shift's statistical error and the
+    ``policy`` (:func:`treat_shifts`).
     """
     comps = components(specs)
     names = [s.name for s in specs]
@@ -297,7 +476,7 @@ def combine_records(
                 "(made with another config?); rerun 'qgcal sweep --config C'"
             )
         indexed[name] = idx
-    out = []
+    per_bin: list[dict[str, Mapping[str, Any]]] = []
     for key, rec in zip(nominal_keys, nominal):
         per_var = {n: indexed[n][key] for n in names}
         for n, vrec in per_var.items():
@@ -307,7 +486,28 @@ def combine_records(
                     f"{rec.get('cut')} for {key[0]} WP {key[1]:g} {key[3]:g}-{key[4]:g} GeV (cuts are frozen "
                     "from nominal: the results come from different runs); rerun 'qgcal sweep --config C'"
                 )
-        out.append(combine_bin(rec, per_var, comps))
+        per_bin.append(per_var)
+    shifts = [raw_shifts(rec, per_var) for rec, per_var in zip(nominal, per_bin)]
+    stats = [_shift_stats(rec, names, replicas) for rec in nominal]
+    treated = treat_shifts(specs, nominal, shifts, stats, policy, min_significance)
+    return [combine_bin(rec, per_var, comps, t) for rec, per_var, t in zip(nominal, per_bin, treated)]
+
+
+def _shift_stats(
+    rec: Mapping[str, Any], names: Sequence[str], replicas: Mapping[str, Mapping[str, Any] | None] | None
+) -> dict[str, float | None]:
+    """Each variation's shift stat error for one record (None without replicas on both sides)."""
+    from qgcal.extraction import replica_key
+
+    nom = (replicas or {}).get("nominal")
+    if nom is None or rec["sf"] is None:
+        return dict.fromkeys(names)
+    k = replica_key(rec)
+    n_min = len(nom.get(k, ())) // 2
+    out: dict[str, float | None] = {}
+    for n in names:
+        var = (replicas or {}).get(n)
+        out[n] = None if var is None else shift_stat(nom.get(k), var.get(k), n_min)
     return out
 
 
@@ -374,11 +574,53 @@ def _metadata(cfg: Config, specs: Sequence[VariationSpec], records: Sequence[Map
         "systematics": systematics,
         "groups": dict(sorted(groups.items())),
         "conventions": CONVENTIONS,
+        "shift_policy": {
+            "policy": cfg.calibration.shift_policy,
+            "min_significance": cfg.calibration.shift_min_significance,
+            "pruned": sum(1 for r in records for t in r["shift_treatment"].values() if t == "pruned"),
+            "smoothed": sum(1 for r in records for t in r["shift_treatment"].values() if t == "smoothed"),
+            "with_stat": sum(1 for r in records for e in r["shift_stat"].values() if e is not None),
+        },
         "inputs": inputs,
         "n_records": len(records),
         "n_flagged": sum(1 for r in records if r["flags"]),
         "null_means": "undefined (NaN); the record's flags say why",
     }
+
+
+NONCLOSURE_SUFFIX = "_nonclosure"
+
+
+def nonclosure_variations(
+    cfg: Config, nominal: Sequence[Mapping[str, Any]], results: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> list[tuple[VariationSpec, list[dict[str, Any]]]]:
+    """The MC non-closure of each sample variation with ``nonclosure: <group>``, as one more single.
+
+    Its records are nominal's with SF + (extracted - true SF on the pseudo-data), so its shift is the
+    non-closure itself, symmetrised like any single (``<variation>_nonclosure``, kind ``nonclosure``).
+    """
+    from qgcal.config import SampleVariation
+
+    index = {_key(r): r for r in nominal}
+    out = []
+    for name, var in cfg.variations.items():
+        if not (isinstance(var, SampleVariation) and var.nonclosure):
+            continue
+        recs = []
+        for r in results[name]:
+            nom = index.get(_key(r))
+            if nom is None:
+                continue  # combine_records reports the mismatch
+            if "nonclosure" not in r:
+                raise ArtifactError(
+                    f"results/{name}/scale_factors.json has no non-closure (made before 'nonclosure' was set?); "
+                    f"rerun 'qgcal run --config C --syst {name}'"
+                )
+            nc = r["nonclosure"]
+            sf = None if nom["sf"] is None or nc is None else float(nom["sf"]) + float(nc)
+            recs.append({**nom, "sf": sf, "flags": list(nom["flags"])})
+        out.append((VariationSpec(name + NONCLOSURE_SUFFIX, var.nonclosure, "nonclosure"), recs))
+    return out
 
 
 def combine(cfg: Config, *, config_path: str = "C") -> Combined:
@@ -387,10 +629,20 @@ def combine(cfg: Config, *, config_path: str = "C") -> Combined:
     Deterministic bytes: sorted keys, no timestamps, inputs identified by content hash.
     ``config_path`` only appears in error messages (the command to run).
     """
+    from qgcal.extraction import REPLICAS_FILE, load_replicas
+
     specs = specs_from_config(cfg)
     results = load_results(cfg, config_path=config_path)
     nominal = results.pop("nominal")
-    records = combine_records(specs, nominal, results)
+    replicas: dict[str, Any] = {
+        s: load_replicas(results_path(cfg, s).parent / REPLICAS_FILE) for s in cfg.variation_names()
+    }
+    for spec, recs in nonclosure_variations(cfg, nominal, results):
+        specs.append(spec)
+        results[spec.name] = recs
+        replicas[spec.name] = None
+    policy, n_sigma = cfg.calibration.shift_policy, cfg.calibration.shift_min_significance
+    records = combine_records(specs, nominal, results, replicas, policy, n_sigma)
     combined = Combined(_metadata(cfg, specs, records), records, combined_path(cfg))
     assert combined.path is not None
     write_json_atomic(combined.path, {"metadata": combined.metadata, "records": combined.records})

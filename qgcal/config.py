@@ -102,30 +102,80 @@ def _check_expr(value: str) -> str:
 
 
 class SumOfWeights(_Model):
-    """Where the per-file sum of generator weights over ALL generated events comes from.
+    """Where the sum of generator weights over ALL generated events of a slice comes from.
 
-    ATLAS stores it in a cutflow histogram per file (``histoEventCount``-like, filled
-    before any selection); summing the weight branch of the tree is only right when
-    the tree holds every generated event.
+    Real normalisation comes from bookkeeping written before any skim: a cutflow
+    histogram per file (ATLAS ``histoEventCount``-like), a bookkeeping tree per file
+    (CMS NanoAOD ``Runs/genEventSumw``), or a number (AMI, the dataset's full
+    bookkeeping). Each file's share is read from that file alone and the slice's sum is
+    formed when the files are merged, so every per-file artifact stays independent of
+    the other files. Summing the weight branch of the events tree itself is right ONLY
+    when that tree holds every generated event (an unskimmed tree).
     """
 
     source: Literal["histogram", "branch", "value"] = Field(
-        description="histogram: a TH1 bin in each file; branch: sum of a weight branch over "
-        "all tree entries; value: a fixed number per slice"
+        description="histogram: a TH1 bin in each file; branch: sum of a branch over all entries of "
+        "'tree' in each file (default tree: the events tree itself, valid only for unskimmed trees); "
+        "value: a number for the slice ('value', or each slice's own 'sum_of_weights')"
     )
     histogram: str | None = Field(None, description="TH1 name in each MC file (source=histogram)")
     bin: int | None = Field(None, ge=1, description="1-based ROOT bin number holding the sum of weights")
-    branch: str | None = Field(None, description="branch expression summed (source=branch)")
-    value: float | None = Field(None, gt=0, description="sum of weights of the whole slice")
+    branch: str | None = Field(
+        None,
+        description="branch expression summed over all entries (source=branch), e.g. genEventSumw of the "
+        "CMS 'Runs' tree, or the event weight itself for an unskimmed events tree",
+    )
+    tree: str | None = Field(
+        None,
+        description="source=branch: the bookkeeping tree (or RNTuple) holding 'branch' in each file, e.g. "
+        "'Runs' (CMS NanoAOD); summed over its entries and over every file of the slice. Default: the "
+        "events tree itself (valid only when it holds every generated event, i.e. it is not skimmed)",
+    )
+    value: float | None = Field(
+        None,
+        gt=0,
+        description="source=value: the sum of weights of each slice (the same number for all slices; "
+        "set samples.<s>.slices.<x>.sum_of_weights to give each slice its own)",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> SumOfWeights:
-        need = {"histogram": ("histogram", "bin"), "branch": ("branch",), "value": ("value",)}
+        need = {"histogram": ("histogram", "bin"), "branch": ("branch",), "value": ()}
         missing = [k for k in need[self.source] if getattr(self, k) is None]
         if missing:
             raise ValueError(f"source={self.source!r} needs {', '.join(missing)}")
+        if self.tree is not None and self.source != "branch":
+            raise ValueError(f"'tree' is the tree of source=branch; source={self.source!r} does not read one")
         if self.branch is not None:
             _check_expr(self.branch)
+        return self
+
+
+class Trigger(_Model):
+    """One trigger of a sample: a per-event logical branch, nonzero when it fired."""
+
+    variable: str = Field(description="logical branch (a key of 'branches'), per event, nonzero = fired")
+    lead_pt_min_gev: float | None = Field(
+        None, ge=0, description="trigger_mode pt_ranges: used for leading-jet pT >= this (GeV)"
+    )
+    lead_pt_max_gev: float | None = Field(
+        None, gt=0, description="trigger_mode pt_ranges: ... and < this (GeV); null: no upper end"
+    )
+    prescale: float | None = Field(None, gt=0, description="pt_ranges: fixed prescale multiplying the event weight")
+    prescale_variable: str | None = Field(
+        None, description="pt_ranges: logical per-event branch holding the prescale (multiplies the event weight)"
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Trigger:
+        if self.prescale is not None and self.prescale_variable is not None:
+            raise ValueError("give 'prescale' (a number) or 'prescale_variable' (a branch), not both")
+        if (
+            self.lead_pt_min_gev is not None
+            and self.lead_pt_max_gev is not None
+            and not self.lead_pt_max_gev > self.lead_pt_min_gev
+        ):
+            raise ValueError(f"lead_pt_max_gev ({self.lead_pt_max_gev}) must be above lead_pt_min_gev")
         return self
 
 
@@ -136,6 +186,18 @@ class Slice(_Model):
     xsec_pb: float = Field(gt=0, description="generator cross-section in pb")
     filter_eff: float = Field(1.0, gt=0, le=1, description="generator filter efficiency")
     kfactor: float = Field(1.0, gt=0, description="k-factor multiplying the cross-section")
+    weight_ref: float | None = Field(
+        None,
+        gt=0,
+        description="typical |raw event weight| of the slice (e.g. sum of weights / generated events); "
+        "the unit of selection.rel_weight_max",
+    )
+    sum_of_weights: float | None = Field(
+        None,
+        gt=0,
+        description="this slice's sum of generator weights over ALL its generated events (e.g. from AMI), "
+        "in the units of the raw event weight; used with the sample's sum_of_weights source=value",
+    )
 
     def scale(self, lumi_pb: float, sum_of_weights: float) -> float:
         """Per-event weight factor lumi x xsec x filter_eff x k / sum of weights (NaN if sumw <= 0)."""
@@ -155,6 +217,44 @@ class Sample(_Model):
     sum_of_weights: SumOfWeights | None = Field(None, description="MC: sum-of-weights source")
     tree: str | None = Field(None, description="tree name for this sample (default: top-level)")
     description: str = Field("", description="free text")
+    weight_ref: float | None = Field(
+        None, gt=0, description="unsliced MC: typical |raw event weight| (unit of selection.rel_weight_max)"
+    )
+    triggers: list[Trigger] | None = Field(
+        None,
+        description="this sample's triggers (logical per-event branches); null: selection.require_trigger "
+        "with the logical 'trigger'; []: no trigger requirement (e.g. MC without HLT branches)",
+    )
+    trigger_mode: Literal["any", "pt_ranges"] = Field(
+        "any",
+        description="any: an event passes if any listed trigger fired; pt_ranges: each trigger owns a "
+        "leading-jet pT range (no overlaps), the event needs that range's trigger and is weighted by its prescale",
+    )
+
+    @model_validator(mode="after")
+    def _triggers(self) -> Sample:
+        trigs = self.triggers or []
+        if self.trigger_mode == "any":
+            for i, t in enumerate(trigs):
+                if t.prescale is not None or t.prescale_variable is not None:
+                    raise ValueError(
+                        f"triggers[{i}]: a prescale needs trigger_mode: pt_ranges (with 'any', which "
+                        "trigger's prescale weights an event is ambiguous)"
+                    )
+            return self
+        ranges = []
+        for i, t in enumerate(trigs):
+            if t.lead_pt_min_gev is None:
+                raise ValueError(f"triggers[{i}]: trigger_mode pt_ranges needs lead_pt_min_gev")
+            ranges.append((t.lead_pt_min_gev, math.inf if t.lead_pt_max_gev is None else t.lead_pt_max_gev, i))
+        ranges.sort()
+        for (lo_a, hi_a, a), (lo_b, _, b) in itertools.pairwise(ranges):
+            if lo_b < hi_a:
+                raise ValueError(
+                    f"triggers[{a}] and triggers[{b}]: leading-jet pT ranges [{lo_a}, {hi_a}) and "
+                    f"[{lo_b}, ...) overlap; each pT range must belong to one trigger"
+                )
+        return self
 
     @model_validator(mode="after")
     def _shape(self) -> Sample:
@@ -168,35 +268,105 @@ class Sample(_Model):
                 raise ValueError("an unsliced MC sample needs 'xsec_pb'")
             if self.sum_of_weights is None:
                 raise ValueError("an MC sample needs 'sum_of_weights' (where the sum of weights comes from)")
+            if self.sum_of_weights.source == "value" and self.sum_of_weights.value is None:
+                lacking = sorted(n for n, sl in (self.slices or {}).items() if sl.sum_of_weights is None)
+                if not self.slices or lacking:
+                    raise ValueError(
+                        "sum_of_weights: source='value' needs 'value', or a sum_of_weights in every slice"
+                        + (f" (missing in {', '.join(lacking)})" if lacking else "")
+                    )
+        if self.kind == "data" or self.sum_of_weights is None or self.sum_of_weights.source != "value":
+            given = sorted(n for n, sl in (self.slices or {}).items() if sl.sum_of_weights is not None)
+            if given:
+                raise ValueError(
+                    f"slices {', '.join(given)}: a slice's sum_of_weights is used only with "
+                    "sum_of_weights: {source: value}; set that, or drop the slice values"
+                )
         for name in self.slices or {}:
             _safe_name(name)
         return self
+
+    def configured_sum_of_weights(self, slice_name: str) -> float | None:
+        """The slice's sum of weights written in the config (source=value), else None (read from files)."""
+        sw = self.sum_of_weights
+        if self.kind != "mc" or sw is None or sw.source != "value":
+            return None
+        own = self.slices[slice_name].sum_of_weights if self.slices and slice_name in self.slices else None
+        return own if own is not None else sw.value
 
     def slice_map(self) -> dict[str, Slice]:
         """Data and unsliced MC as one slice named ``all``."""
         if self.slices:
             return dict(self.slices)
         assert self.files is not None
-        return {"all": Slice(files=self.files, xsec_pb=self.xsec_pb or 1.0, filter_eff=self.filter_eff)}
+        return {
+            "all": Slice(
+                files=self.files, xsec_pb=self.xsec_pb or 1.0, filter_eff=self.filter_eff, weight_ref=self.weight_ref
+            )
+        }
 
 
 # ----------------------------------------------------------------------------- selection
 
 
+class Requirement(_Model):
+    """One selection term on a logical branch: bit tests, a range, or (none given) "nonzero".
+
+    Bit tests take the integer value of the branch (``Jet_jetId & 2``); several
+    tests given together must all hold.
+    """
+
+    variable: str = Field(description="logical branch (a key of 'branches')")
+    name: str | None = Field(None, description="name in the cut flow (default: the variable)")
+    bits_all: int | None = Field(None, ge=0, description="(value & bits_all) == bits_all")
+    bits_any: int | None = Field(None, ge=0, description="(value & bits_any) != 0")
+    bits_none: int | None = Field(None, ge=0, description="(value & bits_none) == 0")
+    min: float | None = Field(None, description="value >= min")
+    max: float | None = Field(None, description="value <= max")
+    apply_to: Literal["all", "data", "mc"] = Field("all", description="which sample kinds the term applies to")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.variable
+
+    def applies(self, kind: str) -> bool:
+        return self.apply_to in ("all", kind)
+
+
 class Selection(_Model):
     """Dijet selection; energies in GeV. Applied to the two leading jets."""
 
-    require_trigger: bool = Field(True, description="require the 'trigger' branch to be set")
+    require_trigger: bool = Field(
+        True,
+        description="require the per-event 'trigger' branch to be nonzero (samples without their own 'triggers')",
+    )
     subleading_pt_min_gev: float = Field(500.0, ge=0, description="sub-leading jet pT > this")
     leading_pt_max_gev: float = Field(2000.0, gt=0, description="leading jet pT < this")
     pt_balance_max: float = Field(1.5, gt=1, description="pT(lead)/pT(sub) < this")
     abs_eta_max: float = Field(2.1, gt=0, description="both jets |eta| < this")
-    abs_weight_max: float | None = Field(100.0, gt=0, description="MC |event weight| < this")
-    require_cleaning: bool = Field(True, description="both jets pass the 'jet_cleaning' branch")
+    abs_weight_max: float | None = Field(
+        None, gt=0, description="MC |raw event weight| < this, in the ntuple's weight units; null: no cut"
+    )
+    rel_weight_max: float | None = Field(
+        None,
+        gt=0,
+        description="MC |event weight| < this x the slice's weight_ref (split-independent); null: no cut",
+    )
+    require_cleaning: bool = Field(
+        True, description="the 'jet_cleaning' branch is nonzero: per-jet (both leading jets) or per-event"
+    )
     min_ntracks: int | None = Field(
         2, ge=0, description="both jets have nTracks >= this (PHYSICS: nTracks > 1); null: no cut"
     )
     ntracks_variable: str = Field("nTracks", description="logical branch used by min_ntracks")
+    event_cuts: list[Requirement] = Field([], description="terms on per-event branches (event flags, MET filters)")
+    jet_cuts: list[Requirement] = Field([], description="terms both leading jets must pass (jet ID bits)")
+    warn_fraction: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="warn when one non-kinematic cut removes more than this fraction of a sample's events",
+    )
 
 
 class Truth(_Model):
@@ -206,7 +376,37 @@ class Truth(_Model):
     use_abs: bool = Field(False, description="take |label| first (CMS partonFlavor is signed)")
     quark: list[int] = Field([1, 2, 3, 4, 5], description="labels counted as quark")
     gluon: list[int] = Field([21], description="labels counted as gluon")
-    require_positive: bool = Field(True, description="MC: drop events whose leading jets have label <= 0")
+    other: Literal["subtract", "gluon", "drop_events"] = Field(
+        "subtract",
+        description="jets neither quark nor gluon (label <= 0 or another label): subtract = a third class "
+        "whose MC shape is subtracted from data and MC; gluon = counted with gluons; drop_events = drop MC "
+        "events whose leading jets are not both labelled > 0 (the old default)",
+    )
+    other_norm: Literal["data", "lumi"] = Field(
+        "data",
+        description="subtract: the 'other' yield taken from data is the MC's times the data/MC ratio of its "
+        "region and pT bin (data: independent of lumi_pb and of the MC's overall normalisation), or the MC's "
+        "as normalised to the luminosity (lumi)",
+    )
+    other_scale: float = Field(
+        1.0, ge=0, description="multiplies the subtracted 'other' yield (vary it for a systematic)"
+    )
+    require_positive: bool | None = Field(
+        None, description="deprecated: true = other: drop_events, false = other: gluon"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and isinstance(data.get("require_positive"), bool):
+            mode = "drop_events" if data["require_positive"] else "gluon"
+            if "other" in data and data["other"] != mode:
+                raise ValueError(
+                    f"require_positive: {data['require_positive']} means other: {mode}, but other is "
+                    f"{data['other']!r}; drop require_positive"
+                )
+            data = {**data, "other": mode}
+        return data
 
 
 # ----------------------------------------------------------------------------- taggers
@@ -240,6 +440,12 @@ class Binning(_Model):
         return [self.low + i * step for i in range(self.n)] + [self.high]
 
 
+def _valid_range(v: list[float] | None) -> list[float] | None:
+    if v is not None and (len(v) != 2 or not v[1] >= v[0]):
+        raise ValueError(f"valid: expected [lo, hi] with lo <= hi, found {v}")
+    return v
+
+
 class BranchTagger(_Model):
     """A tagger that is a per-jet branch (nTracks, an existing BDT score)."""
 
@@ -247,6 +453,16 @@ class BranchTagger(_Model):
     variable: str = Field(description="logical branch name (a key of 'branches')")
     bins: Binning = Field(description="histogram binning of the tagger variable")
     quark_side: Literal["low", "high"] = Field(description="which side of the cut is quark-like")
+    valid: list[float] | None = Field(
+        None,
+        description="[lo, hi], inclusive: values outside (sentinels such as -1) or NaN are left out of "
+        "this tagger's histograms and counted; null: every value is used (folded into the edge bins)",
+    )
+
+    @field_validator("valid")
+    @classmethod
+    def _valid(cls, v: list[float] | None) -> list[float] | None:
+        return _valid_range(v)
 
 
 class ModelTagger(_Model):
@@ -261,7 +477,15 @@ class ModelTagger(_Model):
     )
     bins: Binning = Field(description="histogram binning of the raw decision score")
     quark_side: Literal["low", "high"] = Field("low", description="which side is quark-like")
+    valid: list[float] | None = Field(
+        None, description="[lo, hi], inclusive: scores outside or NaN are left out of this tagger's histograms"
+    )
     train_max_iter: int = Field(200, ge=1, description="boosting iterations for qgcal train")
+
+    @field_validator("valid")
+    @classmethod
+    def _valid(cls, v: list[float] | None) -> list[float] | None:
+        return _valid_range(v)
 
     @field_validator("features")
     @classmethod
@@ -274,7 +498,51 @@ class ModelTagger(_Model):
         return v
 
 
-Tagger = Annotated[BranchTagger | ModelTagger, Field(discriminator="kind")]
+class ConstituentTagger(_Model):
+    """A tagger reading each jet's constituents (variable length), scored by a torch model (``qgcal train``).
+
+    The constituents are jagged per-event collections (one entry per constituent, jets
+    one after the other) plus a per-jet count; see docs/constituents.md.
+    """
+
+    kind: Literal["constituents"] = "constituents"
+    model: str = Field(
+        description="model file (.safetensors, with a .json sidecar): absolute, or relative to <output>/models "
+        "(qgcal train writes it)"
+    )
+    features: list[str] = Field(
+        ["constit_ptFrac", "constit_deta", "constit_dphi", "constit_charge", "constit_d0", "constit_dz"],
+        description="logical branch names of the per-constituent features, in order (per-event jagged "
+        "collections holding the constituents of jet 0, then jet 1, ...)",
+    )
+    counts: str = Field(
+        "nConstituents", description="logical per-jet branch: how many constituents each jet has, in jet order"
+    )
+    bins: Binning = Field(description="histogram binning of the raw score (gluon log-odds)")
+    quark_side: Literal["low", "high"] = Field("low", description="which side is quark-like")
+    valid: list[float] | None = Field(
+        None, description="[lo, hi], inclusive: scores outside or NaN are left out of this tagger's histograms"
+    )
+    train_epochs: int = Field(30, ge=1, description="training epochs for qgcal train")
+    hidden: int = Field(32, ge=2, le=1024, description="width of the per-constituent and per-jet networks")
+
+    @field_validator("valid")
+    @classmethod
+    def _valid(cls, v: list[float] | None) -> list[float] | None:
+        return _valid_range(v)
+
+    @field_validator("features")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("a constituent model needs at least one per-constituent feature")
+        repeated = sorted({f for f in v if v.count(f) > 1})
+        if repeated:
+            raise ValueError(f"features must be distinct; {', '.join(map(repr, repeated))} is listed twice")
+        return v
+
+
+Tagger = Annotated[BranchTagger | ModelTagger | ConstituentTagger, Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- variations
@@ -290,8 +558,10 @@ class _Variation(_Model):
     set: str | None = Field(
         None, description="replica set this variation belongs to (set by a 'name[a..b]' range expansion)"
     )
-    set_combine: Literal["std", "envelope"] = Field(
-        "std", description="how a replica set combines: standard deviation or envelope of the shifts"
+    set_combine: Literal["std", "envelope", "hessian"] = Field(
+        "std",
+        description="how a replica set combines: standard deviation of the shifts (MC replicas, NNPDF), "
+        "envelope (largest |shift|), or hessian (sum in quadrature: symmetric eigenvectors, CT/MSHT/PDF4LHC)",
     )
     description: str = Field("", description="free text")
 
@@ -338,21 +608,47 @@ class SampleVariation(_Variation):
 
     kind: Literal["sample"] = "sample"
     sample: str = Field(description="name of the MC sample replacing nominal_mc")
+    nonclosure: str | None = Field(
+        None,
+        description="also measure the MC non-closure: this sample as pseudo-data against the nominal MC "
+        "templates, extracted minus true SF, as a systematic of this group (e.g. 'non-closure'); None: off",
+    )
 
 
 class ReweightingVariation(_Variation):
     """Pass-1 reweighting with other factors (the 'gluon reweighting' uncertainty); reuses nominal MC."""
 
     kind: Literal["reweighting"] = "reweighting"
-    use: Literal["gluon", "none"] = Field("gluon", description="gluon-derived factors, or no reweighting")
+    use: Literal["gluon", "none", "quark"] = Field(
+        "gluon",
+        description="gluon-derived factors, no reweighting, or quark-derived factors (with another "
+        "min_mc_neff: the regularisation systematic)",
+    )
+    min_mc_neff: float | None = Field(
+        None,
+        ge=0,
+        description="merge reweighting bins to this many effective MC entries for this variation "
+        "(default: calibration.reweighting_min_mc_neff; 0: bin by bin)",
+    )
+
+
+class OtherVariation(_Variation):
+    """The third class's normalisation varied (truth.other: subtract): reuses every nominal artifact."""
+
+    kind: Literal["other"] = "other"
+    scale: float = Field(
+        ge=0, description="truth.other_scale for this variation: the subtracted 'other' yield times this"
+    )
 
 
 Variation = Annotated[
-    TreeVariation | BranchVariation | WeightVariation | SampleVariation | ReweightingVariation,
+    TreeVariation | BranchVariation | WeightVariation | SampleVariation | ReweightingVariation | OtherVariation,
     Field(discriminator="kind"),
 ]
 
-AnyVariation = TreeVariation | BranchVariation | WeightVariation | SampleVariation | ReweightingVariation
+AnyVariation = (
+    TreeVariation | BranchVariation | WeightVariation | SampleVariation | ReweightingVariation | OtherVariation
+)
 
 _RANGE = re.compile(r"(?P<name>[^\[\]\s]+)\[(?P<a>\d+)\.\.(?P<b>\d+)\]")  # fullmatch
 
@@ -452,6 +748,25 @@ class Calibration(_Model):
     )
     min_data_jets: int = Field(
         20, ge=0, description="flag pT bins with fewer data jets than this in a region (low_stats)"
+    )
+    wp_rule: Literal["at_least", "nearest"] = Field(
+        "at_least",
+        description="working-point cut on a bin edge: the tightest edge reaching the WP efficiency (at_least), "
+        "or the edge whose efficiency is nearest to it (nearest)",
+    )
+    reweighting_min_mc_neff: float = Field(
+        0.0,
+        ge=0,
+        description="pass-1 reweighting: merge adjacent tagger bins until the forward and central MC reference "
+        "shapes have this many effective entries (sum w)^2/sum w^2 (0: bin by bin)",
+    )
+    shift_policy: Literal["keep", "prune", "smooth"] = Field(
+        "keep",
+        description="qgcal combine: systematic shifts below shift_min_significance (from bootstrap replicas): "
+        "keep, prune (set to 0) or smooth (merge adjacent pT bins until significant)",
+    )
+    shift_min_significance: float = Field(
+        1.0, ge=0, description="|shift| / its bootstrap sigma below which shift_policy applies"
     )
 
 
@@ -572,6 +887,14 @@ class Config(_Model):
                     f"event_weight: {name!r} is not a key of 'branches'{did_you_mean(name, self.branches)}"
                 )
         for tname, tagger in self.taggers.items():
+            if isinstance(tagger, ConstituentTagger):
+                for feature in [*tagger.features, tagger.counts]:
+                    if feature not in self.branches:
+                        raise ValueError(
+                            f"taggers.{tname}: {feature!r} is not a key of 'branches'"
+                            f"{did_you_mean(feature, self.branches)}"
+                        )
+                continue
             needed = [tagger.variable] if isinstance(tagger, BranchTagger) else tagger.features
             for feature in needed:
                 if feature not in known:
@@ -585,10 +908,13 @@ class Config(_Model):
                 "(set selection.min_ntracks: null to drop the cut)"
             )
         if sel.require_trigger and "trigger" not in self.branches:
-            raise ValueError(
-                "selection.require_trigger: no logical branch 'trigger' in 'branches' "
-                "(map it, or set require_trigger: false)"
-            )
+            without = [n for n, s in samples.items() if s.triggers is None]
+            if without:
+                raise ValueError(
+                    "selection.require_trigger: no logical branch 'trigger' in 'branches' "
+                    f"(map it, give samples.{without[0]}.triggers, or set require_trigger: false)"
+                )
+        self._check_selection_terms()
         if sel.require_cleaning and "jet_cleaning" not in self.branches:
             raise ValueError(
                 "selection.require_cleaning: no logical branch 'jet_cleaning' in 'branches' "
@@ -623,6 +949,42 @@ class Config(_Model):
                             f"{did_you_mean(logical, self.branches)}"
                         )
         return self
+
+    def _check_selection_terms(self) -> None:
+        """Every logical name the selection terms and triggers use is a key of 'branches'."""
+
+        def known(name: str, where: str) -> None:
+            if name not in self.branches:
+                raise ValueError(f"{where}: {name!r} is not a key of 'branches'{did_you_mean(name, self.branches)}")
+
+        for vname, var in self.variations.items():
+            if isinstance(var, OtherVariation) and self.truth.other != "subtract":
+                raise ValueError(
+                    f"variations.{vname}: kind 'other' varies the subtracted third class; it needs "
+                    f"truth.other: subtract (found {self.truth.other!r})"
+                )
+        sel = self.selection
+        for group in ("event_cuts", "jet_cuts"):
+            labels: list[str] = []
+            for i, req in enumerate(getattr(sel, group)):
+                known(req.variable, f"selection.{group}[{i}].variable")
+                labels.append(req.label)
+            repeated = sorted({x for x in labels if labels.count(x) > 1})
+            if repeated:
+                raise ValueError(f"selection.{group}: cut-flow name {repeated[0]!r} is used twice (set 'name')")
+        for sname, sample in self.samples.items():
+            for i, trig in enumerate(sample.triggers or []):
+                known(trig.variable, f"samples.{sname}.triggers[{i}].variable")
+                if trig.prescale_variable is not None:
+                    known(trig.prescale_variable, f"samples.{sname}.triggers[{i}].prescale_variable")
+            if sel.rel_weight_max is not None and sample.kind == "mc":
+                for slname, sl in sample.slice_map().items():
+                    if sl.weight_ref is None:
+                        where = f"samples.{sname}.slices.{slname}" if sample.slices else f"samples.{sname}"
+                        raise ValueError(
+                            f"{where}.weight_ref: needed by selection.rel_weight_max (the slice's typical "
+                            "|raw event weight|, e.g. its sum of weights / generated events)"
+                        )
 
     # --------------------------------------------------------------- derived helpers
 
@@ -698,7 +1060,10 @@ def _safe_name(name: str) -> str:
     return name
 
 
-_TAGS = {"variations": {"tree", "branch", "weight", "sample", "reweighting"}, "taggers": {"branch", "model"}}
+_TAGS = {
+    "variations": {"tree", "branch", "weight", "sample", "reweighting", "other"},
+    "taggers": {"branch", "model", "constituents"},
+}
 _TAG_MODELS: dict[str, dict[str, type[BaseModel]]] = {
     "variations": {
         "tree": TreeVariation,
@@ -706,8 +1071,9 @@ _TAG_MODELS: dict[str, dict[str, type[BaseModel]]] = {
         "weight": WeightVariation,
         "sample": SampleVariation,
         "reweighting": ReweightingVariation,
+        "other": OtherVariation,
     },
-    "taggers": {"branch": BranchTagger, "model": ModelTagger},
+    "taggers": {"branch": BranchTagger, "model": ModelTagger, "constituents": ConstituentTagger},
 }
 
 

@@ -77,14 +77,22 @@ LEAD_PT_HIST = "lead_pt"  # histogram of the leading-jet pT (normalisation check
 
 
 def jet_table_schema(
-    variables: Mapping[str, np.dtype[Any]] | Sequence[tuple[str, np.dtype[Any]]] = (), taggers: Sequence[str] = ()
+    variables: Mapping[str, np.dtype[Any]] | Sequence[tuple[str, np.dtype[Any]]] = (),
+    taggers: Sequence[str] = (),
+    lists: Mapping[str, np.dtype[Any]] | None = None,
 ) -> Any:
-    """Arrow schema of a jet table: the fixed columns, then tagger inputs, then tagger values."""
+    """Arrow schema of a jet table: the fixed columns, tagger inputs, constituent lists, tagger values.
+
+    ``lists``: per-constituent inputs of constituent taggers, one Arrow ``list<dtype>`` column
+    each (one list per jet row, the jet's constituents in stored order; its length is the
+    jet's constituent count). Flattened values plus offsets, no padding: what the scorers take.
+    """
     import pyarrow as pa  # only the passes that write tables need Arrow
 
     items = list(variables.items()) if isinstance(variables, Mapping) else list(variables)
     fields = [pa.field(k, pa.from_numpy_dtype(t)) for k, t in JET_COLUMNS.items()]
     fields += [pa.field(k, pa.from_numpy_dtype(t)) for k, t in items]
+    fields += [pa.field(k, pa.list_(pa.from_numpy_dtype(t))) for k, t in (lists or {}).items()]
     fields += [pa.field(tagger_column(n), pa.from_numpy_dtype(TAGGER_DTYPE)) for n in taggers]
     return pa.schema(fields)
 

@@ -25,7 +25,18 @@ from typing import Any
 
 from qgcal.errors import ConfigError, QgcalError
 
-__all__ = ["EXECUTORS", "DaskExecutor", "SerialExecutor", "dask_executor", "make_executor"]
+__all__ = [
+    "EXECUTORS",
+    "DaskExecutor",
+    "SerialExecutor",
+    "can_fork",
+    "dask_executor",
+    "fork_map",
+    "fork_pool",
+    "make_executor",
+    "start_early",
+    "worker_preload",
+]
 
 EXECUTORS = ("process", "serial", "dask", "dask-local")
 DASK_KINDS = ("dask", "dask-local")
@@ -76,6 +87,70 @@ def make_executor(
         _check_worker_imports(pool, modules)
         return pool
     raise ConfigError(f"executor {kind!r} is not known; valid: {', '.join(EXECUTORS)}")
+
+
+def can_fork() -> bool:
+    """Forking this process is safe: the platform has it, no other thread runs (a forked thread's
+    locks stay held in the child) and this process may have children (it is not a daemon)."""
+    if mp.current_process().daemon:
+        return False
+    return "fork" in mp.get_all_start_methods() and threading.active_count() == 1
+
+
+def fork_map(fn: Callable[[Any], Any], items: Sequence[Any], workers: int) -> list[Any]:
+    """``[fn(x) for x in items]`` over up to ``workers`` processes forked from this one, in order.
+
+    For work that needs this process's state and imports (the final passes of a sweep): a fork
+    starts in milliseconds. Serial with one worker or item, or where forking is not safe. The
+    first exception is raised once the running items have finished; the others are cancelled.
+    """
+    if workers <= 1 or len(items) <= 1 or not can_fork():
+        return [fn(x) for x in items]
+    with fork_pool(min(workers, len(items))) as pool:
+        futures = [pool.submit(fn, x) for x in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def fork_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` processes forked from this one (check :func:`can_fork` first), each of
+    which exits soon after this process is gone (killed: it cannot shut the pool down)."""
+    me = os.getpid()
+    return ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context("fork"),
+        initializer=_watch_parent,
+        initargs=(me, _create_time(me)),
+    )
+
+
+# the module of the task functions the pool runs (qgcal.workflows.tasks.run_job): imported by the fork server
+TASKS_MODULE = "qgcal.workflows.tasks"
+
+
+def worker_preload(cfg: Any) -> tuple[str, ...]:
+    """The modules a pool's fork server imports once for all workers: the task functions' module,
+    and scikit-learn and skops for model taggers (seconds to import)."""
+    from qgcal.config import ModelTagger
+
+    models = any(isinstance(t, ModelTagger) for t in cfg.taggers.values())
+    return (TASKS_MODULE, *(("sklearn.ensemble", "skops.io") if models else ()))
+
+
+def start_early(kind: str | Executor, workers: int, *, preload: Sequence[str] = ()) -> None:
+    """Start the process pool's fork server now, so that it imports ``preload`` while this
+    process does other work (the pre-flight checks), instead of when the first task is submitted.
+
+    Only for the 'process' executor with more than one worker (what :func:`make_executor` then
+    starts anyway); a fork server already running is kept.
+    """
+    if kind == "process" and workers > 1:
+        mp.get_context("forkserver").set_forkserver_preload(list(preload))
+        _start_forkserver()
 
 
 @contextmanager

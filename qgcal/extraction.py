@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,20 +17,23 @@ import numpy as np
 from qgcal.calibration import (
     Binned,
     apply_weights,
+    cut_efficiency,
     efficiencies,
     extract,
     fractions,
+    merged_reweighting_factors,
     normalised,
     quark_mask,
     ratio_with_error,
-    reweighting_factors,
+    reweighting_groups,
     wp_cut_index,
 )
-from qgcal.config import Config
+from qgcal.config import Config, Truth
 from qgcal.contract import (
     ALL_MC_FLAVOURS,
     FLAVOUR_DATA,
     FLAVOUR_GLUON,
+    FLAVOUR_OTHER,
     QUARK_FLAVOURS,
     REGION_CENTRAL,
     REGION_FORWARD,
@@ -42,35 +46,63 @@ from qgcal.contract import (
 from qgcal.histset import HistSet
 
 __all__ = [
+    "REPLICAS_FILE",
     "BinInputs",
+    "BootKey",
     "Extraction",
+    "add_nonclosure",
     "bootstrap_stat",
     "extract_all",
     "extract_inputs",
     "extraction_summary",
     "frozen_cuts",
+    "load_replicas",
+    "min_neff_for",
+    "nonclosure",
+    "pseudo_data_inputs",
+    "replica_key",
+    "replica_scale_factors",
+    "replica_sigma",
+    "save_replicas",
     "scale_factor_records",
+    "true_efficiencies",
 ]
 
 F, C = REGION_FORWARD, REGION_CENTRAL
 
 
-def bootstrap_stat(
+BootKey = tuple[str, int, str, str]  # tagger, pT bin index, WP key, parton
+
+
+def replica_scale_factors(
     cfg: Config,
     mc: Mapping[str, np.ndarray],
     data: Mapping[str, np.ndarray],
     cuts: Mapping[str, list[dict[str, Any]]],
     reweight: str,
-) -> dict[tuple[str, int, str, str], float]:
-    """Standard deviation of each scale factor over the replicas (cuts frozen from nominal)."""
-    out: dict[tuple[str, int, str, str], float] = {}
+    groups: Mapping[str, Sequence[Sequence[tuple[int, int]]]] | None = None,
+) -> dict[BootKey, np.ndarray]:
+    """Each scale factor in every bootstrap replica (NaN where a replica leaves it undefined).
+
+    Cuts are frozen from nominal and the reweighting groups from this systematic's own
+    extraction (``groups[tagger][pT bin]``; bin by bin when None). Replicas are keyed by event
+    identity, so nominal and a variation of the same events share them: the spread of
+    (variation - nominal) over replicas is the statistical error of a systematic shift.
+    """
+    out: dict[BootKey, np.ndarray] = {}
     n_rep = cfg.bootstrap
     for name in sorted(cfg.taggers):
         tagger = cfg.taggers[name]
         for ipt in range(len(cfg.pt_bins_gev) - 1):
-            samples: dict[tuple[str, str], list[float]] = {}
+            samples: dict[tuple[str, str], np.ndarray] = {}
+            for wp in cfg.working_points:
+                if cuts[name][ipt][_wp_key(wp)] is not None:
+                    for parton in ("quark", "gluon"):
+                        samples[(_wp_key(wp), parton)] = np.full(n_rep, np.nan)
+            g = None if groups is None else groups[name][ipt]
             for r in range(n_rep):
-                ex = extract_inputs(cfg, inputs_from_replica(mc[name], data[name], ipt, r, cfg.pt_bins_gev), reweight)
+                x = inputs_from_replica(mc[name], data[name], ipt, r, cfg.pt_bins_gev, cfg.truth)
+                ex = extract_inputs(cfg, x, reweight, groups=g)
                 if not (math.isfinite(ex.f_fq - ex.f_cq) and ex.f_fq != ex.f_cq):
                     continue
                 fr_ = ex.fractions()
@@ -83,11 +115,121 @@ def bootstrap_stat(
                     e_d = efficiencies(fr_, ex.data_forward, ex.data_central, mask)
                     for parton, num, den in (("quark", e_d.eps_q, e_m.eps_q), ("gluon", e_d.rej_g, e_m.rej_g)):
                         if den > 0 and math.isfinite(num) and math.isfinite(den):
-                            samples.setdefault((_wp_key(wp), parton), []).append(num / den)
+                            samples[(_wp_key(wp), parton)][r] = num / den
             for (wp_key, parton), values in samples.items():
-                if len(values) >= max(2, n_rep // 2):
-                    out[(name, ipt, wp_key, parton)] = float(np.std(np.asarray(values), ddof=1))
+                out[(name, ipt, wp_key, parton)] = values
     return out
+
+
+def bootstrap_stat(
+    cfg: Config,
+    mc: Mapping[str, np.ndarray],
+    data: Mapping[str, np.ndarray],
+    cuts: Mapping[str, list[dict[str, Any]]],
+    reweight: str,
+    replicas: Mapping[BootKey, np.ndarray] | None = None,
+) -> dict[tuple[str, int, str, str], float]:
+    """Standard deviation of each scale factor over the replicas (cuts frozen from nominal).
+
+    Defined when at least half of the replicas (and two) give a defined SF and they differ;
+    ``replicas``: the output of :func:`replica_scale_factors` when already computed.
+    """
+    reps = replica_scale_factors(cfg, mc, data, cuts, reweight) if replicas is None else replicas
+    out: dict[tuple[str, int, str, str], float] = {}
+    n_rep = cfg.bootstrap
+    for key, arr in reps.items():
+        values = arr[np.isfinite(arr)]
+        if len(values) >= max(2, n_rep // 2):
+            sigma = replica_sigma(values)
+            if sigma > 0:  # every replica the same SF: no spread to estimate an error from (flagged)
+                out[key] = sigma
+    return out
+
+
+#: Replicas further than this many robust standard deviations from the median are outliers.
+OUTLIER_SIGMAS = 5.0
+
+
+def replica_sigma(values: np.ndarray) -> float:
+    """Standard deviation (ddof=1) of the replica values within 5 robust sigma of their median.
+
+    An SF is a ratio of extracted efficiencies: with little MC, a replica whose denominator or
+    fraction matrix comes close to zero gives an SF of 10^3, and one such replica makes a plain
+    standard deviation meaningless (seen in the closure study with MC at 1/4 of the data). The
+    robust sigma is 1.4826 x the median absolute deviation; for Gaussian replicas nothing is
+    clipped (a 5 sigma replica is one in 10^6) and the result is the plain standard deviation.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    med = float(np.median(v))
+    mad = 1.4826 * float(np.median(np.abs(v - med)))
+    keep = v if not mad > 0 else v[np.abs(v - med) <= OUTLIER_SIGMAS * mad]
+    return float(np.std(keep, ddof=1)) if len(keep) >= 2 else float(np.std(v, ddof=1))
+
+
+REPLICAS_FILE = "replicas.npz"
+
+
+def replica_key(rec: Mapping[str, Any]) -> str:
+    """The record a row of ``replicas.npz`` belongs to: tagger|WP|parton|pT low|pT high (GeV)."""
+    return f"{rec['tagger']}|{float(rec['working_point']):g}|{rec['parton']}|{rec['pt_low']:g}|{rec['pt_high']:g}"
+
+
+def save_replicas(
+    path: Path, records: Sequence[Mapping[str, Any]], replicas: Mapping[BootKey, np.ndarray], n_rep: int
+) -> None:
+    """``results/<syst>/replicas.npz``: the SF of every record in every bootstrap replica.
+
+    Two plain arrays (no pickle): ``keys`` (one :func:`replica_key` per record, in the order of
+    scale_factors.json) and ``sf`` (records x replicas, float64, NaN where undefined). qgcal
+    combine takes (variation - nominal) replica by replica for the shifts' significance.
+    Deterministic bytes (np.savez writes fixed zip dates).
+    """
+    import io
+
+    from qgcal.artifacts import atomic_path
+
+    bins = [float(x) for x in sorted({r["pt_low"] for r in records})]
+    rows = np.full((len(records), n_rep), np.nan)
+    for i, rec in enumerate(records):
+        ipt = bins.index(float(rec["pt_low"]))
+        got = replicas.get((rec["tagger"], ipt, _wp_key(rec["working_point"]), rec["parton"]))
+        if got is not None:
+            rows[i] = got
+    keys = np.array([replica_key(r) for r in records], dtype=str)
+    buf = io.BytesIO()
+    savez: Any = np.savez
+    savez(buf, keys=keys, sf=rows)
+    with atomic_path(path, ".npz") as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def load_replicas(path: Path) -> dict[str, np.ndarray] | None:
+    """:func:`save_replicas`'s file as record key -> replica SFs; None when there is no file (no bootstrap)."""
+    import zipfile
+
+    from qgcal.errors import ArtifactError
+
+    if not path.is_file():
+        return None
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
+            keys, sf = npz["keys"], npz["sf"]
+            if sf.ndim != 2 or len(keys) != len(sf):
+                raise ValueError("keys and sf disagree")
+            return {str(k): np.asarray(row, dtype=np.float64) for k, row in zip(keys, sf)}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        why = type(err).__name__
+        raise ArtifactError(f"{path}: unreadable bootstrap replicas ({why}); rerun the systematic") from None
+
+
+def min_neff_for(cfg: Config, syst: str) -> float:
+    """Effective MC entries per reweighting bin group of a systematic (a reweighting variation may set its own)."""
+    from qgcal.config import ReweightingVariation
+
+    var = cfg.variations.get(syst)
+    if isinstance(var, ReweightingVariation) and var.min_mc_neff is not None:
+        return float(var.min_mc_neff)
+    return float(cfg.calibration.reweighting_min_mc_neff)
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -124,6 +266,7 @@ class Extraction:
     truth_g_mc: np.ndarray
     data_jets: tuple[float, float]
     flags: list[str]
+    rw_groups: list[tuple[int, int]] = field(default_factory=list)  # reweighting bin groups (start, stop)
 
     def fractions(self) -> Any:
         from qgcal.calibration import Fractions
@@ -147,9 +290,11 @@ class BinInputs:
     pt_high: float
 
 
-def inputs_from_hists(mc: Any, data: Any, ipt: int) -> BinInputs:
+def inputs_from_hists(mc: Any, data: Any, ipt: int, truth: Truth | None = None) -> BinInputs:
+    """One pT bin's inputs from merged histograms; ``truth`` says how the 'other' class enters
+    (:func:`with_other_class`; None: as ``drop_events``, the historical behaviour)."""
     edges = mc.axes["pt"].edges
-    return BinInputs(
+    x = BinInputs(
         fq=_binned(mc, F, QUARK_FLAVOURS, ipt),
         fg=_binned(mc, F, (FLAVOUR_GLUON,), ipt),
         f_all=_binned(mc, F, ALL_MC_FLAVOURS, ipt),
@@ -161,9 +306,14 @@ def inputs_from_hists(mc: Any, data: Any, ipt: int) -> BinInputs:
         pt_low=float(edges[ipt]),
         pt_high=float(edges[ipt + 1]),
     )
+    if truth is None:
+        return x
+    return with_other_class(x, _binned(mc, F, (FLAVOUR_OTHER,), ipt), _binned(mc, C, (FLAVOUR_OTHER,), ipt), truth)
 
 
-def inputs_from_replica(mc: np.ndarray, data: np.ndarray, ipt: int, r: int, pt_edges: Sequence[float]) -> BinInputs:
+def inputs_from_replica(
+    mc: np.ndarray, data: np.ndarray, ipt: int, r: int, pt_edges: Sequence[float], truth: Truth | None = None
+) -> BinInputs:
     """One bootstrap replica: arrays (region, class[data, quark, gluon, other], pT, score, replica)."""
 
     def b(arr: np.ndarray, region: int, classes: Sequence[int]) -> Binned:
@@ -171,7 +321,7 @@ def inputs_from_replica(mc: np.ndarray, data: np.ndarray, ipt: int, r: int, pt_e
         return Binned(v, np.zeros_like(v))
 
     q, g, o = REPLICA_QUARK, REPLICA_GLUON, REPLICA_OTHER
-    return BinInputs(
+    x = BinInputs(
         fq=b(mc, F, (q,)),
         fg=b(mc, F, (g,)),
         f_all=b(mc, F, (q, g, o)),
@@ -183,14 +333,65 @@ def inputs_from_replica(mc: np.ndarray, data: np.ndarray, ipt: int, r: int, pt_e
         pt_low=float(pt_edges[ipt]),
         pt_high=float(pt_edges[ipt + 1]),
     )
+    if truth is None:
+        return x
+    return with_other_class(x, b(mc, F, (o,)), b(mc, C, (o,)), truth)
 
 
-def extract_bin(cfg: Config, mc: Any, data: Any, ipt: int, reweight: str = "quark") -> Extraction:
-    return extract_inputs(cfg, inputs_from_hists(mc, data, ipt), reweight)
+def _subtract(total: Binned, part: Binned, k: float) -> Binned:
+    return Binned(total.values - k * part.values, total.variances + k * k * part.variances)
 
 
-def extract_inputs(cfg: Config, x: BinInputs, reweight: str = "quark") -> Extraction:
-    """Pass 1 (reweighting) and pass 2 (matrix method) for one pT bin."""
+def _other_norm(d: Binned, mc_all: Binned) -> float:
+    """Data/MC normalisation of one region (0 when either is empty: nothing to subtract)."""
+    return d.total / mc_all.total if d.total > 0 and mc_all.total > 0 else 0.0
+
+
+def with_other_class(x: BinInputs, fo: Binned, co: Binned, truth: Truth) -> BinInputs:
+    """Apply ``truth.other`` to one pT bin's inputs (``fo``/``co``: the MC 'other' class, F and C).
+
+    * ``subtract``: the matrix method sees quark + gluon only. MC totals lose their
+      'other' jets exactly; data lose the MC 'other' shape normalised like the MC
+      (the MC 'other' yield times the region's data/MC ratio), times
+      ``truth.other_scale`` (vary it for a systematic); its variance is added.
+    * ``gluon``: 'other' jets are counted as gluons (gluon template and totals).
+    * ``drop_events``: unchanged (events with unlabelled leading jets were dropped in
+      root2pkl; any other label stays in the totals, as before).
+    """
+    if truth.other == "drop_events":
+        return x
+    if truth.other == "gluon":
+        return replace(x, fg=x.fg + fo, cg=x.cg + co)
+    s = truth.other_scale
+    return replace(
+        x,
+        f_all=_subtract(x.f_all, fo, 1.0),
+        c_all=_subtract(x.c_all, co, 1.0),
+        d_f=_subtract(x.d_f, fo, s * (_other_norm(x.d_f, x.f_all) if truth.other_norm == "data" else 1.0)),
+        d_c=_subtract(x.d_c, co, s * (_other_norm(x.d_c, x.c_all) if truth.other_norm == "data" else 1.0)),
+    )
+
+
+def extract_bin(
+    cfg: Config, mc: Any, data: Any, ipt: int, reweight: str = "quark", min_neff: float | None = None
+) -> Extraction:
+    return extract_inputs(cfg, inputs_from_hists(mc, data, ipt, cfg.truth), reweight, min_neff=min_neff)
+
+
+def extract_inputs(
+    cfg: Config,
+    x: BinInputs,
+    reweight: str = "quark",
+    *,
+    min_neff: float | None = None,
+    groups: Sequence[tuple[int, int]] | None = None,
+) -> Extraction:
+    """Pass 1 (reweighting) and pass 2 (matrix method) for one pT bin.
+
+    The reweighting merges tagger bins to ``min_neff`` effective MC entries
+    (default ``calibration.reweighting_min_mc_neff``; 0: bin by bin), or uses the given
+    ``groups`` (bootstrap replicas reuse their systematic's groups).
+    """
     flags: list[str] = []
     fq, fg, f_all, cq, cg, c_all, d_f, d_c = x.fq, x.fg, x.f_all, x.cq, x.cg, x.c_all, x.d_f, x.d_c
     if not (f_all.total > 0 and c_all.total > 0 and fq.total > 0 and cq.total > 0):
@@ -199,11 +400,16 @@ def extract_inputs(cfg: Config, x: BinInputs, reweight: str = "quark") -> Extrac
         flags.append("empty_data_bin")
     elif min(d_f.total, d_c.total) < cfg.calibration.min_data_jets:
         flags.append("low_stats")
+    n_bins = len(fq.values)
     if reweight == "none":
         w = np.ones_like(fq.values)
+        groups = [(i, i + 1) for i in range(n_bins)]
     else:
         ref_f, ref_c = (fq, cq) if reweight == "quark" else (fg, cg)
-        w, lost = reweighting_factors(ref_f, ref_c)
+        if groups is None:
+            neff = cfg.calibration.reweighting_min_mc_neff if min_neff is None else min_neff
+            groups = reweighting_groups(ref_f, ref_c, neff)
+        w, lost = merged_reweighting_factors(ref_f, ref_c, groups)
         if lost and "empty_mc_bin" not in flags:
             flags.append("reweighting_empty_bins")
     cq_w, c_all_w, d_c_w = apply_weights(cq, w), apply_weights(c_all, w), apply_weights(d_c, w)
@@ -239,15 +445,18 @@ def extract_inputs(cfg: Config, x: BinInputs, reweight: str = "quark") -> Extrac
         truth_g_mc=normalised(fg),
         data_jets=(d_f.total, d_c.total),
         flags=flags,
+        rw_groups=[(int(a), int(b)) for a, b in groups],
     )
 
 
-def extract_all(cfg: Config, mc: HistSet, data: HistSet, reweight: str = "quark") -> dict[str, list[Extraction]]:
+def extract_all(
+    cfg: Config, mc: HistSet, data: HistSet, reweight: str = "quark", min_neff: float | None = None
+) -> dict[str, list[Extraction]]:
     out: dict[str, list[Extraction]] = {}
     for name in sorted(cfg.taggers):
         col = tagger_column(name)
         n_pt = len(cfg.pt_bins_gev) - 1
-        out[name] = [extract_bin(cfg, mc[col], data[col], i, reweight) for i in range(n_pt)]
+        out[name] = [extract_bin(cfg, mc[col], data[col], i, reweight, min_neff) for i in range(n_pt)]
     return out
 
 
@@ -255,8 +464,14 @@ def extract_all(cfg: Config, mc: HistSet, data: HistSet, reweight: str = "quark"
 
 
 def frozen_cuts(cfg: Config, nominal: Mapping[str, list[Extraction]]) -> dict[str, list[dict[str, Any]]]:
-    """Cut (bin-edge index and value) per tagger, pT bin and WP from nominal extracted MC."""
+    """Cut per tagger, pT bin and WP from nominal extracted MC (``calibration.wp_rule``).
+
+    Each cut: ``index`` (bin edge), ``value`` (the edge), ``efficiency`` (the quark efficiency
+    it achieves on the extracted nominal MC: what the WP really is on a discrete tagger) and
+    ``shared_with`` (the other WPs of the same pT bin that land on the same edge).
+    """
     cuts: dict[str, list[dict[str, Any]]] = {}
+    rule = cfg.calibration.wp_rule
     for name, ex_bins in sorted(nominal.items()):
         tagger = cfg.taggers[name]
         edges = tagger.bins.bin_edges()
@@ -264,8 +479,21 @@ def frozen_cuts(cfg: Config, nominal: Mapping[str, list[Extraction]]) -> dict[st
         for ex in ex_bins:
             per_wp: dict[str, Any] = {}
             for wp in cfg.working_points:
-                k = wp_cut_index(ex.p_q_mc, wp, tagger.quark_side)
-                per_wp[_wp_key(wp)] = None if k is None else {"index": k, "value": float(edges[k])}
+                k = wp_cut_index(ex.p_q_mc, wp, tagger.quark_side, rule)
+                per_wp[_wp_key(wp)] = (
+                    None
+                    if k is None
+                    else {
+                        "index": k,
+                        "value": float(edges[k]),
+                        "efficiency": _num(cut_efficiency(ex.p_q_mc, k, tagger.quark_side)),
+                    }
+                )
+            for key, cut in per_wp.items():
+                if cut is not None:
+                    cut["shared_with"] = sorted(
+                        float(w) for w, c in per_wp.items() if w != key and c is not None and c["index"] == cut["index"]
+                    )
             per_bin.append(per_wp)
         cuts[name] = per_bin
     return cuts
@@ -348,6 +576,8 @@ def scale_factor_records(
                             "eff_data": _num(e_d),
                             "eff_mc": _num(e_m),
                             "cut": None if cut is None else cut["value"],
+                            "wp_efficiency": None if cut is None else cut.get("efficiency"),
+                            "wp_shared_with": [] if cut is None else list(cut.get("shared_with", [])),
                             "quark_side": tagger.quark_side,
                             "f_forward_quark": _num(ex.f_fq),
                             "f_central_quark": _num(ex.f_cq),
@@ -372,6 +602,7 @@ def extraction_summary(extractions: Mapping[str, list[Extraction]]) -> dict[str,
                 "f_forward_quark": _num(ex.f_fq),
                 "f_central_quark": _num(ex.f_cq),
                 "reweighting": arr(ex.weights),
+                "reweighting_groups": [list(g) for g in ex.rw_groups],
                 "p_q_mc": arr(ex.p_q_mc),
                 "p_g_mc": arr(ex.p_g_mc),
                 "p_q_data": arr(ex.p_q_data),
@@ -384,3 +615,88 @@ def extraction_summary(extractions: Mapping[str, list[Extraction]]) -> dict[str,
             for ex in bins
         ]
     return out
+
+
+# ----------------------------------------------------------------------------- MC non-closure
+
+
+def pseudo_data_inputs(templates: Any, pseudo: Any, ipt: int, truth: Truth | None = None) -> BinInputs:
+    """One pT bin with the ``templates`` MC histograms as MC and the ``pseudo`` MC (all classes) as data."""
+    edges = templates.axes["pt"].edges
+    base = BinInputs(
+        fq=_binned(templates, F, QUARK_FLAVOURS, ipt),
+        fg=_binned(templates, F, (FLAVOUR_GLUON,), ipt),
+        f_all=_binned(templates, F, ALL_MC_FLAVOURS, ipt),
+        cq=_binned(templates, C, QUARK_FLAVOURS, ipt),
+        cg=_binned(templates, C, (FLAVOUR_GLUON,), ipt),
+        c_all=_binned(templates, C, ALL_MC_FLAVOURS, ipt),
+        d_f=_binned(pseudo, F, ALL_MC_FLAVOURS, ipt),
+        d_c=_binned(pseudo, C, ALL_MC_FLAVOURS, ipt),
+        pt_low=float(edges[ipt]),
+        pt_high=float(edges[ipt + 1]),
+    )
+    if truth is None:
+        return base
+    other = (_binned(templates, F, (FLAVOUR_OTHER,), ipt), _binned(templates, C, (FLAVOUR_OTHER,), ipt))
+    return with_other_class(base, other[0], other[1], truth)
+
+
+def true_efficiencies(fq: Binned, fg: Binned, mask: np.ndarray) -> tuple[float, float]:
+    """True quark efficiency and gluon rejection of forward jets from MC truth (what a SF compares)."""
+    p_q, p_g = normalised(fq), normalised(fg)
+    return float(np.sum(p_q[mask])), float(np.sum(p_g[~mask]))
+
+
+def nonclosure(
+    cfg: Config, templates: HistSet, pseudo: HistSet, cuts: Mapping[str, list[dict[str, Any]]]
+) -> dict[tuple[str, int, str, str], tuple[float, float]]:
+    """(extracted SF, true SF) per (tagger, pT bin, WP key, parton) with ``pseudo`` MC as pseudo-data.
+
+    The method (nominal reweighting and cuts) applied to another MC sample whose truth is known,
+    against the nominal MC templates: the true SF is the pseudo-data's true forward-jet efficiency
+    over the templates' (MC truth labels of both samples). Their difference is the MC non-closure:
+    what the method's assumptions (the same quark and gluon shapes forward and central after
+    reweighting) miss when the physics differs as it does between the two generators.
+    """
+    out: dict[tuple[str, int, str, str], tuple[float, float]] = {}
+    for name in sorted(cfg.taggers):
+        col = tagger_column(name)
+        tagger = cfg.taggers[name]
+        for ipt in range(len(cfg.pt_bins_gev) - 1):
+            x = pseudo_data_inputs(templates[col], pseudo[col], ipt, cfg.truth)
+            ex = extract_inputs(cfg, x)
+            alt = pseudo_data_inputs(pseudo[col], pseudo[col], ipt, cfg.truth)
+            fr_ = ex.fractions()
+            for wp in cfg.working_points:
+                cut = cuts[name][ipt][_wp_key(wp)]
+                if cut is None or not math.isfinite(fr_.det) or fr_.det == 0:
+                    continue
+                mask = quark_mask(len(ex.weights), cut["index"], tagger.quark_side)
+                e_m = efficiencies(fr_, ex.mc_forward, ex.mc_central, mask)
+                e_d = efficiencies(fr_, ex.data_forward, ex.data_central, mask)
+                t_q_d, t_g_d = true_efficiencies(alt.fq, alt.fg, mask)
+                t_q_m, t_g_m = true_efficiencies(x.fq, x.fg, mask)
+                for parton, num, den, t_num, t_den in (
+                    ("quark", e_d.eps_q, e_m.eps_q, t_q_d, t_q_m),
+                    ("gluon", e_d.rej_g, e_m.rej_g, t_g_d, t_g_m),
+                ):
+                    sf = num / den if den > 0 and math.isfinite(num) else float("nan")
+                    true = t_num / t_den if t_den > 0 else float("nan")
+                    out[(name, ipt, _wp_key(wp), parton)] = (sf, true)
+    return out
+
+
+def add_nonclosure(
+    records: list[dict[str, Any]],
+    values: Mapping[tuple[str, int, str, str], tuple[float, float]],
+    pt_edges: Sequence[float],
+) -> None:
+    """Write ``nonclosure_sf`` (extracted on pseudo-data), ``nonclosure_sf_true`` and ``nonclosure`` (their
+    difference, null where undefined) into each record."""
+    lows = [float(x) for x in pt_edges[:-1]]
+    for rec in records:
+        key = (rec["tagger"], lows.index(float(rec["pt_low"])), _wp_key(rec["working_point"]), rec["parton"])
+        sf, true = values.get(key, (float("nan"), float("nan")))
+        rec["nonclosure_sf"] = _num(sf)
+        rec["nonclosure_sf_true"] = _num(true)
+        rec["nonclosure"] = _num(sf - true)

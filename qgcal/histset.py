@@ -90,11 +90,18 @@ def _read_doc(npz: Any) -> dict[str, Any]:
 
 
 def save_histset(
-    path: Path, hs: HistSet, meta: Mapping[str, Any], extra: Mapping[str, np.ndarray] | None = None
+    path: Path,
+    hs: HistSet,
+    meta: Mapping[str, Any],
+    extra: Mapping[str, np.ndarray] | None = None,
+    *,
+    durable: bool = False,
 ) -> None:
     """Write atomically; the zip members get fixed timestamps so bytes are reproducible.
 
-    ``extra`` holds plain arrays stored beside the histograms (bootstrap replicas).
+    ``extra`` holds plain arrays stored beside the histograms (bootstrap replicas). Not fsynced
+    unless ``durable`` (:func:`qgcal.artifacts.atomic_path`): these are per-file and merged
+    intermediate artifacts, and one torn by a machine crash fails its metadata read and is redone.
     """
     arrays = _to_arrays(hs, meta, extra)
     buf = io.BytesIO()
@@ -102,7 +109,7 @@ def save_histset(
     # keyword options, so the call is typed as Any (no member is named like one of them)
     savez: Any = np.savez
     savez(buf, **arrays)
-    with atomic_path(path, ".npz") as tmp:
+    with atomic_path(path, ".npz", durable=durable) as tmp:
         tmp.write_bytes(buf.getvalue())
 
 

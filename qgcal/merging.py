@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from qgcal import __version__
-from qgcal.bootstrap import QUANTUM_BITS
+from qgcal.bootstrap import ExactSum, from_arrays
 from qgcal.config import Config
 from qgcal.errors import ArtifactError, QgcalError
 from qgcal.histset import HistSet, add_into, empty_like, load_artifact, merge, save_histset
@@ -29,22 +29,29 @@ def merge_sample(
 ) -> tuple[HistSet, dict[str, Any], dict[str, np.ndarray]]:
     """Merge per-file histograms of one sample; MC slices normalised to the luminosity.
 
-    Also returns the merged bootstrap replicas (empty without ``bootstrap``): exact int64
-    sums per slice, then scaled and added in slice order, from the same read of each file.
+    Also returns the merged bootstrap replicas (empty without ``bootstrap``): exact sums per
+    slice (:class:`qgcal.bootstrap.ExactSum`, so the same for any split of the slice's
+    events into files), turned into floats once, then scaled and added in slice order,
+    from the same read of each file.
     """
     kind = cfg.samples[sample].kind
     by_slice: dict[str, list[tuple[str, HistSet, dict[str, Any]]]] = {}
-    replica_sums: dict[str, dict[str, np.ndarray]] = {}
+    replica_sums: dict[str, dict[str, ExactSum]] = {}
     for key, path in sorted(artifacts):
         hs, meta, extra = load_artifact(path)
         slice_name = meta["carry"]["slice"]
         by_slice.setdefault(slice_name, []).append((key, hs, meta))
         if cfg.bootstrap:
             acc = replica_sums.setdefault(slice_name, {})
-            for name, arr in extra.items():
-                if name.startswith("replicas."):
-                    tagger = name[len("replicas.") :]
-                    acc[tagger] = acc[tagger] + arr if tagger in acc else arr.astype(np.int64, copy=True)
+            try:
+                exact = from_arrays(extra)
+            except ValueError as err:
+                raise ArtifactError(f"{path}: {err}; rerun predpkl2hist with --force") from None
+            for tagger, part in exact.items():
+                if tagger in acc:
+                    acc[tagger] += part
+                else:
+                    acc[tagger] = part
     if not by_slice:
         raise QgcalError(f"sample {sample!r}: no histogram artifacts to merge")
     info: dict[str, Any] = {"slices": {}}
@@ -54,6 +61,9 @@ def merge_sample(
         entries = by_slice[slice_name]
         merged = merge((k, hs) for k, hs, _ in entries)
         sumw = math.fsum(float(m["carry"]["sumw"]) for _, _, m in entries)
+        configured = cfg.samples[sample].configured_sum_of_weights(slice_name)
+        if configured is not None:  # source=value: the number itself, not its per-file shares summed back
+            sumw = float(configured)
         jets = sum(int(m["jets"]) for _, _, m in entries)
         if kind == "mc":
             sl = slice_defs[slice_name]
@@ -74,17 +84,22 @@ def merge_sample(
 
 
 def _scale_replicas(
-    cfg: Config, per_slice: Mapping[str, Mapping[str, np.ndarray]], info: Mapping[str, Any]
+    cfg: Config, per_slice: Mapping[str, Mapping[str, ExactSum]], info: Mapping[str, Any]
 ) -> dict[str, np.ndarray]:
-    """Exact per-slice replica sums -> weights, each slice scaled, added in slice order."""
+    """Exact per-slice replica sums -> weights, each slice scaled, added in slice order.
+
+    The float of each exact slice sum depends only on the slice's events, never on the
+    weight scale or the file split; the slice scale (lumi x xsec / sumw) then brings
+    every slice to the same units, as for the histograms.
+    """
     if not cfg.bootstrap:
         return {}
     out: dict[str, np.ndarray] = {}
-    quantum = 2.0**-QUANTUM_BITS
     for slice_name in sorted(per_slice):
-        scale = float(info["slices"][slice_name]["scale"]) * quantum
-        for name, arr in per_slice[slice_name].items():
-            out[name] = out[name] + scale * arr if name in out else scale * arr.astype(np.float64)
+        scale = float(info["slices"][slice_name]["scale"])
+        for name in sorted(per_slice[slice_name]):
+            arr = scale * per_slice[slice_name][name].to_float()
+            out[name] = out[name] + arr if name in out else arr
     missing = set(cfg.taggers) - set(out)
     if missing:
         raise ArtifactError(f"bootstrap replicas missing for {sorted(missing)}; rerun predpkl2hist with --force")

@@ -18,22 +18,27 @@ from qgcal.config import (
     BranchTagger,
     BranchVariation,
     Config,
+    ConstituentTagger,
     ModelTagger,
+    OtherVariation,
     ReweightingVariation,
     SampleVariation,
     TreeVariation,
+    Truth,
     WeightVariation,
 )
 
 __all__ = [
     "FileTask",
     "artifact_path",
+    "constituent_variables",
     "input_ref",
     "jet_variables",
     "mc_sample_for",
     "model_path",
     "plan_tasks",
     "reweighting_for",
+    "truth_for",
 ]
 
 
@@ -85,17 +90,24 @@ def artifact_path(output: Path, task: FileTask, stage: str, ext: str) -> Path:
     return output / task.variation / stage / task.sample / task.slice / f"{task.stem}{ext}"
 
 
-def model_path(cfg: Config, tagger: ModelTagger) -> Path:
+def model_path(cfg: Config, tagger: ModelTagger | ConstituentTagger) -> Path:
     """Where ``qgcal train`` writes and the predict pass reads a model: relative paths are under <output>/models."""
     p = Path(tagger.model)
     return p if p.is_absolute() else cfg.output_path / "models" / p
 
 
-def _needed_logicals(cfg: Config, kind: str) -> list[str]:
+def _needed_logicals(cfg: Config, kind: str, sample: str | None = None) -> list[str]:
     names = ["run", "event", "jet_pt", "jet_eta"]
     sel = cfg.selection
-    if sel.require_trigger:
+    triggers = cfg.samples[sample].triggers if sample is not None else None
+    if triggers is not None:  # the sample's own triggers (data-only HLT branches are never read in MC)
+        for trig in triggers:
+            names.append(trig.variable)
+            if trig.prescale_variable is not None:
+                names.append(trig.prescale_variable)
+    elif sel.require_trigger:
         names.append("trigger")
+    names.extend(req.variable for req in [*sel.event_cuts, *sel.jet_cuts] if req.applies(kind))
     if sel.require_cleaning:
         names.append("jet_cleaning")
     if sel.min_ntracks is not None:
@@ -105,6 +117,8 @@ def _needed_logicals(cfg: Config, kind: str) -> list[str]:
             names.append(tagger.variable)
         elif isinstance(tagger, ModelTagger):
             names.extend(f for f in tagger.features if f not in {"pt", "eta"})
+        elif isinstance(tagger, ConstituentTagger):
+            names.extend([tagger.counts, *tagger.features])
     if kind == "mc":
         names.append(cfg.truth.label)
         names.extend(cfg.event_weight)
@@ -127,10 +141,37 @@ def jet_variables(cfg: Config) -> list[str]:
     return list(out)
 
 
+def constituent_variables(cfg: Config) -> dict[str, str]:
+    """Per-constituent logical variables carried in the jet tables (as list columns) -> their count branch.
+
+    A feature shared by two constituent taggers must use the same count branch (else ConfigError).
+    """
+    from qgcal.errors import ConfigError
+
+    out: dict[str, str] = {}
+    for name, tagger in sorted(cfg.taggers.items()):
+        if isinstance(tagger, ConstituentTagger):
+            for f in tagger.features:
+                if out.setdefault(f, tagger.counts) != tagger.counts:
+                    raise ConfigError(
+                        f"taggers.{name}.counts: feature {f!r} is counted by {out[f]!r} in another tagger; "
+                        "use one count branch per constituent collection"
+                    )
+    return out
+
+
 def mc_sample_for(cfg: Config, variation: str) -> str:
     """The MC sample a systematic uses: nominal_mc unless a sample variation replaces it."""
     var = cfg.variation(variation)
     return var.sample if isinstance(var, SampleVariation) else cfg.nominal_mc
+
+
+def truth_for(cfg: Config, variation: str) -> Truth:
+    """The truth settings a systematic's final pass uses: nominal's, or with an ``other`` variation's scale."""
+    var = cfg.variation(variation)
+    if isinstance(var, OtherVariation):
+        return cfg.truth.model_copy(update={"other_scale": var.scale})
+    return cfg.truth
 
 
 def reweighting_for(cfg: Config, variation: str) -> str:
@@ -168,16 +209,19 @@ def plan_tasks(
         if applies and isinstance(var, WeightVariation):
             mult, div = tuple(var.multiply), tuple(var.divide)
         needed = []
-        for logical in _needed_logicals(cfg, sample.kind):
+        for logical in _needed_logicals(cfg, sample.kind, sname):
             if logical not in branches:
                 continue  # optional logicals (trigger/cleaning) checked by the config validator
             key = f"branches.{logical}"
             if applies and isinstance(var, BranchVariation) and logical in var.replace:
                 key = f"variations.{variation}.replace.{logical}"
             needed.append((logical, branches[logical], key))
+        # a branch of the events tree itself is summed while its chunks are read; a branch of
+        # another tree (CMS Runs/genEventSumw) is summed by root2pkl's sum_of_weights()
         sumw_branch = None
-        if sample.kind == "mc" and sample.sum_of_weights and sample.sum_of_weights.source == "branch":
-            sumw_branch = sample.sum_of_weights.branch
+        sow = sample.sum_of_weights
+        if sample.kind == "mc" and sow is not None and sow.source == "branch" and sow.tree is None:
+            sumw_branch = sow.branch
         for slice_name, sl in sample.slice_map().items():
             for path in cfg.resolve_files(sl.files):
                 tasks.append(

@@ -6,41 +6,54 @@ bad), gathered by the scheduler. Per tagger and pT bin:
 1. merge per-file histograms in sorted-key order and normalise each MC slice
    by lumi * xsec * filter_eff * kfactor / sum_of_weights(slice, all files)
    (:mod:`qgcal.merging`);
-2. pass 1: w = p_F,quark / p_C,quark from MC truth, applied bin-wise to every
+2. pass 1: w = p_F,quark / p_C,quark from MC truth, over tagger-bin groups merged to
+   ``calibration.reweighting_min_mc_neff`` effective MC entries, applied bin-wise to every
    central histogram (MC and data): content x w, variance x w^2;
 3. pass 2: fractions from the reweighted MC yields, p_q and p_g = F^-1 (p_F, p_C)
    for MC and data with the same MC matrix;
 4. working-point cuts from the extracted NOMINAL MC quark shape, frozen and
-   reused by every variation; SF_q and SF_g with analytic statistical errors
-   (:mod:`qgcal.extraction`).
+   reused by every variation; SF_q and SF_g with analytic statistical errors, and with
+   ``bootstrap`` the replica spread (the replica SFs kept in ``replicas.npz`` for the
+   shifts' significance in qgcal combine) (:mod:`qgcal.extraction`);
+5. for a sample variation with ``nonclosure``: the MC non-closure, that sample as
+   pseudo-data against the nominal templates.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from qgcal import __version__
 from qgcal.artifacts import write_json_atomic
-from qgcal.config import Config
+from qgcal.config import Config, SampleVariation
 from qgcal.contract import events_lost
+from qgcal.cutflow import CutFlow, read_cutflow
 from qgcal.errors import QgcalError
 from qgcal.extraction import (
+    REPLICAS_FILE,
+    add_nonclosure,
     bootstrap_stat,
     extract_all,
     extraction_summary,
     frozen_cuts,
+    min_neff_for,
+    nonclosure,
+    replica_scale_factors,
+    save_replicas,
     scale_factor_records,
 )
 from qgcal.merging import merge_sample, save_merged
-from qgcal.plan import mc_sample_for, reweighting_for
+from qgcal.plan import mc_sample_for, reweighting_for, truth_for
 from qgcal.progress import log
 
 __all__ = ["FinalInputs", "FinalResult", "NoDataError", "config_hash_for", "pass_config", "run"]
 
 NAME = "final_reweighting"
+#: Calibration fields only qgcal combine reads (not in the final pass's config hash).
+COMBINE_ONLY = {"shift_policy", "shift_min_significance"}
 
 
 class NoDataError(QgcalError):
@@ -84,7 +97,7 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
     reweight = reweighting_for(cfg, syst)
 
     data_h, data_info, data_reps = merge_sample(cfg, cfg.data, inputs.data)
-    check_data(syst, data_info, cfg.data)
+    check_data(syst, data_info, cfg.data, lambda: read_cutflow(cfg, cfg.data, inputs.data))
     mc_h, mc_info, mc_reps = merge_sample(cfg, mc_sample, inputs.mc)
     if inputs.nominal_mc is None:
         nom_h = mc_h
@@ -96,9 +109,21 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
 
     nominal_ex = extract_all(cfg, nom_h, data_h)
     cuts = frozen_cuts(cfg, nominal_ex)
-    ex = nominal_ex if nom_h is mc_h and reweight == "quark" else extract_all(cfg, mc_h, data_h, reweight)
-    boot = bootstrap_stat(cfg, mc_reps, data_reps, cuts, reweight) if cfg.bootstrap else None
+    min_neff = min_neff_for(cfg, syst)
+    truth = truth_for(cfg, syst)  # an 'other' variation: the third class subtracted with another scale
+    vcfg = cfg if truth == cfg.truth else cfg.model_copy(update={"truth": truth})
+    same = nom_h is mc_h and reweight == "quark" and min_neff == cfg.calibration.reweighting_min_mc_neff and vcfg is cfg
+    ex = nominal_ex if same else extract_all(vcfg, mc_h, data_h, reweight, min_neff)
+    boot = replicas = None
+    if cfg.bootstrap:
+        groups = {name: [e.rw_groups for e in bins] for name, bins in ex.items()}
+        replicas = replica_scale_factors(vcfg, mc_reps, data_reps, cuts, reweight, groups)
+        boot = bootstrap_stat(vcfg, mc_reps, data_reps, cuts, reweight, replicas)
     records = scale_factor_records(cfg, syst, ex, cuts, boot)
+    var = cfg.variations.get(syst)
+    if isinstance(var, SampleVariation) and var.nonclosure:
+        # the alternative MC as pseudo-data against the nominal templates (docs/physics.md)
+        add_nonclosure(records, nonclosure(cfg, nom_h, mc_h, cuts), cfg.pt_bins_gev)
 
     results = out / "results" / syst
     skipped = [dict(r) for r in inputs.skipped]
@@ -114,6 +139,9 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
         "mc_sample": mc_sample,
         "data_sample": cfg.data,
         "reweighting": reweight,
+        "reweighting_min_mc_neff": min_neff,
+        "wp_rule": cfg.calibration.wp_rule,
+        "replicas": REPLICAS_FILE if replicas is not None else None,
         "stat_method": f"bootstrap ({cfg.bootstrap} Poisson replicas)" if cfg.bootstrap else "analytic",
         "cuts_from": "nominal",
         "merge": {"data": data_info, "mc": mc_info},
@@ -129,6 +157,8 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
     }
     write_json_atomic(results / "scale_factors.json", {"metadata": metadata, "records": records})
     write_json_atomic(results / "cuts.json", cuts)
+    if replicas is not None:
+        save_replicas(results / REPLICAS_FILE, records, replicas, cfg.bootstrap)
     write_json_atomic(results / "extraction.json", extraction_summary(ex))
     if plot:
         from qgcal.plotting import plot_extractions
@@ -180,9 +210,14 @@ def pass_config(cfg: Config, syst: str) -> dict[str, Any]:
         "pt_bins_gev": cfg.pt_bins_gev,
         "taggers": {n: t.model_dump(mode="json") for n, t in sorted(cfg.taggers.items())},
         "working_points": cfg.working_points,
-        "calibration": cfg.calibration.model_dump(mode="json"),
+        # how the third class enters the extraction
+        "truth_other": [cfg.truth.other, cfg.truth.other_norm, truth_for(cfg, syst).other_scale],
+        # the shift policy is qgcal combine's business: changing it must not make results stale
+        "calibration": cfg.calibration.model_dump(mode="json", exclude=COMBINE_ONLY),
         "bootstrap": cfg.bootstrap,
         "reweighting": reweighting_for(cfg, syst),
+        "reweighting_min_mc_neff": min_neff_for(cfg, syst),
+        "nonclosure": getattr(cfg.variations.get(syst), "nonclosure", None),
         "qgcal": __version__,
     }
 
@@ -193,10 +228,14 @@ def config_hash_for(cfg: Config, syst: str) -> str:
     return config_hash(pass_config(cfg, syst))
 
 
-def check_data(syst: str, data_info: Mapping[str, Any], data_sample: str) -> None:
+def check_data(
+    syst: str, data_info: Mapping[str, Any], data_sample: str, cutflow: Callable[[], CutFlow] | None = None
+) -> None:
+    """No data jets: stop with the cut flow that removed them (read only then: it opens every artifact)."""
     jets = sum(s["jets"] for s in data_info["slices"].values())
     if jets == 0:
+        flow = f"; cut flow: {cutflow().text()}" if cutflow is not None else ""
         raise NoDataError(
             f"data sample {data_sample!r} has no events after selection; check the selection cuts "
-            f"and the data files (systematic {syst!r})"
+            f"and the data files (systematic {syst!r}){flow}"
         )

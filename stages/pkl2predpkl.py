@@ -21,7 +21,7 @@ from qgcal.artifacts import (
     read_parquet_provenance,
     sha256_file,
 )
-from qgcal.config import BranchTagger, Config, ModelTagger
+from qgcal.config import BranchTagger, Config, ConstituentTagger, ModelTagger
 from qgcal.contract import JET_COLUMNS, jet_table_schema, tagger_column
 from qgcal.errors import ArtifactError
 from qgcal.passes import UpstreamPass
@@ -31,7 +31,7 @@ __all__ = ["PASS", "Pkl2PredPkl", "expected_provenance", "run_file"]
 
 NAME = "pkl2predpkl"
 # what root2pkl measured about the file, carried on to the histogram pass's metadata
-CARRY = ("sumw", "cutflow")
+CARRY = ("sumw", "cutflow", "cutflow_sumw")
 
 
 def pass_config(cfg: Config) -> dict[str, Any]:
@@ -46,6 +46,17 @@ def pass_config(cfg: Config) -> dict[str, Any]:
     for name, tagger in sorted(cfg.taggers.items()):
         if isinstance(tagger, BranchTagger):
             out[name] = {"kind": "branch", "variable": tagger.variable}
+        elif isinstance(tagger, ConstituentTagger):
+            mp = model_path(cfg, tagger)
+            side = mp.with_name(mp.name + ".json")
+            out[name] = {
+                "kind": "constituents",
+                "features": tagger.features,
+                "counts": tagger.counts,
+                "model_sha256": sha256_file(mp) if mp.is_file() else "missing",
+                "sidecar_sha256": sha256_file(side) if side.is_file() else "missing",
+                "route": _constituent_route(cfg, name),
+            }
         else:
             models = True
             mp = model_path(cfg, tagger)
@@ -65,6 +76,22 @@ def pass_config(cfg: Config) -> dict[str, Any]:
             }
         out["__inference__"] = route
     return out
+
+
+def _constituent_route(cfg: Config, name: str) -> dict[str, Any] | str:
+    """local-cpu, or the Triton model that scores the constituent tagger (part of the pass's validity)."""
+    inf = cfg.inference
+    if inf.backend != "triton":
+        return "local-cpu"
+    from qgcal.inference.triton_client import constituent_model_name
+
+    t = inf.triton
+    return {
+        "backend": "triton",
+        "model_name": constituent_model_name(t.model_name, name),
+        "model_version": t.model_version,
+        "fallback": t.fallback,
+    }
 
 
 def expected_provenance(cfg: Config, upstream: Path) -> dict[str, Any]:
@@ -120,6 +147,9 @@ def _scorers(cfg: Config) -> dict[str, tuple[Any, bool]]:
     """Per model tagger: (scorer, whether this file must close it)."""
     out = {}
     for name, tagger in cfg.taggers.items():
+        if isinstance(tagger, ConstituentTagger):
+            out[name] = _constituent_scorer(cfg, name, tagger)
+            continue
         if not isinstance(tagger, ModelTagger):
             continue
         path = model_path(cfg, tagger)
@@ -129,6 +159,64 @@ def _scorers(cfg: Config) -> dict[str, tuple[Any, bool]]:
             )
         out[name] = _CACHE.get(cfg, path)
     return out
+
+
+_CONSTITUENT_CACHE: dict[tuple[Any, ...], Any] = {}
+
+
+def _constituent_scorer(cfg: Config, name: str, tagger: ConstituentTagger) -> tuple[Any, bool]:
+    """(scorer, whether this file must close it) for a constituent tagger.
+
+    backend triton: a :class:`TritonConstituentScorer` for ``<triton.model_name>_<tagger>``
+    (not cached, like every Triton scorer: connections must not cross a fork, and each file's
+    provenance says whether it fell back).  Otherwise the local CPU scorer, cached per worker
+    and keyed by the model files' identity; a CUDA request is still scored on the CPU and the
+    provenance says so (``device_note``).
+    """
+    from qgcal.inference.constituent_model import ConstituentScorer, sidecar_path
+
+    path = model_path(cfg, tagger)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: model of tagger {name!r} not found; run 'qgcal train --config <config>' first")
+    inf = cfg.inference
+    if inf.backend == "triton":
+        from qgcal.inference.triton_client import TritonConstituentScorer, constituent_model_name
+
+        settings = inf.triton.model_copy(update={"model_name": constituent_model_name(inf.triton.model_name, name)})
+        return TritonConstituentScorer(settings, model_path=path, local_device=inf.device), True
+    side = sidecar_path(path)
+    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in (path, side) if p.exists())
+    note = None
+    if inf.device != "cpu":
+        note = "constituent models are scored on the local CPU only so far (no local CUDA route yet)"
+    requested = {"backend": inf.backend, "device": inf.device}
+    ckey = (key, inf.backend, inf.device)
+    if ckey not in _CONSTITUENT_CACHE:
+        _CONSTITUENT_CACHE[ckey] = ConstituentScorer(path, note=note, requested=requested)
+    return _CONSTITUENT_CACHE[ckey], False
+
+
+def constituent_request(table: Any, features: list[str], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """(flattened constituents float32 [N, k], counts int64 [n]) of a jet table's list columns.
+
+    The request a constituent scorer takes (and a Triton request would carry): primitive
+    arrays, no padding. Every feature must have the same lists lengths (one collection).
+    """
+    import pyarrow as pa
+
+    cols, counts = [], None
+    for f in features:
+        col = table.column(f)
+        arr = col.combine_chunks() if col.num_chunks else pa.array([], type=col.type)
+        lens = arr.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+        if counts is not None and not np.array_equal(lens, counts):
+            raise ArtifactError(
+                f"{where}: constituent columns {features[0]!r} and {f!r} differ in length; rerun root2pkl"
+            )
+        counts = lens
+        cols.append(arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32))
+    assert counts is not None  # features is never empty (config)
+    return np.ascontiguousarray(np.column_stack(cols), dtype=np.float32), counts
 
 
 def run_file(cfg: Config, upstream: Path, out_path: Path) -> int:
@@ -146,6 +234,10 @@ def run_file(cfg: Config, upstream: Path, out_path: Path) -> int:
                 for name, tagger in cfg.taggers.items():
                     if isinstance(tagger, BranchTagger):
                         cols[tagger_column(name)] = table.column(tagger.variable).to_numpy().astype(np.float64)
+                    elif isinstance(tagger, ConstituentTagger):
+                        values, counts = constituent_request(table, tagger.features, str(upstream))
+                        scores = scorers[name][0].predict_constituents(values, counts)
+                        cols[tagger_column(name)] = np.asarray(scores, dtype=np.float32).astype(np.float64)
                     else:
                         feats = (
                             np.column_stack([table.column(f).to_numpy().astype(np.float32) for f in tagger.features])

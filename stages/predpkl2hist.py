@@ -2,9 +2,13 @@
 
 Per tagger: region (forward/central) x flavour (data, light, charm, bottom,
 gluon, other) x jet pT x tagger value, Weight storage, filled with the RAW
-event weight (slice normalisation happens at merge). Tagger values outside the
-binning are folded into the first/last bin so that every selected jet counts
-in the normalised shapes; NaN values are dropped and counted.
+event weight (slice normalisation happens at merge). Values outside a tagger's
+declared ``valid`` range (sentinels such as Jet_qgl = -1) and NaN are left out of
+that tagger's histograms and replicas and counted per tagger (``invalid_scores``,
+``nan_scores`` in the artifact's metadata; the cut flow shows them): folding a
+sentinel into the edge bin would pass it off as the most quark- or gluon-like jet.
+Valid values outside the binning are folded into the first/last bin so that
+every selected jet counts in the normalised shapes.
 
 boost-histogram fills entries sequentially into each bin, so the per-file
 result does not depend on how the jet table was chunked into row groups.
@@ -12,6 +16,7 @@ result does not depend on how the jet table was chunked into row groups.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +24,8 @@ import hist
 import numpy as np
 
 from qgcal.artifacts import config_hash, iter_parquet_batches, library_versions, read_parquet_provenance
-from qgcal.bootstrap import poisson_replicas, quantise, replica_bincount
-from qgcal.config import Config
+from qgcal.bootstrap import ExactSum, dataset_key, poisson_replicas, replica_sums, to_arrays
+from qgcal.config import Config, Tagger
 from qgcal.contract import (
     FLAVOURS,
     LEAD_PT_HIST,
@@ -69,9 +74,11 @@ def book(cfg: Config) -> HistSet:
 def pass_config(cfg: Config) -> dict[str, Any]:
     return {
         "bootstrap": cfg.bootstrap,
+        "replica_format": "exact-limbs-32",  # per-file replica sums (qgcal.bootstrap.ExactSum)
         "pt_bins_gev": cfg.pt_bins_gev,
         "taggers": {n: t.bins.bin_edges() for n, t in sorted(cfg.taggers.items())},
-        "truth": cfg.truth.model_dump(),
+        "valid": {n: t.valid for n, t in sorted(cfg.taggers.items()) if t.valid is not None},
+        "truth": cfg.truth.model_dump(exclude={"other", "other_norm", "other_scale", "require_positive"}),
     }
 
 
@@ -90,6 +97,15 @@ def _fold(values: np.ndarray, edges: list[float]) -> np.ndarray:
     return np.clip(values, edges[0], hi)
 
 
+def valid_mask(tagger: Tagger, score: np.ndarray) -> np.ndarray:
+    """Jets whose value of ``tagger`` is usable: not NaN and inside its ``valid`` range (inclusive)."""
+    ok = ~np.isnan(score)
+    if tagger.valid is not None:
+        lo, hi = tagger.valid
+        ok &= (score >= lo) & (score <= hi)
+    return ok
+
+
 def replica_shape(cfg: Config, tagger: str) -> tuple[int, int, int, int, int]:
     """(region, class, pT bin, score bin, replica) of a replica array."""
     n_score = len(cfg.taggers[tagger].bins.bin_edges()) - 1
@@ -98,20 +114,26 @@ def replica_shape(cfg: Config, tagger: str) -> tuple[int, int, int, int, int]:
 
 def _fill_replicas(
     cfg: Config,
-    reps: dict[str, np.ndarray],
+    reps: dict[str, ExactSum],
     table: Any,
     region: np.ndarray,
     pt: np.ndarray,
     weight: np.ndarray,
     flav: np.ndarray,
-    sample: str,
+    dataset: str,
+    valid: Mapping[str, np.ndarray] | None = None,
 ) -> None:
-    """Add this row group's jets to the exact (int64) replica arrays of every tagger."""
+    """Add this row group's jets to the exact replica sums of every tagger.
+
+    ``dataset`` keys the Poisson draws (:func:`qgcal.bootstrap.dataset_key`: sample and slice).
+    The sums are exact whatever the weight scale (no quantum), so any split of the events
+    into files or chunks gives the same merged replicas.
+    ``valid``: per tagger, the jets whose value is usable (:func:`valid_mask`); the others are left out.
+    """
     n = cfg.bootstrap
     events = table.column("event").to_numpy()
     runs = table.column("run").to_numpy()
-    poisson = poisson_replicas(sample, runs, events, n)
-    qweight = quantise(weight)
+    poisson = poisson_replicas(dataset, runs, events, n)
     pt_idx = np.searchsorted(np.asarray(cfg.pt_bins_gev), pt, side="right") - 1
     cls = replica_class(flav)
     for name, tagger in cfg.taggers.items():
@@ -119,10 +141,15 @@ def _fill_replicas(
         edges = np.asarray(tagger.bins.bin_edges())
         score = table.column(tagger_column(name)).to_numpy()
         ok = ~np.isnan(score) & (pt_idx >= 0) & (pt_idx < shape[2])
+        if valid is not None:
+            ok &= valid[name]
         s_idx = np.clip(np.searchsorted(edges, _fold(score[ok], list(edges)), side="right") - 1, 0, shape[3] - 1)
         flat = np.ravel_multi_index((region[ok], cls[ok], pt_idx[ok], s_idx), shape[:4])
-        counts = replica_bincount(flat, qweight[ok], poisson[ok], int(np.prod(shape[:4])))
-        reps[name] += counts.reshape(shape)
+        try:
+            sums = replica_sums(flat, weight[ok], poisson[ok], int(np.prod(shape[:4])))
+        except ValueError as err:
+            raise ArtifactError(f"bootstrap replicas of {dataset}: {err}; check the event weights") from None
+        reps[name] += sums.reshaped(shape)
 
 
 def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool, carry: dict[str, Any]) -> int:
@@ -131,8 +158,9 @@ def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool, carr
         raise ArtifactError(f"{upstream}: pkl2predpkl artifact missing; rerun pkl2predpkl")
     provenance = expected_provenance(cfg, upstream)
     hs = book(cfg)
-    reps = {name: np.zeros(replica_shape(cfg, name), dtype=np.int64) for name in cfg.taggers} if cfg.bootstrap else {}
+    reps = {name: ExactSum.zeros(replica_shape(cfg, name)) for name in cfg.taggers} if cfg.bootstrap else {}
     n_nan = {name: 0 for name in cfg.taggers}
+    n_invalid = {name: 0 for name in cfg.taggers}  # not NaN but outside the tagger's valid range
     n_jets = 0
     truth = cfg.truth
     for table in iter_parquet_batches(upstream):
@@ -142,10 +170,13 @@ def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool, carr
         flav = flavour_codes(
             table.column("parton_label").to_numpy(), quark=truth.quark, gluon=truth.gluon, is_data=is_data
         )
+        valid: dict[str, np.ndarray] = {}
         for name, tagger in cfg.taggers.items():
             score = table.column(tagger_column(name)).to_numpy()
-            ok = ~np.isnan(score)
-            n_nan[name] += int((~ok).sum())
+            ok = valid[name] = valid_mask(tagger, score)
+            nan = int(np.isnan(score).sum())
+            n_nan[name] += nan
+            n_invalid[name] += int(len(score) - ok.sum()) - nan
             hs[tagger_column(name)].fill(
                 region=region[ok],
                 flavour=flav[ok],
@@ -158,11 +189,20 @@ def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool, carr
             flavour=flav[fwd], lead_pt=table.column("lead_pt").to_numpy()[fwd].astype(np.float64), weight=weight[fwd]
         )
         if reps:
-            _fill_replicas(cfg, reps, table, region, pt, weight, flav, carry["sample"])
+            dataset = dataset_key(carry["sample"], carry["slice"])
+            _fill_replicas(cfg, reps, table, region, pt, weight, flav, dataset, valid)
         n_jets += table.num_rows
     meta = dict(provenance)
-    meta.update({"carry": carry, "jets": n_jets, "nan_scores": n_nan, "versions": library_versions()})
-    save_histset(out_path, hs, meta, extra={f"replicas.{k}": v for k, v in reps.items()})
+    meta.update(
+        {
+            "carry": carry,
+            "jets": n_jets,
+            "nan_scores": n_nan,
+            "invalid_scores": n_invalid,
+            "versions": library_versions(),
+        }
+    )
+    save_histset(out_path, hs, meta, extra=to_arrays(reps))
     return n_jets
 
 
@@ -175,6 +215,7 @@ def carry_for(task: FileTask, upstream: Path) -> dict[str, Any]:
         "file": Path(task.path).name,
         "sumw": up.get("sumw", 0.0),
         "cutflow": up.get("cutflow", {}),
+        "cutflow_sumw": up.get("cutflow_sumw") or [],
     }
 
 

@@ -66,6 +66,8 @@ def write_config(
     truth = json.loads((base / "sample" / "truth.json").read_text())
     doc["lumi_pb"] = truth["luminosity_pb"]
     doc["output"] = str(output)
+    # the shipped configs bootstrap; plumbing tests use the analytic error (and its speed) unless they ask
+    doc["bootstrap"] = 0
     if mutate is not None:
         mutate(doc)
     path = base / f"{name}.yaml"

@@ -101,11 +101,11 @@ Problem = tuple[tuple[str, ...], str]  # (what was asked of the file, the one-li
 
 
 def _check_file(cfg: Config, path: Path, tasks: Sequence[FileTask]) -> tuple[list[tuple[str, ...]], list[Problem]]:
-    """What the config asks of one file (trees, branches, bookkeeping histogram; metadata only).
+    """What the config asks of one file (trees, branches, bookkeeping histogram or tree; metadata only).
 
     Returns what was asked and what the file lacks; an unreadable file raises InputError.
     """
-    from qgcal.rootio import open_tree, read_th1_bin, resolve_branches
+    from qgcal.rootio import open_other_tree, open_tree, read_th1_bin, resolve_branches
 
     asked: list[tuple[str, ...]] = []
     problems: list[Problem] = []
@@ -147,6 +147,18 @@ def _check_file(cfg: Config, path: Path, tasks: Sequence[FileTask]) -> tuple[lis
                 except InputError as err:
                     problems.append((what, str(err)))
             sow = sample.sum_of_weights
+            if sample.kind == "mc" and sow is not None and sow.source == "branch" and sow.tree is not None:
+                # the bookkeeping tree (CMS Runs/genEventSumw): there, with its branch
+                assert sow.branch is not None
+                what = ("bookkeeping", first.sample, sow.tree, sow.branch)
+                if what not in asked:
+                    asked.append(what)
+                    bkey = f"samples.{first.sample}.sum_of_weights.branch"
+                    try:
+                        other = open_other_tree(ot, sow.tree, config_key=bkey)
+                        resolve_branches(other, {sow.branch: (parse_branch_expr(sow.branch), bkey)})
+                    except InputError as err:
+                        problems.append((what, str(err)))
             if sample.kind == "mc" and sow is not None and sow.source == "histogram":
                 assert sow.histogram is not None and sow.bin is not None
                 what = ("histogram", first.sample, sow.histogram)
@@ -163,7 +175,7 @@ def _check_file(cfg: Config, path: Path, tasks: Sequence[FileTask]) -> tuple[lis
 def _proven(what: tuple[str, ...], proven: set[tuple[str, str]]) -> bool:
     """Whether a file not opened here (its jet tables are valid) has ``what``: a tree or branch
     of its (sample, tree), or its sample's bookkeeping histogram."""
-    if what[0] == "histogram":
+    if what[0] in ("histogram", "bookkeeping"):
         return any(sample == what[1] for sample, _ in proven)
     return (what[1], what[2]) in proven
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,28 +218,29 @@ class Runner:
                 crash = BrokenProcessPool(f"could not start a worker process ({type(lost).__name__}: {lost})")
                 time.sleep(0.5)  # let a dying forkserver exit, so that the next pool starts a new one
         pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                i = futures[fut]
-                if fut.cancelled():
-                    continue
-                err = fut.exception()
-                if err is None:
-                    result = fut.result()
-                    outcomes = result if isinstance(result, list) else [result]
-                    progress.advance(sum(o.events for o in outcomes), jobs[i].description)
-                    self._clear_skip(jobs[i])
-                elif _is_crash(err):
-                    crashed.append(i)
-                    crash = crash or err
-                elif isinstance(err, InputError) and self.skip_bad_files:
-                    self._record_skip(stage, jobs[i], err)
-                    progress.advance(0, jobs[i].description + " (skipped)")
-                elif error is None:
-                    error = err
-                    for p in pending:  # stop submitting; running files finish and keep their artifacts
-                        p.cancel()
+        # as_completed waits on all futures with one waiter; wait(FIRST_COMPLETED) in a loop locks every
+        # pending future on every call: quadratic, seconds of this process's time for 1000 files
+        for fut in as_completed(futures):
+            pending.discard(fut)
+            i = futures[fut]
+            if fut.cancelled():
+                continue
+            err = fut.exception()
+            if err is None:
+                result = fut.result()
+                outcomes = result if isinstance(result, list) else [result]
+                progress.advance(sum(o.events for o in outcomes), jobs[i].description)
+                self._clear_skip(jobs[i])
+            elif _is_crash(err):
+                crashed.append(i)
+                crash = crash or err
+            elif isinstance(err, InputError) and self.skip_bad_files:
+                self._record_skip(stage, jobs[i], err)
+                progress.advance(0, jobs[i].description + " (skipped)")
+            elif error is None:
+                error = err
+                for p in pending:  # stop submitting; running files finish and keep their artifacts
+                    p.cancel()
         if crash is not None:
             self.last_crash = str(crash)
             self._renew(crash)

@@ -1,4 +1,9 @@
-"""``qgcal serve``: the config's trained model tagger behind a real Triton server (pytriton)."""
+"""``qgcal serve``: the config's trained tagger behind a real Triton server (pytriton).
+
+Model taggers (the BDT) and constituent taggers (the torch DeepSets) are both served; a
+constituent tagger is served as ``<triton.model_name>_<tagger>`` (:func:`served_model_name`),
+so one server can hold a BDT and a constituent model side by side without a name clash.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +11,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from qgcal.config import Config, ModelTagger
+from qgcal.config import Config, ConstituentTagger, ModelTagger
 from qgcal.errors import ConfigError
 from qgcal.plan import model_path
 
-__all__ = ["export_model_repo", "serve_tagger", "served_model"]
+__all__ = ["export_model_repo", "serve_tagger", "served_model", "served_model_name"]
+
+
+def served_model_name(cfg: Config, tagger: str) -> str:
+    """The Triton model name the tagger is served under (and that pass 2 calls)."""
+    from qgcal.inference.triton_client import constituent_model_name
+
+    base = cfg.inference.triton.model_name
+    return constituent_model_name(base, tagger) if isinstance(cfg.taggers[tagger], ConstituentTagger) else base
 
 
 def served_model(cfg: Config, tagger: str | None = None) -> tuple[str, Path]:
-    """The model tagger to serve (the only one, or ``tagger``) and its trained model file."""
-    models = {n: t for n, t in cfg.taggers.items() if isinstance(t, ModelTagger)}
+    """The tagger to serve (the only trained one, or ``tagger``) and its trained model file."""
+    models = {n: t for n, t in cfg.taggers.items() if isinstance(t, ModelTagger | ConstituentTagger)}
     if not models:
-        raise ConfigError("taggers: no tagger of kind 'model' to serve")
+        raise ConfigError("taggers: no tagger of kind 'model' or 'constituents' to serve")
     name = tagger or (next(iter(models)) if len(models) == 1 else None)
     if name is None or name not in models:
         raise ConfigError(f"--tagger: choose one of {', '.join(sorted(models))}")
@@ -27,18 +40,38 @@ def served_model(cfg: Config, tagger: str | None = None) -> tuple[str, Path]:
     return name, path
 
 
-def export_model_repo(cfg: Config, out: Path, *, tagger: str | None = None) -> Path:
-    """A Triton model repository for a stock ``tritonserver`` (``--model-repository out``)."""
+def export_model_repo(
+    cfg: Config, out: Path, *, tagger: str | None = None, gpus: list[int] | None = None, instances: int = 1
+) -> Path:
+    """A Triton model repository for a stock ``tritonserver`` (``--model-repository out``).
+
+    BDT: a Python-backend model; constituent tagger: TorchScript for the pytorch backend,
+    one instance per GPU in ``gpus`` (explicit device ids) or ``instances`` CPU instances.
+    """
+    name, path = served_model(cfg, tagger)
+    t = cfg.inference.triton
+    if isinstance(cfg.taggers[name], ConstituentTagger):
+        from qgcal.inference.export import export_constituent_repo
+
+        return Path(
+            export_constituent_repo(
+                path,
+                out,
+                model_name=served_model_name(cfg, name),
+                output_name=t.output_name,
+                gpus=gpus,
+                instance_count=instances,
+            )
+        )
     from qgcal.inference import export_repo
 
-    _, path = served_model(cfg, tagger)
-    t = cfg.inference.triton
     return Path(
         export_repo(
             path,
             out,
             model_name=t.model_name,
             max_batch_size=max(t.batch_size, 1),
+            instance_count=instances,
             input_name=t.input_name,
             output_name=t.output_name,
         )
@@ -53,7 +86,11 @@ def serve_tagger(
     grpc_port: int = 8001,
     ready: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> None:
-    """Serve the tagger with dynamic batching until SIGINT/SIGTERM; ``ready(name, info)`` once it serves."""
+    """Serve the tagger until SIGINT/SIGTERM; ``ready(name, info)`` once it serves.
+
+    BDT: dynamic batching across requests; constituent model: each request scored on its own
+    (ragged inputs, see docs/triton.md).
+    """
     from qgcal.inference.serve import serve
 
     name, path = served_model(cfg, tagger)
@@ -67,7 +104,7 @@ def serve_tagger(
         path,
         http_port=http_port,
         grpc_port=grpc_port,
-        model_name=t.model_name,
+        model_name=served_model_name(cfg, name),
         max_batch_size=max(t.batch_size, 1),
         input_name=t.input_name,
         output_name=t.output_name,

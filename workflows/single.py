@@ -16,20 +16,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qgcal.config import Config, ModelTagger
+from qgcal.config import Config
+from qgcal.cutflow import large_cuts, read_cutflow
 from qgcal.errors import ArtifactError, ConfigError
-from qgcal.executors import make_executor
+from qgcal.executors import TASKS_MODULE, make_executor, start_early
+from qgcal.executors import worker_preload as executor_preload
 from qgcal.locking import output_lock
 from qgcal.passes import artifact_of
 from qgcal.plan import FileTask, mc_sample_for, plan_tasks
-from qgcal.progress import PassProgress
+from qgcal.progress import PassProgress, log
 from qgcal.stages import FILE_PASSES
 from qgcal.stages import final_reweighting as final
 from qgcal.workflows.preflight import preflight
 from qgcal.workflows.runner import Job, Runner, read_skip_record
 from qgcal.workflows.tasks import pass_is_valid, run_job, upstream_exists
 
-__all__ = ["RunResult", "finalise", "make_runner", "run_file_passes", "run_systematic", "tasks_for"]
+__all__ = [
+    "RunResult",
+    "finalise",
+    "make_runner",
+    "run_file_passes",
+    "run_systematic",
+    "start_workers_early",
+    "tasks_for",
+    "worker_preload",
+]
 
 
 @dataclass
@@ -59,6 +70,18 @@ def tasks_for(cfg: Config, syst: str) -> list[FileTask]:
     return [tasks[k] for k in sorted(tasks)]
 
 
+def worker_preload(cfg: Config) -> tuple[str, ...]:
+    """The modules a pool's fork server imports once for all workers (qgcal.executors.worker_preload)."""
+    assert run_job.__module__ == TASKS_MODULE  # what the fork server imports must hold the task function
+    return executor_preload(cfg)
+
+
+def start_workers_early(cfg: Config, executor: Executor | None = None) -> None:
+    """Let the configured pool's fork server import the workers' modules while the pre-flight checks run."""
+    if executor is None:
+        start_early(cfg.executor.kind, cfg.executor.workers, preload=worker_preload(cfg))
+
+
 def make_runner(cfg: Config, executor: Executor | None = None) -> Runner:
     """A Runner over ``executor``, or over the configured one (rebuilt if a worker crash breaks it)."""
     n = cfg.executor.workers
@@ -66,8 +89,7 @@ def make_runner(cfg: Config, executor: Executor | None = None) -> Runner:
         width = getattr(executor, "_max_workers", None) or n  # how many jobs run at once (crash retry waves)
         return Runner(cfg, lambda: executor, width=width)
     kind = cfg.executor.kind
-    models = any(isinstance(t, ModelTagger) for t in cfg.taggers.values())
-    preload = (run_job.__module__, *(("sklearn.ensemble", "skops.io") if models else ()))
+    preload = worker_preload(cfg)
     return Runner(
         cfg,
         lambda: make_executor(kind, n, scheduler=cfg.executor.scheduler, preload=preload),
@@ -137,19 +159,63 @@ def final_inputs(cfg: Config, syst: str) -> final.FinalInputs:
     )
 
 
-def finalise(cfg: Config, syst: str, *, plot: bool | None = None) -> RunResult:
-    """The final pass of ``syst`` from the per-file histogram artifacts (see final_reweighting.run)."""
-    res = final.run(cfg, syst, final_inputs(cfg, syst), plot=plot)
+def show_cutflows(
+    cfg: Config, inputs: final.FinalInputs, mc_sample: str, shown: set[tuple[str, str]], *, tables: bool = True
+) -> None:
+    """Log each sample's cut flow (once per sample and artifact namespace in a run; with ``tables``
+    False only nominal's) and warn, once per sample and cut, about a non-phase-space cut removing
+    more than ``selection.warn_fraction``."""
+    for sample, namespace, arts in (
+        (cfg.data, inputs.data_namespace, inputs.data),
+        (mc_sample, inputs.mc_namespace, inputs.mc),
+    ):
+        if (sample, namespace) in shown or not arts:
+            continue
+        shown.add((sample, namespace))
+        flow = read_cutflow(cfg, sample, arts)
+        if tables or namespace == "nominal":
+            for line in flow.lines():
+                log.info("%s", line if namespace == "nominal" else f"[{namespace}] {line}")
+        for cut, fraction in large_cuts(flow, cfg.selection.warn_fraction):
+            if (sample, cut) not in shown:
+                shown.add((sample, cut))
+                log.warning(
+                    "cut %r removes %.1f%% of the events of sample %r reaching it (more than "
+                    "selection.warn_fraction = %g); check it is meant",
+                    cut,
+                    100 * fraction,
+                    sample,
+                    cfg.selection.warn_fraction,
+                )
+
+
+def finalise(
+    cfg: Config, syst: str, *, plot: bool | None = None, shown: set[tuple[str, str]] | None = None
+) -> RunResult:
+    """The final pass of ``syst`` from the per-file histogram artifacts (see final_reweighting.run).
+
+    ``shown``: what this run already logged (cut flows, warnings), shared by the systematics of a
+    sweep, which logs the nominal cut flows only (a 100-replica PDF set would print 100 tables) and
+    every warning once.
+    """
+    inputs = final_inputs(cfg, syst)
+    show_cutflows(cfg, inputs, mc_sample_for(cfg, syst), set() if shown is None else shown, tables=shown is None)
+    res = final.run(cfg, syst, inputs, plot=plot)
     return RunResult(res.systematic, res.results_dir, res.records, skipped=res.skipped)
 
 
 def run_systematic(cfg: Config, syst: str, *, executor: Executor | None = None, force: bool = False) -> RunResult:
     """``qgcal run --syst``: passes for the files this systematic needs, then final_reweighting."""
     cfg.variation(syst)  # unknown names fail before any work
+    start_workers_early(cfg, executor)
     preflight(cfg, [syst])  # what 'qgcal validate' checks, before any event is read
     with output_lock(cfg.output_path):
         tasks = tasks_for(cfg, syst)
         runner = make_runner(cfg, executor)
+        if cfg.plots.enabled:
+            from qgcal.plotting import preload_plotting
+
+            preload_plotting()  # matplotlib's imports overlap the per-file passes, not the final pass
         try:
             processed = run_file_passes(cfg, tasks, runner, force=force)
         finally:

@@ -19,6 +19,9 @@ than one of its histogram artifacts, or one of them is not done) or ``done``;
 from changed since (content hashes recorded in its metadata), or when one of
 them is itself stale (a combination of stale results is not up to date either).
 
+Cut flows: the nominal data and MC cut flows summed over the histogram artifacts
+present (:mod:`qgcal.cutflow`), printed below the table and in ``--json``.
+
 Orphans (``qgcal status --orphans``, removed by ``qgcal clean``): files under the
 output that no current file task, systematic or combination would read or write:
 artifacts of renamed or removed input files, of removed variations or samples,
@@ -28,12 +31,15 @@ and temporary files of killed writers.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from qgcal.config import Config
+from qgcal.cutflow import CutFlow, read_cutflow
+from qgcal.errors import QgcalError
 from qgcal.passes import artifact_of
 from qgcal.plan import FileTask, plan_tasks
 from qgcal.report import print_table
@@ -110,6 +116,7 @@ class Status:
     systematics: list[SystStatus]
     total: SystStatus  # every file task once (the "all" row)
     combined: CombinedStatus
+    cutflows: list[CutFlow] = field(default_factory=list)  # nominal data and MC, from the artifacts present
 
     @property
     def complete(self) -> bool:
@@ -122,7 +129,22 @@ class Status:
             "all": _row_dict(self.total),
             "combined": asdict(self.combined),
             "complete": self.complete,
+            "cutflows": {
+                f.sample: {
+                    "kind": f.kind,
+                    "files": f.files,
+                    "cuts": [[cut, n, _finite(f.sumw.get(cut))] for cut, n in f.events.items()],
+                    "invalid_scores": f.invalid_scores,
+                    "nan_scores": f.nan_scores,
+                }
+                for f in self.cutflows
+            },
         }
+
+
+def _finite(x: float | None) -> float | None:
+    """JSON has no NaN: an unknown sum (artifacts from before sums were recorded) is null."""
+    return x if x is not None and math.isfinite(x) else None
 
 
 def _row_dict(s: SystStatus) -> dict[str, Any]:
@@ -265,7 +287,23 @@ def collect_status(cfg: Config, systs: Iterable[str] | None = None) -> Status:
     everything = [union[k] for k in sorted(union)]
     done = sum(1 for r in rows if r.results == "done")
     total = _row("all", "-", "-", everything, checker, f"{done}/{len(rows)} done")
-    return Status(cfg.output_path, rows, total, _combined_state(cfg, checker))
+    return Status(cfg.output_path, rows, total, _combined_state(cfg, checker), nominal_cutflows(cfg))
+
+
+def nominal_cutflows(cfg: Config) -> list[CutFlow]:
+    """The cut flows of the nominal data and MC over the histogram artifacts present (done or not)."""
+    last = FILE_PASSES[-1]
+    out = []
+    for sample in (cfg.data, cfg.nominal_mc):
+        try:
+            tasks = plan_tasks(cfg, "nominal", include_data=sample == cfg.data, include_mc=sample != cfg.data)
+        except QgcalError:  # an input glob matching nothing: the table says what is missing
+            continue
+        arts = [(t.key, artifact_of(cfg, t, last)) for t in tasks]
+        present = [(k, p) for k, p in arts if p.is_file()]
+        if present:
+            out.append(read_cutflow(cfg, sample, present))
+    return out
 
 
 # ----------------------------------------------------------------------------- printing
@@ -287,6 +325,8 @@ def print_status(status: Status, file: TextIO | None = None) -> None:
     present = ", ".join(k for k, v in c.files.items() if v) or "nothing"
     combined_line = f"results/combined: {c.state}" + (f" ({c.reason})" if c.reason else "") + f"; present: {present}"
     print_table(header, rows, title=f"qgcal status: {status.output}", file=file, footer=combined_line)
+    for flow in status.cutflows:
+        print("\n".join(flow.lines()), file=file)
 
 
 STALE_RECORD = "stale_inputs.json"

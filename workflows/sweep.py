@@ -20,10 +20,25 @@ from qgcal.plan import FileTask
 from qgcal.stages import FILE_PASSES, file_pass
 from qgcal.workflows.preflight import preflight
 from qgcal.workflows.runner import read_skip_record
-from qgcal.workflows.single import RunResult, finalise, make_runner, run_file_passes, tasks_for
+from qgcal.workflows.single import (
+    RunResult,
+    finalise,
+    make_runner,
+    run_file_passes,
+    start_workers_early,
+    tasks_for,
+)
 from qgcal.workflows.tasks import pass_is_valid
 
-__all__ = ["finalise_many", "missing_artifacts", "run_many", "run_shard", "shards", "sweep_tasks"]
+__all__ = [
+    "finalise_many",
+    "finalise_parallel",
+    "missing_artifacts",
+    "run_many",
+    "run_shard",
+    "shards",
+    "sweep_tasks",
+]
 
 
 def sweep_tasks(cfg: Config, systs: Sequence[str]) -> list[FileTask]:
@@ -94,19 +109,51 @@ def finalise_many(cfg: Config, systs: Sequence[str]) -> dict[str, RunResult]:
             f"expected {artifact_of(cfg, t, file_pass(stage))}); run them first"
         )
     with output_lock(cfg.output_path):
-        return {s: finalise(cfg, s) for s in systs}
+        return finalise_parallel(cfg, systs)
+
+
+def finalise_parallel(cfg: Config, systs: Sequence[str]) -> dict[str, RunResult]:
+    """Every systematic's final pass, ``executor.workers`` at a time in forked processes.
+
+    The final passes are independent (each derives the frozen cuts from nominal MC itself and
+    writes its own results/<syst>/; merged sets that several share are written atomically with
+    the same bytes), so a sweep's serial tail of final passes shrinks with the workers. The cut
+    flows are logged here first, once per run, in order; a worker draws its plots serially.
+    """
+    from qgcal.executors import fork_map
+    from qgcal.plan import mc_sample_for
+    from qgcal.workflows.single import final_inputs, show_cutflows
+
+    shown: set[tuple[str, str]] = set()  # cut flows and their warnings: once per run
+    if cfg.executor.workers <= 1 or len(systs) <= 1:
+        return {s: finalise(cfg, s, shown=shown) for s in systs}
+    for s in systs:
+        show_cutflows(cfg, final_inputs(cfg, s), mc_sample_for(cfg, s), shown)
+    serial_plots = cfg.with_overrides({"executor.workers": 1})
+    results = fork_map(_finalise_one, [(serial_plots, s, frozenset(shown)) for s in systs], cfg.executor.workers)
+    return dict(zip(systs, results))
+
+
+def _finalise_one(item: tuple[Config, str, frozenset[tuple[str, str]]]) -> RunResult:
+    cfg, syst, shown = item
+    return finalise(cfg, syst, shown=set(shown))
 
 
 def run_many(
     cfg: Config, systs: Sequence[str], *, executor: Executor | None = None, force: bool = False
 ) -> dict[str, RunResult]:
     """Per-file passes for all systematics through one pool, then each final pass."""
+    start_workers_early(cfg, executor)
     preflight(cfg, systs)  # what 'qgcal validate' checks, before any event is read
     tasks = sweep_tasks(cfg, systs)
     with output_lock(cfg.output_path):
         runner = make_runner(cfg, executor)
+        if cfg.plots.enabled:
+            from qgcal.plotting import preload_plotting
+
+            preload_plotting()  # matplotlib's imports overlap the per-file passes, not the final passes
         try:
             run_file_passes(cfg, tasks, runner, force=force)
         finally:
             runner.shutdown()
-        return {s: finalise(cfg, s) for s in systs}
+        return finalise_parallel(cfg, systs)

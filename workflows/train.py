@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from qgcal.artifacts import read_parquet, read_parquet_provenance
-from qgcal.config import Config, ModelTagger
+from qgcal.config import Config, ConstituentTagger, ModelTagger
 from qgcal.errors import ConfigError
 from qgcal.locking import output_lock
 from qgcal.passes import artifact_of
@@ -48,6 +48,56 @@ def training_columns(cfg: Config, features: list[str]) -> dict[str, np.ndarray]:
     return {n: np.concatenate(v) if v else np.zeros(0) for n, v in parts.items()}
 
 
+def constituent_columns(cfg: Config, tagger: ConstituentTagger) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """(per-jet columns, constituents float32 [N, k], counts [n]) of the nominal MC jets, in sorted order."""
+    import pyarrow as pa
+
+    columns = training_columns(cfg, [])
+    tasks = plan_tasks(cfg, "nominal", include_data=False)
+    blocks: list[np.ndarray] = []
+    counts: list[np.ndarray] = []
+    for t in tasks:
+        table = read_parquet(artifact_of(cfg, t, FILE_PASSES[0]), columns=list(tagger.features))
+        feats, lens = [], None
+        for f in tagger.features:
+            col = table.column(f)
+            arr = col.combine_chunks() if col.num_chunks else pa.array([], type=col.type)
+            feats.append(arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32))
+            lens = arr.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+        blocks.append(np.column_stack(feats) if feats else np.zeros((0, 0), np.float32))
+        counts.append(lens if lens is not None else np.zeros(0, np.int64))
+    values = np.concatenate(blocks) if blocks else np.zeros((0, len(tagger.features)), np.float32)
+    return columns, values, np.concatenate(counts) if counts else np.zeros(0, np.int64)
+
+
+def _train_constituents(cfg: Config, name: str, tagger: ConstituentTagger) -> Path:
+    from qgcal.training import write_training_outputs
+    from qgcal.training_constituents import train_constituent_tagger
+
+    columns, values, counts = constituent_columns(cfg, tagger)
+    log.info("training %s on %d nominal MC jets (%d constituents)", name, len(counts), len(values))
+    try:
+        result = train_constituent_tagger(
+            columns,
+            values,
+            counts,
+            features=tagger.features,
+            pt_bins_gev=cfg.pt_bins_gev,
+            epochs=tagger.train_epochs,
+            hidden=tagger.hidden,
+            seed=0,
+        )
+    except ValueError as err:
+        raise ConfigError(f"taggers.{name}: training failed: {err}") from None
+    path = model_path(cfg, tagger)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result.save(path)
+    write_training_outputs(result, path.parent / f"{path.stem}-training", tagger=name)
+    for m in result.metrics:
+        log.info("%s: %g-%g GeV AUC %.3f (nTracks alone %.3f)", name, m.pt_low, m.pt_high, m.auc_model, m.auc_reference)
+    return path
+
+
 def _available(cfg: Config) -> set[str]:
     return {"pt", "eta", "event", "parton_label", "weight", *jet_variables(cfg)}
 
@@ -57,8 +107,9 @@ def train_from_config(cfg: Config) -> list[Path]:
     from qgcal.training import train_tagger, write_training_outputs
 
     taggers = {n: t for n, t in cfg.taggers.items() if isinstance(t, ModelTagger)}
-    if not taggers:
-        raise ConfigError("taggers: no tagger of kind 'model' to train; add one (see docs/config.md)")
+    constituents = {n: t for n, t in cfg.taggers.items() if isinstance(t, ConstituentTagger)}
+    if not taggers and not constituents:
+        raise ConfigError("taggers: no tagger of kind 'model' or 'constituents' to train; add one (see docs/config.md)")
     written = []
     with output_lock(cfg.output_path):
         runner = make_runner(cfg)
@@ -96,4 +147,6 @@ def train_from_config(cfg: Config) -> list[Path]:
                 )
             log.info("%s: model %s, ROC %s", name, path, outputs["roc"])
             written.append(path)
+        for name, ctagger in sorted(constituents.items()):
+            written.append(_train_constituents(cfg, name, ctagger))
     return written

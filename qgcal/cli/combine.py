@@ -64,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def print_combined(records: Any, *, title: str, wp: float, file: Any = None) -> None:
     """SF ± stat +up/-down (syst) for one WP: rows tagger x parton, columns pT bins (GeV); * flagged."""
-    from qgcal.report import SF_LEGEND, print_table
+    from qgcal.report import SF_LEGEND, print_table, print_wp_table
 
     recs = [r for r in records if r["working_point"] == wp]
     bins = sorted({(r["pt_low"], r["pt_high"]) for r in recs})
@@ -81,6 +81,7 @@ def print_combined(records: Any, *, title: str, wp: float, file: Any = None) -> 
     print_table(
         header, rows, title=f"{title}  (SF ± stat +up/-down syst; * flagged)", file=file, footer="\n".join(SF_LEGEND)
     )
+    print_wp_table(records, wp=wp, file=file)
 
 
 def _cell(r: Any) -> str:

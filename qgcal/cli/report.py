@@ -12,8 +12,8 @@ def register(sub: Any) -> None:
         "report",
         help="plots and report.md from the existing combined results",
         description="Reads <output>/results/combined/scale_factors.json (written by 'qgcal combine') and "
-        "<output>/results/nominal/extraction.json, and rewrites results/combined/plots/*.png and report.md. "
-        "Nothing is recomputed.",
+        "<output>/results/nominal/extraction.json, and rewrites results/combined/plots/*.png (a figure drawn "
+        "from the same inputs before is kept) and report.md. Nothing is recomputed.",
     )
     p.add_argument("--config", "-c", required=True, type=Path, help="YAML config")
     p.add_argument(

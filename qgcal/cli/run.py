@@ -27,10 +27,14 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from qgcal.cli.options import load_config_from_args, skipped_line
+    from qgcal.executors import start_early, worker_preload
     from qgcal.report import print_sf_table
-    from qgcal.workflows.single import run_systematic
 
     cfg = load_config_from_args(args)
+    # the pool's fork server imports the workers' modules (~0.5-1 s) while this process imports its own
+    start_early(cfg.executor.kind, cfg.executor.workers, preload=worker_preload(cfg))
+    from qgcal.workflows.single import run_systematic
+
     result = run_systematic(cfg, args.syst, force=args.force)
     print_sf_table(result.records, title=f"{cfg.name}: {args.syst}")
     print(f"results: {result.results_dir / 'scale_factors.json'}")

@@ -14,7 +14,8 @@ def register(sub: Any) -> None:
         help="what is done, missing or stale, per systematic and pass (runs nothing)",
         description="For nominal and every variation: the file tasks 'qgcal run --syst' needs and, per pass, "
         "how many artifacts are done (valid provenance), missing (no file) or stale (would be redone); "
-        "whether results/<syst>/scale_factors.json is up to date; and the state of results/combined.",
+        "whether results/<syst>/scale_factors.json is up to date; the state of results/combined; and the "
+        "cut flow of the nominal data and MC (events and sum of weights after each cut).",
     )
     p.add_argument("--config", "-c", required=True, type=Path, help="YAML config")
     p.add_argument("--syst", nargs="+", metavar="NAME", help="only these systematics (default: all)")

@@ -34,6 +34,9 @@ class JetBlock:
     label: np.ndarray  # int32 PartonTruthLabelID
     cleaning: np.ndarray  # bool
     n_gluon_lead: np.ndarray  # float64 (n,): gluons among the two leading true jets
+    #: int (n, J) or None: each position's jet slot before a re-sort (set to track constituents
+    #: through ``smear_and_sort``; see qgcal.generate.constituents.reorder)
+    slot: np.ndarray | None = None
 
     @property
     def mask(self) -> np.ndarray:
@@ -57,6 +60,8 @@ class JetBlock:
                 "cleaning",
             )
         }
+        if self.slot is not None:
+            per_jet["slot"] = np.take_along_axis(self.slot, order, axis=1)
         return replace(self, **per_jet)
 
 
@@ -140,7 +145,13 @@ def _taggers(
     return ntrk, width, c1
 
 
-def generate_jets(rng: np.random.Generator, pt_hat: np.ndarray, shapes: m.ShapeModel) -> JetBlock:
+def generate_jets(
+    rng: np.random.Generator,
+    pt_hat: np.ndarray,
+    shapes: m.ShapeModel,
+    unmatched_fraction: float | None = None,
+    unmatched_shapes: m.ShapeModel | None = None,
+) -> JetBlock:
     """All jets of events with the given pT-hat (GeV)."""
     n = pt_hat.size
     J = m.MAX_JETS
@@ -180,9 +191,18 @@ def generate_jets(rng: np.random.Generator, pt_hat: np.ndarray, shapes: m.ShapeM
     flavours = np.array(list(m.QUARK_FLAVOURS), dtype=np.int32)
     quark_id = rng.choice(flavours, size=k, p=list(m.QUARK_FLAVOURS.values()))
     label = np.where(gluon, 21, quark_id).astype(np.int32)
-    label[rng.random(k) < m.UNMATCHED_FRACTION] = -1
+    # the same draw whatever the fraction: a sample with more unmatched jets differs only in their labels
+    unmatched = m.UNMATCHED_FRACTION if unmatched_fraction is None else unmatched_fraction
+    label[rng.random(k) < unmatched] = -1
 
     ntrk, width, c1 = _taggers(rng, shapes, pt_v, abseta_v, gluon)
+    if unmatched_shapes is not None:
+        # a third class with a shape of its own (pile-up-like: the tracks of a quark jet of 30% of the
+        # pT), drawn from the SAME model in data and MC: a well-modelled background to the q/g mixture
+        um = label == -1
+        ntrk[um], width[um], c1[um] = _taggers(
+            rng, unmatched_shapes, 0.3 * pt_v[um], abseta_v[um], np.zeros(int(um.sum()), dtype=bool)
+        )
     bdt = bdt_score(ntrk, width, c1, pt_reco_gev[valid], rng.normal(0.0, 0.15, k))
     no_tracks = ntrk == 0  # undefined shapes get the sentinels real ntuples use
     width = np.where(no_tracks, -1.0, width)

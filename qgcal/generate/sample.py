@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from qgcal.generate import model as m
+from qgcal.generate.constituents import CONSTITUENT_BRANCHES, generate_constituents, reorder
 from qgcal.generate.jets import JetBlock, generate_jets, quantise, smear_and_sort
 from qgcal.generate.spectrum import TRUE_SPECTRUM, SliceSpec, WeightModel, draw_weights
 from qgcal.generate.truth import build_truth
@@ -27,6 +28,7 @@ from qgcal.generate.writer import (
     MC_TREES,
     TreeFile,
     branch_types,
+    constituent_arrays,
     file_uuid,
     jagged,
     jet_arrays,
@@ -124,24 +126,48 @@ _COMMON_JET = [
 _MC_JET = [*_COMMON_JET, "jet_nTracks_sys_eff"]
 
 
-def _open(out: Path, plan: FilePlan, seed: int, trees: tuple[str, ...], is_mc: bool) -> TreeFile:
+def _open(
+    out: Path, plan: FilePlan, seed: int, trees: tuple[str, ...], is_mc: bool, constituents: bool = False
+) -> TreeFile:
     n_blocks = max(1, -(-plan.events // BLOCK_SIZE))
     uid = file_uuid(seed, plan.relpath)
-    return TreeFile(out / plan.relpath, trees, branch_types(is_mc), uid, n_blocks)
+    return TreeFile(out / plan.relpath, trees, branch_types(is_mc, constituents), uid, n_blocks)
 
 
-def _write_data(out: Path, plan: FilePlan, seed: int, shapes: m.ShapeModel) -> None:
+#: stream index of the constituents' random numbers: their own stream, so switching them on
+#: leaves every other branch of the sample bit-identical
+_CONSTITUENT_STREAM = 2
+
+
+def _with_slots(jets: JetBlock) -> JetBlock:
+    """The block with each jet's slot recorded (followed through a JER re-sort)."""
+    slot = np.broadcast_to(np.arange(jets.pt.shape[1]), jets.pt.shape).copy()
+    return replace(jets, slot=slot)
+
+
+def _write_data(
+    out: Path,
+    plan: FilePlan,
+    seed: int,
+    shapes: m.ShapeModel,
+    unmatched: float | None = None,
+    unmatched_shapes: m.ShapeModel | None = None,
+    constituents: bool = False,
+) -> None:
     """Pseudo-data: unweighted pT-hat from the true spectrum, nominal tree only."""
-    with _open(out, plan, seed, DATA_TREES, is_mc=False) as tf:
+    with _open(out, plan, seed, DATA_TREES, is_mc=False, constituents=constituents) as tf:
         for b, start in enumerate(range(0, plan.events, BLOCK_SIZE)):
             n = min(BLOCK_SIZE, plan.events - start)
             rng = _rng(seed, plan, b, 0)
             pt_hat = TRUE_SPECTRUM.sample(rng, n, TRUE_SPECTRUM.pt_min, TRUE_SPECTRUM.pt_max)
             run = rng.choice(np.array(m.DATA_RUNS), size=n)
             fire = rng.random(n) < m.TRIGGER_EFFICIENCY
-            jets = generate_jets(rng, pt_hat, shapes)
+            jets = generate_jets(rng, pt_hat, shapes, unmatched, unmatched_shapes)
             arrays = _event_arrays(plan, start, n, run, fire)
             arrays.update(jet_arrays(jets, [*_COMMON_JET, "closure_PartonTruthLabelID"]))
+            if constituents:
+                cons = generate_constituents(_rng(seed, plan, b, _CONSTITUENT_STREAM), jets)
+                arrays.update(constituent_arrays(cons, jets.njet))
             tf.begin_block(n)
             tf.extend("nominal", arrays)
 
@@ -158,10 +184,13 @@ def _write_mc(
     seed: int,
     shapes: m.ShapeModel,
     weights: WeightModel,
+    unmatched: float | None = None,
+    unmatched_shapes: m.ShapeModel | None = None,
+    constituents: bool = False,
 ) -> None:
     """One MC file of a slice: weighted events, nominal + systematic trees, histoEventCount."""
     sumw = sumw2 = 0.0
-    with _open(out, plan, seed, MC_TREES, is_mc=True) as tf:
+    with _open(out, plan, seed, MC_TREES, is_mc=True, constituents=constituents) as tf:
         for b, start in enumerate(range(0, plan.events, BLOCK_SIZE)):
             n = min(BLOCK_SIZE, plan.events - start)
             rng = _rng(seed, plan, b, 0)
@@ -170,7 +199,7 @@ def _write_mc(
             sig = m.PU_WEIGHT_SIGMA
             pu = quantise(rng.lognormal(-0.5 * sig * sig, sig, n), m.FLOAT_BITS)
             fire = rng.random(n) < m.TRIGGER_EFFICIENCY
-            jets = generate_jets(rng, pt_hat, shapes)
+            jets = generate_jets(rng, pt_hat, shapes, unmatched, unmatched_shapes)
             pdf = quantise(m.pdf_weights(pt_hat, jets.n_gluon_lead), m.PDF_BITS)
             event = _event_arrays(plan, start, n, np.full(n, spec.dsid), fire)
             event["mcEventWeight"] = w
@@ -178,6 +207,10 @@ def _write_mc(
             pdf_offsets = np.arange(n + 1, dtype=np.int64) * m.N_PDF
             event["pdf_weight"] = jagged(pdf.ravel(), pdf_offsets)
             nominal = jet_arrays(jets, _MC_JET)
+            if constituents:
+                cons = generate_constituents(_rng(seed, plan, b, _CONSTITUENT_STREAM), jets)
+                nominal.update(constituent_arrays(cons, jets.njet))
+                jets = _with_slots(jets)
             tf.begin_block(n)
             tf.extend("nominal", {**event, **nominal})
             for tree, factor in m.JES_SCALE.items():
@@ -185,7 +218,11 @@ def _write_mc(
                 tf.extend(tree, {**event, **nominal, **scaled_pt})
             for tree, sigma in m.JER_SMEAR.items():
                 smeared = smear_and_sort(jets, _rng(seed, plan, b, 1), sigma)
-                tf.extend(tree, {**event, **jet_arrays(smeared, _MC_JET)})
+                jer = jet_arrays(smeared, _MC_JET)
+                if constituents:
+                    assert smeared.slot is not None
+                    jer.update(constituent_arrays(reorder(cons, smeared.slot, smeared.njet), smeared.njet))
+                tf.extend(tree, {**event, **jer})
             w64 = w.astype(np.float64)
             sumw += float(w64.sum())
             sumw2 += float((w64 * w64).sum())
@@ -200,6 +237,9 @@ def generate_sample(
     seed: int = 1,
     data_shift: bool = True,
     progress: Callable[[str], None] | None = None,
+    unmatched_fraction: float | None = None,
+    unmatched_own_shape: bool = False,
+    constituents: bool = False,
 ) -> GeneratedSample:
     """Write pseudo-data, Pythia-like and Herwig-like MC and truth.json under ``out``.
 
@@ -207,7 +247,17 @@ def generate_sample(
     ``events`` split over its slices (``files`` files per slice), Herwig
     ``events // 2``. The same arguments give the same events. With
     ``data_shift=False`` the pseudo-data tagger shapes equal Pythia's.
+    ``unmatched_fraction``: the fraction of jets (data and MC alike) whose truth
+    label is -1 (default: the model's, ``model.UNMATCHED_FRACTION``); the events
+    are the same for any value, only those labels change (third-class closure tests).
+    ``unmatched_own_shape``: unmatched jets get a tagger shape of their own (pile-up-like),
+    the same in data and every MC (a well-modelled third class; other events differ then).
+    ``constituents``: also write each jet's constituents (``jet_nConstituents`` and the per-event
+    ``constit_*`` collection, see qgcal.generate.constituents), from their own random stream: every
+    other branch is the same as without them. Off by default (files about 7x larger).
     """
+    if unmatched_fraction is not None and not 0.0 <= unmatched_fraction < 1.0:
+        raise ValueError(f"unmatched_fraction must be in [0, 1), got {unmatched_fraction}")
     if events < 1 or files < 1:
         raise ValueError(f"events and files must be >= 1, got events={events}, files={files}")
     if events < files:
@@ -221,12 +271,15 @@ def generate_sample(
     data_shapes = m.PYTHIA_SHAPES.shifted(shift["quark"], shift["gluon"])
     mc_shapes = {"pythia": m.PYTHIA_SHAPES, "herwig": m.HERWIG_SHAPES}
     written: list[Path] = []
+    own = m.PYTHIA_SHAPES if unmatched_own_shape else None
     for i, plan in enumerate(plans):
         if plan.slice is None:
-            _write_data(out, plan, seed, data_shapes)
+            _write_data(out, plan, seed, data_shapes, unmatched_fraction, own, constituents)
         else:
             weights = _MC[plan.sample][1]
-            _write_mc(out, plan, plan.slice, seed, mc_shapes[plan.sample], weights)
+            _write_mc(
+                out, plan, plan.slice, seed, mc_shapes[plan.sample], weights, unmatched_fraction, own, constituents
+            )
         written.append(out / plan.relpath)
         if progress is not None:
             progress(f"[{i + 1}/{len(plans)}] wrote {plan.relpath} ({plan.events} events)")
@@ -239,7 +292,11 @@ def generate_sample(
         shift=shift,
         block_size=BLOCK_SIZE,
         event_number_stride=EVENT_NUMBER_STRIDE,
+        unmatched_fraction=unmatched_fraction,
+        unmatched_own_shape=unmatched_own_shape,
     )
+    if constituents:
+        truth["constituents"] = {"branches": ["jet_nConstituents", *CONSTITUENT_BRANCHES], "counter": "nconstit"}
     truth_path = out / "truth.json"
     tmp = truth_path.with_name("truth.json.tmp")
     tmp.write_text(json.dumps(truth, sort_keys=True, indent=2) + "\n")

@@ -104,6 +104,8 @@ def build_truth(
     shift: dict[str, m.PartonShape],
     block_size: int,
     event_number_stride: int,
+    unmatched_fraction: float | None = None,
+    unmatched_own_shape: bool = False,
 ) -> dict[str, Any]:
     """The truth record of one generated sample (JSON-serialisable)."""
     data_plans = [p for p in plans if p.sample == "data"]
@@ -155,12 +157,14 @@ def build_truth(
                 **m.GLUON_FRACTION,
             },
             "quark_flavours": {str(k): v for k, v in m.QUARK_FLAVOURS.items()},
-            "unmatched_fraction": m.UNMATCHED_FRACTION,
+            "unmatched_fraction": m.UNMATCHED_FRACTION if unmatched_fraction is None else unmatched_fraction,
             "unmatched_label": -1,
-            "note": (
-                "identical for data, pythia and herwig; unmatched jets keep the tagger "
-                "shape of their underlying quark/gluon draw"
+            "unmatched_shape": (
+                "own: pile-up-like (tracks of a quark jet of 0.3 x pT, nominal MC model), same in data and MC"
+                if unmatched_own_shape
+                else "that of the underlying quark/gluon draw"
             ),
+            "note": ("identical for data, pythia and herwig; unmatched jets: see unmatched_shape"),
         },
         "kinematics": {
             "leading_true_pt": "pt_hat",

@@ -14,7 +14,7 @@ import os
 import uuid
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import awkward as ak
 import numpy as np
@@ -22,6 +22,9 @@ import uproot
 
 from qgcal.generate.compress import BasketCompressor
 from qgcal.generate.jets import JetBlock
+
+if TYPE_CHECKING:
+    from qgcal.generate.constituents import Constituents
 
 __all__ = [
     "COMMON_BRANCHES",
@@ -32,6 +35,7 @@ __all__ = [
     "MC_TREES",
     "TreeFile",
     "branch_types",
+    "constituent_arrays",
     "jagged",
     "jet_arrays",
 ]
@@ -84,10 +88,23 @@ UNCOMPRESSED = frozenset({"jet_pt", "mcEventWeight"})
 COMPRESSION_LEVEL = 1
 
 
-def branch_types(is_mc: bool) -> dict[str, str]:
-    """All branches of a tree of this kind (the counters njet/npdf_weight come on top)."""
+#: opt-in (``generate_sample(constituents=True)``): per-jet counts and per-event constituent collections
+CONSTITUENT_TYPES: dict[str, str] = {
+    "jet_nConstituents": "var * int32",
+    "constit_ptFrac": "var * float32",
+    "constit_deta": "var * float32",
+    "constit_dphi": "var * float32",
+    "constit_charge": "var * int32",
+    "constit_d0": "var * float32",
+    "constit_dz": "var * float32",
+}
+CONSTITUENT_COUNTER = "nconstit"
+
+
+def branch_types(is_mc: bool, constituents: bool = False) -> dict[str, str]:
+    """All branches of a tree of this kind (the counters njet/npdf_weight/nconstit come on top)."""
     extra = MC_BRANCHES if is_mc else DATA_BRANCHES
-    return {**COMMON_BRANCHES, **extra}
+    return {**COMMON_BRANCHES, **extra, **(CONSTITUENT_TYPES if constituents else {})}
 
 
 @functools.cache
@@ -107,7 +124,9 @@ _JET_PREFIXES = ("jet_", "closure_")
 
 
 def _counter_name(counted: str) -> str:
-    """Per-jet branches share one counter, like ATLAS vectors of one jet collection."""
+    """Per-jet branches share one counter, like ATLAS vectors of one jet collection (constituents too)."""
+    if counted.startswith("constit_"):
+        return CONSTITUENT_COUNTER
     return JET_COUNTER if counted.startswith(_JET_PREFIXES) else "n" + counted
 
 
@@ -123,6 +142,19 @@ def jet_arrays(block: JetBlock, names: list[str]) -> dict[str, ak.Array]:
     offsets = np.zeros(block.njet.size + 1, dtype=np.int64)
     np.cumsum(block.njet, out=offsets[1:])
     return {name: jagged(getattr(block, _JET_FIELDS[name])[mask], offsets) for name in names}
+
+
+def constituent_arrays(cons: Constituents, njet: np.ndarray) -> dict[str, ak.Array]:
+    """Jagged arrays of the constituent branches: per-jet counts, per-event flat collections."""
+    from qgcal.generate.constituents import CONSTITUENT_BRANCHES, COUNT_BRANCH
+
+    mask = np.arange(cons.counts.shape[1])[None, :] < njet[:, None]
+    jet_off = np.zeros(njet.size + 1, dtype=np.int64)
+    np.cumsum(njet, out=jet_off[1:])
+    ev_off = cons.event_offsets()
+    out = {COUNT_BRANCH: jagged(cons.counts[mask], jet_off)}
+    out.update({branch: jagged(getattr(cons, attr), ev_off) for branch, attr in CONSTITUENT_BRANCHES.items()})
+    return out
 
 
 def file_uuid(seed: int, relpath: str) -> uuid.UUID:

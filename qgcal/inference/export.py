@@ -1,5 +1,8 @@
 """Write a Triton model repository for a facility's stock tritonserver.
 
+BDT taggers: a Python-backend repository (below).  Constituent taggers: TorchScript for the
+pytorch backend (:func:`export_constituent_repo`), two inputs and no dynamic batching.
+
 Why a Python-backend repository: the tagger is a scikit-learn model; the Python backend
 runs it unchanged (no conversion, identical scores).  The repository is self-describing:
 config.pbtxt carries the model fingerprint and the trusted-type list, and ``model.py``
@@ -17,13 +20,16 @@ import json
 import os
 import shutil
 import sys
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import InferenceError, import_optional
 from .model_io import TRUSTED_TYPES, load_model, meta_path
-from .triton_client import SHA_PARAMETER
+from .triton_client import CONSTITUENTS_INPUT, COUNTS_INPUT, DEVICE_PARAMETER, SHA_PARAMETER
 
-__all__ = ["bundled_server_command", "export_repo"]
+__all__ = ["bundled_server_command", "export_constituent_repo", "export_repo", "torchscript_module"]
 
 _TEMPLATE = Path(__file__).with_name("triton_python_model.py")
 
@@ -131,3 +137,96 @@ def bundled_server_command(
         "--exit-timeout-secs=5",
     ]
     return argv, env
+
+
+def torchscript_module(model_path: str | os.PathLike[str]) -> Any:
+    """The constituent model as a scripted module ``forward(CONSTITUENTS, COUNTS) -> SCORE``.
+
+    Why script, not trace: the per-jet pooling has data-dependent sizes (``counts``) and its
+    index tensors follow the inputs' device, so one file serves CPU and GPU instances. The
+    argument names are the tensor names, which is one of the naming conventions Triton's
+    pytorch backend maps inputs by; the single output is mapped by position.
+    """
+    import torch
+
+    from .constituent_model import load_constituent_model
+
+    net, _ = load_constituent_model(model_path)
+
+    class Served(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, CONSTITUENTS: torch.Tensor, COUNTS: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.net(CONSTITUENTS, COUNTS)
+            return out
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.x: TorchScript is "deprecated", still served
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.jit.script(Served().eval())
+
+
+def export_constituent_repo(
+    model_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    model_name: str,
+    output_name: str = "SCORE",
+    gpus: Sequence[int] | None = None,
+    instance_count: int = 1,
+    version: int = 1,
+) -> Path:
+    """Write ``out_dir/<model_name>/{config.pbtxt, <version>/model.pt}`` for the pytorch backend.
+
+    ``gpus``: one instance per listed device id (``KIND_GPU``, explicit ``gpus: [i]``);
+    otherwise ``instance_count`` CPU instances.  No dynamic batching (``max_batch_size: 0``):
+    every request already holds many whole jets, and Triton's batcher would concatenate
+    CONSTITUENTS [N_i, k] and COUNTS [n_i] but split the SCORE output by N_i, not n_i (see
+    docs/triton.md; Triton's ragged batching fits only one-jet-per-request clients).
+    """
+    from .constituent_model import read_constituent_meta
+
+    if instance_count < 1 or (gpus is not None and (not gpus or min(gpus) < 0 or len(set(gpus)) != len(gpus))):
+        raise InferenceError("export: instance_count must be >= 1 and --gpu ids distinct and >= 0")
+    module = torchscript_module(model_path)  # verifies the weights' SHA-256 before anything is written
+    meta = read_constituent_meta(Path(model_path))
+    model_dir = Path(out_dir) / model_name
+    version_dir = model_dir / str(version)
+    if version_dir.exists():
+        raise InferenceError(f"export: {version_dir} already exists; choose an empty directory")
+    version_dir.mkdir(parents=True)
+    module.save(str(version_dir / "model.pt"))
+    if gpus:
+        groups = ", ".join(f"{{ count: 1 kind: KIND_GPU gpus: [ {g} ] }}" for g in gpus)
+        device = ",".join(f"cuda:{g}" for g in gpus)
+    else:
+        groups, device = f"{{ count: {instance_count} kind: KIND_CPU }}", "cpu"
+    k = len(meta.features)
+    lines = [
+        f"name: {_pbtxt_string(model_name)}",
+        'platform: "pytorch_libtorch"',
+        "max_batch_size: 0",
+        "input [",
+        f"  {{ name: {_pbtxt_string(CONSTITUENTS_INPUT)} data_type: TYPE_FP32 dims: [ -1, {k} ] }},",
+        f"  {{ name: {_pbtxt_string(COUNTS_INPUT)} data_type: TYPE_INT64 dims: [ -1 ] }}",
+        "]",
+        "output [",
+        f"  {{ name: {_pbtxt_string(output_name)} data_type: TYPE_FP32 dims: [ -1 ] }}",
+        "]",
+        f"instance_group [ {groups} ]",
+        f"version_policy: {{ specific: {{ versions: [ {version} ] }} }}",
+    ]
+    params = {
+        SHA_PARAMETER: meta.weights_sha256,
+        DEVICE_PARAMETER: device,
+        "qgcal_features": ",".join(meta.features),
+        "qgcal_score": "gluon log-odds",
+        "INFERENCE_MODE": "true",
+        "DISABLE_OPTIMIZED_EXECUTION": "true",
+    }
+    for key, value in params.items():
+        lines.append(f"parameters {{ key: {_pbtxt_string(key)} value: {{ string_value: {_pbtxt_string(value)} }} }}")
+    (model_dir / "config.pbtxt").write_text("\n".join(lines) + "\n")
+    return model_dir

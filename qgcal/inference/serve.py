@@ -40,9 +40,15 @@ import numpy as np
 
 from .errors import InferenceError, import_optional
 from .model_io import load_model
-from .triton_client import SHA_PARAMETER
+from .triton_client import (
+    CONSTITUENTS_INPUT,
+    COUNTS_INPUT,
+    DEVICE_PARAMETER,
+    EMPTY_SENTINEL_ROWS,
+    SHA_PARAMETER,
+)
 
-__all__ = ["check_port_free", "main", "serve", "stub_library_path"]
+__all__ = ["check_port_free", "is_constituent_model", "main", "serve", "stub_library_path"]
 
 log = logging.getLogger(__name__)
 _MAX_SOCKET_PATH = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
@@ -73,6 +79,9 @@ def _stub_environment() -> Iterator[None]:
 
 def check_port_free(port: int, host: str = "127.0.0.1") -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR as tritonserver itself binds: a port whose old connections linger in
+        # TIME_WAIT (a server restarted on its ports) is free; one with a listener is not
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -96,15 +105,71 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _advertise_fingerprint(triton: Any, sha256: str) -> None:
-    """Put the model fingerprint into the served model config (see TritonScorer).
+def is_constituent_model(path: str | os.PathLike[str]) -> bool:
+    """A constituent (torch DeepSets) model: its JSON sidecar names the constituent format."""
+    from .constituent_model import FORMAT, sidecar_path
+
+    side = sidecar_path(path)
+    try:
+        return bool(json.loads(side.read_text()).get("format") == FORMAT)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _constituent_binding(model_path: str | os.PathLike[str], output_name: str) -> tuple[Any, dict[str, Any]]:
+    """(pytriton bind keyword arguments, info) for a constituent model: two inputs, no batching.
+
+    Why no server-side batching: Triton's dynamic batcher concatenates requests along dim 0 of
+    every input and splits each output back by the requests' dim-0 sizes.  For the ragged pair
+    (CONSTITUENTS [N_i, k], COUNTS [n_i]) the outputs have n_i rows, not N_i, so the split
+    would be by the wrong sizes; and a request of many jets already fills the model.  Each
+    request is therefore scored on its own, exactly as the local route scores its batch
+    (hence bit-identical scores when the client sends the same batches).
+    """
+    from pytriton.model_config import ModelConfig, Tensor
+
+    from .constituent_model import load_constituent_model, score_network
+
+    net, meta = load_constituent_model(model_path)
+    k = len(meta.features)
+
+    def infer(requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        out = []
+        for req in requests:  # one at a time: never merged (see above)
+            x = np.ascontiguousarray(req[CONSTITUENTS_INPUT], dtype=np.float32).reshape(-1, k)
+            c = np.ascontiguousarray(req[COUNTS_INPUT], dtype=np.int64).reshape(-1)
+            if int(c.sum()) == 0 and x.shape[0] == EMPTY_SENTINEL_ROWS:
+                x = x[:0]  # only empty jets: the client's stand-in for a zero-size tensor
+            if int(c.sum()) != x.shape[0] or (c < 0).any():
+                raise ValueError(f"COUNTS sum {int(c.sum())} != {x.shape[0]} constituents (or negative counts)")
+            scores = score_network(net, x, c) if c.size else np.empty(0, np.float32)
+            out.append({output_name: np.asarray(scores, dtype=np.float32)})
+        return out
+
+    bind = {
+        "infer_func": infer,
+        "inputs": [
+            Tensor(name=CONSTITUENTS_INPUT, dtype=np.float32, shape=(-1, k)),
+            Tensor(name=COUNTS_INPUT, dtype=np.int64, shape=(-1,)),
+        ],
+        "outputs": [Tensor(name=output_name, dtype=np.float32, shape=(-1,))],
+        "config": ModelConfig(batching=False),
+    }
+    info = {"model_sha256": meta.weights_sha256, "features": list(meta.features), "kind": "constituents"}
+    return bind, info
+
+
+def _advertise_fingerprint(triton: Any, sha256: str, device: str = "cpu") -> None:
+    """Put the model fingerprint and the scoring device into the served model config (see TritonScorer).
 
     pytriton has no public hook for model-config parameters; this uses its model object's
     cached config and degrades to "not advertised" if that internal API changes.
     """
     try:
         for model in triton._model_manager.models:
-            model._get_triton_model_config().backend_parameters[SHA_PARAMETER] = sha256
+            params = model._get_triton_model_config().backend_parameters
+            params[SHA_PARAMETER] = sha256
+            params[DEVICE_PARAMETER] = device
     except Exception as exc:  # noqa: BLE001 - any change in pytriton internals
         log.info("model fingerprint not advertised to clients (pytriton internals changed: %s)", exc)
 
@@ -150,17 +215,28 @@ def serve(
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    model = load_model(model_path)
-    estimator = model.estimator
-    n_features = len(model.meta.features)
+    if is_constituent_model(model_path):
+        bind, model_info = _constituent_binding(model_path, output_name)
+    else:
+        model = load_model(model_path)
+        estimator = model.estimator
+        n_features = len(model.meta.features)
+
+        @batch
+        def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+            x = np.ascontiguousarray(inputs[input_name], dtype=np.float32)
+            scores = estimator.decision_function(x) if len(x) else np.empty(0)
+            return {output_name: np.asarray(scores, dtype=np.float32)[:, None]}
+
+        bind = {
+            "infer_func": infer,
+            "inputs": [Tensor(name=input_name, dtype=np.float32, shape=(n_features,))],
+            "outputs": [Tensor(name=output_name, dtype=np.float32, shape=(1,))],
+            "config": ModelConfig(max_batch_size=max_batch_size, batcher=DynamicBatcher()),
+        }
+        model_info = {"model_sha256": model.meta.model_sha256, "features": list(model.meta.features), "kind": "bdt"}
     for port in (http_port, grpc_port):
         check_port_free(port)
-
-    @batch
-    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-        x = np.ascontiguousarray(inputs[input_name], dtype=np.float32)
-        scores = estimator.decision_function(x) if len(x) else np.empty(0)
-        return {output_name: np.asarray(scores, dtype=np.float32)[:, None]}
 
     stop = stop_event or threading.Event()
     tmp = Path(tempfile.mkdtemp(prefix="qgcal-", dir=workspace))
@@ -186,23 +262,15 @@ def serve(
     try:
         with _stub_environment(), _stop_on_signals(stop):
             triton = Triton(config=config, workspace=tmp / "w")
-            triton.bind(
-                model_name=model_name,
-                infer_func=infer,
-                inputs=[Tensor(name=input_name, dtype=np.float32, shape=(n_features,))],
-                outputs=[Tensor(name=output_name, dtype=np.float32, shape=(1,))],
-                config=ModelConfig(max_batch_size=max_batch_size, batcher=DynamicBatcher()),
-                strict=True,
-            )
-            _advertise_fingerprint(triton, model.meta.model_sha256)
+            triton.bind(model_name=model_name, strict=True, **bind)
+            _advertise_fingerprint(triton, model_info["model_sha256"], "cpu")
             triton.run()  # starts tritonserver and waits until the model is ready
             info = {
                 "model_name": model_name,
                 "grpc_url": f"127.0.0.1:{grpc_port}",
                 "http_url": f"127.0.0.1:{http_port}",
-                "model_sha256": model.meta.model_sha256,
-                "features": list(model.meta.features),
-                "max_batch_size": max_batch_size,
+                **model_info,
+                "max_batch_size": max_batch_size if model_info["kind"] == "bdt" else 0,
                 "pid": os.getpid(),
             }
             log.info("serving %s: gRPC %s, HTTP %s", model_name, info["grpc_url"], info["http_url"])
@@ -225,7 +293,7 @@ def serve(
 def main(argv: list[str] | None = None) -> int:
     """``python -m qgcal.inference.serve MODEL``: the test fixture and ``qgcal serve`` use it."""
     parser = argparse.ArgumentParser(prog="python -m qgcal.inference.serve", description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="skops model file written by qgcal train")
+    parser.add_argument("model", help="model file written by qgcal train (skops BDT or constituent .safetensors)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--model-name", default="qgcal_tagger")

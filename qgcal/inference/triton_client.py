@@ -28,6 +28,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +39,43 @@ from .config import TritonSettings
 from .errors import InferenceError, import_optional
 from .model_io import ModelMeta, load_model, read_meta
 
-__all__ = ["SHA_PARAMETER", "TritonScorer"]
+__all__ = [
+    "CONSTITUENTS_INPUT",
+    "COUNTS_INPUT",
+    "DEVICE_PARAMETER",
+    "EMPTY_SENTINEL_ROWS",
+    "SHA_PARAMETER",
+    "Fingerprint",
+    "TritonConstituentScorer",
+    "TritonScorer",
+    "constituent_model_name",
+    "jet_requests",
+]
 
 log = logging.getLogger(__name__)
 
 SHA_PARAMETER = "qgcal_model_sha256"  # model-config parameter carrying the model fingerprint
+DEVICE_PARAMETER = "qgcal_device"  # model-config parameter: where the server scores (cpu, cuda:0)
+#: the constituent model's tensors: flattened constituents, per-jet counts (no padding on the wire)
+CONSTITUENTS_INPUT, COUNTS_INPUT = "CONSTITUENTS", "COUNTS"
+CONSTITUENTS_DTYPE, COUNTS_DTYPE = "FP32", "INT64"
+#: a request whose jets have no constituent at all carries this many zero rows, which the
+#: server drops (pytriton cannot pass a zero-size tensor to the model; only then, see jet_requests)
+EMPTY_SENTINEL_ROWS = 1
 _RETRYABLE_GRPC = {"StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED"}
 _RETRYABLE_HTTP = {"502", "503", "504"}
+
+
+_Request = list[tuple[str, np.ndarray, str]]  # one request: (input name, array, Triton dtype) per input
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What the client checks a served model against (the part of a model's metadata it needs)."""
+
+    features: list[str]
+    model_sha256: str
+    score: str
 
 
 class _Unreachable(Exception):
@@ -107,6 +138,22 @@ def _connection_problem(exc: BaseException) -> str | None:
     return None
 
 
+#: what a server says about a model it is still (re)loading; see _reloading_problem
+_RELOADING = ("has no available versions", "is not ready", "unknown model")
+
+
+def _reloading_problem(exc: BaseException) -> str | None:
+    """A model that was ready when the scorer started but is unknown / not ready now.
+
+    Why retried (mid-run only): a server restarted under a running job listens before its
+    model is loaded again, and answers "unknown model ... has no available versions" in
+    that window.  At start-up the same answer is a configuration error and fails at once
+    (``_check_ready``); once the model has been seen ready, it is an outage like any other.
+    """
+    text = _describe(exc)
+    return f"model reloading: {text[:80]}" if any(m in text for m in _RELOADING) else None
+
+
 def _raiser(error: Exception) -> Callable[[], np.ndarray]:
     """A result handle for a request that failed before it was sent."""
 
@@ -161,8 +208,16 @@ class _GrpcTransport:
 
     def submit(self, x: np.ndarray) -> Callable[[], np.ndarray]:
         s = self.settings
-        inp = self.mod.InferInput(s.input_name, list(x.shape), s.input_dtype)
-        inp.set_data_from_numpy(x)
+        return self.submit_inputs([(s.input_name, x, s.input_dtype)])
+
+    def submit_inputs(self, arrays: list[tuple[str, np.ndarray, str]]) -> Callable[[], np.ndarray]:
+        """One request with several named inputs (name, array, Triton dtype); returns the output's getter."""
+        s = self.settings
+        inputs = []
+        for name, x, dtype in arrays:
+            inp = self.mod.InferInput(name, list(x.shape), dtype)
+            inp.set_data_from_numpy(x)
+            inputs.append(inp)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
         def done(result: Any, error: Any) -> None:
@@ -173,7 +228,7 @@ class _GrpcTransport:
 
         self.client.async_infer(
             s.model_name,
-            [inp],
+            inputs,
             done,
             model_version=s.model_version,
             outputs=[self.mod.InferRequestedOutput(s.output_name)],
@@ -217,11 +272,18 @@ class _HttpTransport:
 
     def submit(self, x: np.ndarray) -> Callable[[], np.ndarray]:
         s = self.settings
-        inp = self.mod.InferInput(s.input_name, list(x.shape), s.input_dtype)
-        inp.set_data_from_numpy(x, binary_data=True)
+        return self.submit_inputs([(s.input_name, x, s.input_dtype)])
+
+    def submit_inputs(self, arrays: list[tuple[str, np.ndarray, str]]) -> Callable[[], np.ndarray]:
+        s = self.settings
+        inputs = []
+        for name, x, dtype in arrays:
+            inp = self.mod.InferInput(name, list(x.shape), dtype)
+            inp.set_data_from_numpy(x, binary_data=True)
+            inputs.append(inp)
         request = self.client.async_infer(
             s.model_name,
-            [inp],
+            inputs,
             model_version=s.model_version,
             outputs=[self.mod.InferRequestedOutput(s.output_name, binary_data=True)],
         )
@@ -258,7 +320,7 @@ class TritonScorer(BaseScorer):
                 "set the tagger's model path or use fallback: none"
             )
         # Local metadata (cheap, no model load) tells the expected feature count and fingerprint.
-        self._meta: ModelMeta | None = read_meta(self.model_path) if self.model_path else None
+        self._meta: ModelMeta | Fingerprint | None = self._read_meta() if self.model_path else None
         utils = import_optional("tritonclient.utils", "triton", "backend triton")
         self._client_errors: tuple[type[Exception], ...] = (utils.InferenceServerException, OSError)
         self._np_in = self._np_dtype(settings.input_dtype)
@@ -273,6 +335,18 @@ class TritonScorer(BaseScorer):
         except BaseException:
             self._close_transport()  # no half-made scorer keeps a channel open
             raise
+
+    def _read_meta(self) -> ModelMeta | Fingerprint:
+        assert self.model_path is not None
+        return read_meta(self.model_path)
+
+    def _expected_inputs(self) -> list[tuple[str, str]]:
+        """(name, Triton dtype) of every input the served model must have."""
+        return [(self.settings.input_name, self.settings.input_dtype)]
+
+    def _make_fallback(self) -> BaseScorer:
+        assert self.model_path is not None
+        return make_local_scorer(load_model(self.model_path), self._local_device)
 
     @staticmethod
     def _np_dtype(name: str) -> np.dtype[Any]:
@@ -349,12 +423,11 @@ class TritonScorer(BaseScorer):
         inputs = {i.get("name"): i for i in cfg.get("input", [])}
         outputs = {o.get("name"): o for o in cfg.get("output", [])}
         problems = []
-        if s.input_name not in inputs:
-            problems.append(f"no input {s.input_name!r} (inputs: {', '.join(map(str, inputs))})")
-        elif inputs[s.input_name].get("data_type") != f"TYPE_{s.input_dtype}":
-            problems.append(
-                f"input {s.input_name} is {inputs[s.input_name].get('data_type')}, config says {s.input_dtype}"
-            )
+        for name, dtype in self._expected_inputs():
+            if name not in inputs:
+                problems.append(f"no input {name!r} (inputs: {', '.join(map(str, inputs))})")
+            elif inputs[name].get("data_type") != f"TYPE_{dtype}":
+                problems.append(f"input {name} is {inputs[name].get('data_type')}, config says {dtype}")
         if s.output_name not in outputs:
             problems.append(f"no output {s.output_name!r} (outputs: {', '.join(map(str, outputs))})")
         elif outputs[s.output_name].get("data_type") != f"TYPE_{s.output_dtype}":
@@ -370,7 +443,8 @@ class TritonScorer(BaseScorer):
             )
         params = cfg.get("parameters", {}) or {}
         served_sha = (params.get(SHA_PARAMETER) or {}).get("string_value") or None
-        self._served = {"max_batch_size": max_batch, "model_sha256": served_sha}
+        served_device = (params.get(DEVICE_PARAMETER) or {}).get("string_value") or None
+        self._served = {"max_batch_size": max_batch, "model_sha256": served_sha, "device": served_device}
         if served_sha and self._meta and served_sha != self._meta.model_sha256:
             raise InferenceError(
                 f"{self._model_label()} on {self._where} serves model sha256 {served_sha[:12]} "
@@ -385,7 +459,7 @@ class TritonScorer(BaseScorer):
         assert self.model_path is not None
         log.warning("%s; falling back to local scoring with %s (fallback: local)", reason, self.model_path)
         self._fallback_reason = reason
-        self._local = make_local_scorer(load_model(self.model_path), self._local_device)
+        self._local = self._make_fallback()
         self._close_transport()
 
     # --- scoring ------------------------------------------------------------------------
@@ -402,45 +476,56 @@ class TritonScorer(BaseScorer):
             return self._local.predict(x)
 
     def _predict_remote(self, x: np.ndarray) -> np.ndarray:
-        size = self.settings.batch_size
-        starts = range(0, x.shape[0], size)  # empty input -> no request at all
+        s = self.settings
+        size = s.batch_size
+        requests: list[_Request] = [
+            [(s.input_name, x[i : i + size], str(s.input_dtype))] for i in range(0, x.shape[0], size)
+        ]
+        return self._run_requests(requests, [len(r[0][1]) for r in requests])
+
+    def _run_requests(self, requests: list[_Request], rows: list[int]) -> np.ndarray:
+        """Send ``requests`` (each a list of named inputs) with at most ``max_in_flight`` outstanding.
+
+        Results come back in submission order, one ``[rows[i]]`` output per request; an empty
+        list sends nothing.
+        """
         pending: deque[tuple[int, Callable[[], np.ndarray]]] = deque()
         parts: list[np.ndarray] = []
-        for start in starts:
+        for i, request in enumerate(requests):
             if len(pending) >= self.settings.max_in_flight:
-                parts.append(self._collect(x, *pending.popleft()))
-            pending.append((start, self._submit(x[start : start + size])))
+                j, handle = pending.popleft()
+                parts.append(self._collect(requests[j], rows[j], handle))
+            pending.append((i, self._submit(request)))
         while pending:
-            parts.append(self._collect(x, *pending.popleft()))
+            j, handle = pending.popleft()
+            parts.append(self._collect(requests[j], rows[j], handle))
         if not parts:
             return np.empty(0, dtype=self._np_out)
         return np.concatenate(parts)
 
-    def _submit(self, batch: np.ndarray) -> Callable[[], np.ndarray]:
+    def _submit(self, request: _Request) -> Callable[[], np.ndarray]:
         assert self._transport is not None
         try:
-            return self._transport.submit(batch)
+            return self._transport.submit_inputs(request)
         except Exception as exc:  # noqa: BLE001 - re-raised by _collect, which classifies it
             return _raiser(exc)
 
-    def _collect(self, x: np.ndarray, start: int, result: Callable[[], np.ndarray]) -> np.ndarray:
-        """Wait for one batch; on connection failure resubmit it until the budget is spent."""
-        batch = x[start : start + self.settings.batch_size]
+    def _collect(self, request: _Request, rows: int, result: Callable[[], np.ndarray]) -> np.ndarray:
+        """Wait for one request; on connection failure resubmit it until the budget is spent."""
         backoff: _Backoff | None = None
         while True:
             try:
                 out = result()
                 self._outage_since = None
                 self._n_requests += 1
-                return self._check_output(out, batch.shape[0])
+                return self._check_output(out, rows)
             except InferenceError:
                 raise
             except Exception as exc:
-                problem = _connection_problem(exc)
+                problem = _connection_problem(exc) or _reloading_problem(exc)
                 if problem is None:
                     raise InferenceError(
-                        f"{self._model_label()} on {self._where} rejected a request of "
-                        f"{batch.shape[0]} rows: {_describe(exc)}"
+                        f"{self._model_label()} on {self._where} rejected a request of {rows} rows: {_describe(exc)}"
                     ) from exc
                 budget = self.settings.retry_budget_s
                 if backoff is None:
@@ -448,7 +533,7 @@ class TritonScorer(BaseScorer):
                     backoff = _Backoff(budget, since=self._outage_since)
                 if not backoff.wait():
                     raise _Unreachable(f"{self._where} unreachable after {budget:g} s ({problem})") from exc
-                result = self._submit(batch)
+                result = self._submit(request)
 
     def _check_output(self, out: np.ndarray | None, rows: int) -> np.ndarray:
         s = self.settings
@@ -508,3 +593,112 @@ class TritonScorer(BaseScorer):
         self._close_transport()
         if self._local is not None:
             self._local.close()
+
+
+def constituent_model_name(base: str, tagger: str) -> str:
+    """Triton model name of a constituent tagger: ``<triton.model_name>_<tagger>``.
+
+    Why not ``triton.model_name`` itself: one server may hold the BDT (under that name) and
+    constituent models side by side; ``qgcal serve`` and pass 2 both use this rule.
+    """
+    return f"{base}_{tagger}"
+
+
+def jet_requests(counts: np.ndarray, jets_per_request: int) -> list[tuple[int, int, int, int]]:
+    """(first jet, end jet, first constituent, end constituent) of each request.
+
+    Requests hold whole jets only (at most ``jets_per_request`` of them): a jet's constituents
+    never straddle two requests, so each request is a valid (values, counts) pair on its own.
+    A request that would carry no constituent at all (only empty jets) joins its neighbour
+    (the one before, or after for leading ones): pytriton cannot pass a zero-size tensor to
+    the model; only when the whole call has no constituent does one such request remain (see
+    :data:`EMPTY_SENTINEL_ROWS`).
+    """
+    ends = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    spans: list[tuple[int, int, int, int]] = []
+    for lo in range(0, len(counts), jets_per_request):
+        hi = min(lo + jets_per_request, len(counts))
+        v0, v1 = int(ends[lo]), int(ends[hi])
+        if spans and (v0 == v1 or spans[-1][2] == spans[-1][3]):
+            j0, _, w0, _ = spans.pop()  # an empty request before, or this one empty: merge
+            spans.append((j0, hi, w0, v1))
+        else:
+            spans.append((lo, hi, v0, v1))
+    return spans
+
+
+class TritonConstituentScorer(TritonScorer):
+    """Scores a constituent model on a Triton server: two inputs, one output per jet.
+
+    Each request carries ``CONSTITUENTS`` float32 ``[N, k]`` (the flattened constituents of
+    its jets) and ``COUNTS`` int64 ``[n]``, and returns ``SCORE`` float32 ``[n]``; requests
+    hold at most ``triton.batch_size`` whole jets (:func:`jet_requests`), with the same
+    bounded in-flight window and connection retries as :class:`TritonScorer`.  The server
+    scores each request on its own (no server-side batching, see docs/triton.md), so a
+    request equal to the local route's batch gives bit-identical scores.
+    """
+
+    def _read_meta(self) -> Fingerprint:
+        from .constituent_model import read_constituent_meta
+
+        assert self.model_path is not None
+        if not self.model_path.is_file():
+            raise InferenceError(
+                f"{self.model_path}: constituent model not found; run 'qgcal train --config <config>' first"
+            )
+        meta = read_constituent_meta(self.model_path)
+        return Fingerprint(features=list(meta.features), model_sha256=meta.weights_sha256, score="gluon log-odds")
+
+    def _expected_inputs(self) -> list[tuple[str, str]]:
+        return [(CONSTITUENTS_INPUT, CONSTITUENTS_DTYPE), (COUNTS_INPUT, COUNTS_DTYPE)]
+
+    def _make_fallback(self) -> BaseScorer:
+        from .constituent_model import ConstituentScorer
+
+        assert self.model_path is not None
+        return ConstituentScorer(self.model_path, requested={"backend": "triton", "device": self._local_device})
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        raise InferenceError(f"{self._model_label()} scores constituents: call predict_constituents(values, counts)")
+
+    def predict_constituents(self, values: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Scores of ``len(counts)`` jets; ``values`` is ``[sum(counts), k]`` in jet order."""
+        x = np.ascontiguousarray(values, dtype=np.float32)
+        c = np.ascontiguousarray(counts, dtype=np.int64)
+        k = len(self._meta.features) if self._meta else (x.shape[1] if x.ndim == 2 else -1)
+        if x.ndim != 2 or x.shape[1] != k or c.ndim != 1 or int(c.sum()) != x.shape[0] or (c < 0).any():
+            raise InferenceError(
+                f"{self._model_label()} on {self._where} expects constituents [sum(counts), {k}] and counts [n] "
+                f">= 0, got {list(x.shape)} and {list(c.shape)}; check the tagger's features"
+            )
+        if self._local is not None:
+            return self._local_constituents(x, c)
+        spans = jet_requests(c, self.settings.batch_size)
+        sentinel = np.zeros((EMPTY_SENTINEL_ROWS, x.shape[1]), dtype=np.float32)
+        requests: list[_Request] = [
+            [
+                (CONSTITUENTS_INPUT, x[v0:v1] if v1 > v0 else sentinel, CONSTITUENTS_DTYPE),
+                (COUNTS_INPUT, c[j0:j1], COUNTS_DTYPE),
+            ]
+            for j0, j1, v0, v1 in spans
+        ]
+        try:
+            return self._run_requests(requests, [j1 - j0 for j0, j1, _, _ in spans])
+        except _Unreachable as exc:
+            self._fall_back_or_raise(str(exc))
+            return self._local_constituents(x, c)
+
+    def _local_constituents(self, x: np.ndarray, c: np.ndarray) -> np.ndarray:
+        local: Any = self._local  # a ConstituentScorer (see _make_fallback)
+        return np.asarray(local.predict_constituents(x, c), dtype=np.float32)
+
+    def provenance(self) -> dict[str, Any]:
+        record = super().provenance()
+        record["triton"]["served_device"] = self._served.get("device")
+        record["triton"]["inputs"] = f"{CONSTITUENTS_INPUT} FP32 [N, k] + {COUNTS_INPUT} INT64 [n], no padding"
+        if self._fallback_reason is None:
+            record["engine"] = "triton:torch-deepsets"
+            record["device"] = f"remote:{self._served.get('device') or 'unknown'}"
+        else:
+            record["versions"]["torch"] = self._local.provenance()["versions"]["torch"] if self._local else None
+        return record

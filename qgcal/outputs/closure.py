@@ -72,6 +72,8 @@ def data_truth(cfg: Config) -> DataTruth | None:
 
     if generated_truth_file(cfg) is None:
         return None
+    if cfg.selection.event_cuts or cfg.selection.jet_cuts or cfg.samples[cfg.data].triggers is not None:
+        return None  # this replica of the selection knows the classic cuts only
     taggers = {n: t for n, t in sorted(cfg.taggers.items()) if isinstance(t, BranchTagger) and _branch(cfg, t.variable)}
     wanted: dict[str, str | None] = {k: _branch(cfg, k) for k in ("jet_pt", "jet_eta")}
     sel = cfg.selection

@@ -13,6 +13,9 @@ Corrections in ``corrections.json`` (docs/outputs.md has the full table and an e
   ``parton="gluon"``: gluon rejection (fraction of gluon jets failing it).
 ``qg_wp_cut`` (tagger, working_point, pt, abs_eta) -> the cut on the tagger value
   (frozen per pT bin from nominal MC).
+``qg_wp_eff`` (tagger, working_point, pt, abs_eta) -> the quark efficiency the cut really
+  achieves on the extracted nominal MC (a cut sits on a bin edge: on an integer tagger such as
+  nTracks "WP 0.5" may keep 0.55 of the quarks, and two WPs may share one cut).
 ``qg_quark_side`` (tagger) -> -1: quark-tagged when value < cut; +1: when value >= cut.
 
 ``working_point`` is the string ``f"{wp:g}"`` (``"0.6"``); any other spelling or value
@@ -45,6 +48,7 @@ __all__ = [
     "FLAG_BITS",
     "FLAG_CORRECTION",
     "SIDE_CORRECTION",
+    "WP_EFF_CORRECTION",
     "bin_edges",
     "build_correction_set",
     "correction_summary",
@@ -64,6 +68,7 @@ CORRECTION = "qg_sf"
 FLAG_CORRECTION = "qg_sf_flag"
 EFF_CORRECTION = "qg_eff"
 CUT_CORRECTION = "qg_wp_cut"
+WP_EFF_CORRECTION = "qg_wp_eff"
 SIDE_CORRECTION = "qg_quark_side"
 FALLBACK_SF = 1.0
 
@@ -315,6 +320,7 @@ def build_correction_set(
     flag_tree: dict[str, Any] = {}
     eff_tree: dict[str, Any] = {}
     cut_tree: dict[str, Any] = {}
+    wp_eff_tree: dict[str, Any] = {}
     sides: dict[str, str] = {}
     for (tagger, wp, parton), recs in series(records).items():
         edges = bin_edges(recs)
@@ -337,6 +343,13 @@ def build_correction_set(
         if old is not None and old.content != cuts:
             raise ValueError(f"{tagger} WP {wp}: the quark and gluon records have different cuts")
         cut_tree[tagger][wp] = b.pt(edges, cuts)
+        achieved = [
+            b.error("working_point") if r.get("wp_efficiency") is None else float(r["wp_efficiency"]) for r in recs
+        ]
+        old_eff = wp_eff_tree.setdefault(tagger, {}).get(wp)
+        if old_eff is not None and old_eff.content != achieved:
+            raise ValueError(f"{tagger} WP {wp}: the quark and gluon records have different achieved efficiencies")
+        wp_eff_tree[tagger][wp] = b.pt(edges, achieved)
         for r in recs:
             side = r.get("quark_side")
             if side not in ("low", "high") or sides.setdefault(tagger, side) != side:
@@ -400,6 +413,18 @@ def build_correction_set(
             inputs=[var["tagger"], var["working_point"], var["pt"], var["abs_eta"]],
             output=cs.Variable(name="cut", type="real", description="cut on the tagger value"),
             data=b.eta(b.nest(cut_tree, ["tagger", "working_point"])),
+        ),
+        cs.Correction(
+            name=WP_EFF_CORRECTION,
+            version=1,
+            description="the quark efficiency the working-point cut achieves on the extracted nominal MC, per pT "
+            "bin: a cut sits on a bin edge, so on a discrete tagger (nTracks) it differs from the WP's label "
+            "(calibration.wp_rule: at_least: the tightest edge reaching the WP, >= the label; nearest: the closest "
+            "edge). WPs that share one cut have the same value and qg_wp_cut (scale_factors.json: wp_shared_with). "
+            "An unreachable WP raises.",
+            inputs=[var["tagger"], var["working_point"], var["pt"], var["abs_eta"]],
+            output=cs.Variable(name="eff", type="real", description="achieved MC quark efficiency"),
+            data=b.eta(b.nest(wp_eff_tree, ["tagger", "working_point"])),
         ),
         cs.Correction(
             name=SIDE_CORRECTION,

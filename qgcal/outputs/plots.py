@@ -35,7 +35,15 @@ from qgcal.artifacts import atomic_path
 from qgcal.config import Config
 from qgcal.errors import ArtifactError
 from qgcal.outputs.correction import bin_edges, series
-from qgcal.plotting import DATA_STYLE, experiment_label, label_lines, plot_extractions, setup_matplotlib
+from qgcal.plotting import (
+    DATA_STYLE,
+    experiment_label,
+    label_lines,
+    plot_workers,
+    render,
+    render_cached,
+    setup_matplotlib,
+)
 
 __all__ = [
     "DPI",
@@ -49,6 +57,7 @@ __all__ = [
 ]
 
 DPI = 80
+FIGURE_INDEX = ".qgcal-figures.json"  # which figures were drawn from which inputs (render_cached)
 _SHAPES = ("p_q_mc", "p_g_mc", "p_q_data", "p_g_data")
 _PARTON_LABEL = {"quark": "quark efficiency SF", "gluon": "gluon rejection SF"}
 
@@ -127,35 +136,49 @@ def _sf_panel(ax: Any, recs: Sequence[Mapping[str, Any]], groups: Sequence[str],
     ax.legend(fontsize=7, loc="upper right", ncol=2)
 
 
-def _per_tagger_wp(
+_PANELS = {  # kind -> (panel, title)
+    "sf": ("_sf_panel", "{tagger}, WP {wp}, {parton}"),
+    "breakdown": ("_breakdown_panel", "{tagger}, WP {wp}, {parton}: up > 0, down < 0"),
+}
+
+
+def _tagger_wp_jobs(
+    cfg: Config, records: Sequence[Mapping[str, Any]], groups: Sequence[str], out_dir: Path, kind: str
+) -> list[tuple[Any, tuple[Any, ...]]]:
+    """One job per tagger and WP: the ``kind`` panel for quark and gluon side by side."""
+    return [
+        (_tagger_wp_figure, (cfg, tagger, wp, by_parton, list(groups), out_dir, kind))
+        for (tagger, wp), by_parton in _by_tagger_wp(records).items()
+    ]
+
+
+def _tagger_wp_figure(
     cfg: Config,
-    records: Sequence[Mapping[str, Any]],
+    tagger: str,
+    wp: str,
+    by_parton: Mapping[str, Sequence[Mapping[str, Any]]],
     groups: Sequence[str],
     out_dir: Path,
-    panel: Any,
-    title: str,
-    prefix: str,
-) -> list[Path]:
-    """One PNG per tagger and WP with ``panel`` drawn for quark and gluon side by side."""
+    kind: str,
+) -> Path:
     plt = setup_matplotlib()
-    written = []
-    for (tagger, wp), by_parton in _by_tagger_wp(records).items():
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-        for ax, parton in zip(axes, ("quark", "gluon")):
-            if parton in by_parton:
-                panel(ax, by_parton[parton], groups, parton)
-            ax.set_title(title.format(tagger=tagger, wp=wp, parton=parton), fontsize=11)
-        _label(axes[0], cfg)
-        fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.92, wspace=0.25)
-        written.append(_save(fig, out_dir / f"{prefix}_{tagger}_wp{wp}.png"))
-    return written
+    panel_name, title = _PANELS[kind]
+    panel = globals()[panel_name]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, parton in zip(axes, ("quark", "gluon")):
+        if parton in by_parton:
+            panel(ax, by_parton[parton], groups, parton)
+        ax.set_title(title.format(tagger=tagger, wp=wp, parton=parton), fontsize=11)
+    _label(axes[0], cfg)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.13, top=0.92, wspace=0.25)
+    return _save(fig, out_dir / f"{kind}_{tagger}_wp{wp}.png")
 
 
 def plot_scale_factors(
     cfg: Config, records: Sequence[Mapping[str, Any]], groups: Sequence[str], out_dir: Path
 ) -> list[Path]:
     """SF vs pT with stat error bars, per-group bands and the total band."""
-    return _per_tagger_wp(cfg, records, groups, out_dir, _sf_panel, "{tagger}, WP {wp}, {parton}", "sf")
+    return render(_tagger_wp_jobs(cfg, records, groups, out_dir, "sf"), plot_workers(cfg))
 
 
 def _breakdown_panel(ax: Any, recs: Sequence[Mapping[str, Any]], groups: Sequence[str], parton: str) -> None:
@@ -195,9 +218,7 @@ def plot_breakdown(
     cfg: Config, records: Sequence[Mapping[str, Any]], groups: Sequence[str], out_dir: Path
 ) -> list[Path]:
     """Relative uncertainty per group vs pT; one PNG per tagger and WP."""
-    return _per_tagger_wp(
-        cfg, records, groups, out_dir, _breakdown_panel, "{tagger}, WP {wp}, {parton}: up > 0, down < 0", "breakdown"
-    )
+    return render(_tagger_wp_jobs(cfg, records, groups, out_dir, "breakdown"), plot_workers(cfg))
 
 
 def _read_extraction(cfg: Config) -> dict[str, Any]:
@@ -238,9 +259,19 @@ def plot_fractions(cfg: Config, extraction: Mapping[str, Any], out_dir: Path) ->
 
 def extraction_plots(cfg: Config, extraction: Mapping[str, Any], out_dir: Path) -> list[Path]:
     """Nominal extracted shapes: copied from results/nominal/plots when newer than the data, else drawn."""
+    written, jobs = _extraction_jobs(cfg, extraction, out_dir)
+    return sorted(written + render(jobs, plot_workers(cfg)))
+
+
+def _extraction_jobs(
+    cfg: Config, extraction: Mapping[str, Any], out_dir: Path
+) -> tuple[list[Path], list[tuple[Any, tuple[Any, ...]]]]:
+    """(the figures copied from results/nominal/plots, the jobs drawing the others)."""
+    from qgcal.plotting import _extraction_figure, _plain_bin
+
     nominal = cfg.output_path / "results" / "nominal"
     data_mtime = (nominal / "extraction.json").stat().st_mtime_ns
-    written, to_draw = [], {}
+    written, jobs = [], []
     for tagger, bins in sorted(extraction.items()):
         src = nominal / "plots" / f"extracted_{tagger}.png"
         dst = out_dir / src.name
@@ -249,19 +280,20 @@ def extraction_plots(cfg: Config, extraction: Mapping[str, Any], out_dir: Path) 
                 shutil.copyfile(src, tmp)
             written.append(dst)
         elif tagger in cfg.taggers:
-            to_draw[tagger] = [
-                SimpleNamespace(
-                    pt_low=b["pt_low"],
-                    pt_high=b["pt_high"],
-                    flags=b["flags"],
-                    **{k: _arr(b[k]) for k in ("p_q_mc", "p_g_mc", "p_q_data", "p_g_data")},
-                    **{f"{k}_err": _arr(b[f"{k}_err"]) for k in _SHAPES if f"{k}_err" in b},
+            plain = [
+                _plain_bin(
+                    SimpleNamespace(
+                        pt_low=b["pt_low"],
+                        pt_high=b["pt_high"],
+                        flags=b["flags"],
+                        **{k: _arr(b[k]) for k in ("p_q_mc", "p_g_mc", "p_q_data", "p_g_data")},
+                        **{f"{k}_err": _arr(b[f"{k}_err"]) for k in _SHAPES if f"{k}_err" in b},
+                    )
                 )
                 for b in bins
             ]
-    if to_draw:
-        written += plot_extractions(cfg, "nominal", to_draw, out_dir)
-    return sorted(written)
+            jobs.append((_extraction_figure, (cfg, "nominal", tagger, plain, out_dir)))
+    return written, jobs
 
 
 def _true_efficiency(truth_q: np.ndarray, truth_g: np.ndarray, edges: np.ndarray, cut: float, side: str) -> tuple:
@@ -283,66 +315,83 @@ def plot_closure(
     shapes per pT bin (data extracted on top; with ``truth``, a generated sample's
     :class:`qgcal.outputs.closure.DataTruth`, the true data shapes too), and the extracted MC
     efficiencies (what the SF divides by) over the true ones per WP vs pT: 1 when the method closes."""
+    return render(_closure_jobs(cfg, extraction, records, out_dir, truth), plot_workers(cfg))
+
+
+def _closure_jobs(
+    cfg: Config, extraction: Mapping[str, Any], records: Sequence[Mapping[str, Any]], out_dir: Path, truth: Any
+) -> list[tuple[Any, tuple[Any, ...]]]:
+    """One job per tagger of the config (each gets only its own records)."""
+    return [
+        (_closure_figure, (cfg, tagger, bins, [r for r in records if r["tagger"] == tagger], out_dir, truth))
+        for tagger, bins in sorted(extraction.items())
+        if tagger in cfg.taggers
+    ]
+
+
+def _closure_figure(
+    cfg: Config,
+    tagger: str,
+    bins: Sequence[Mapping[str, Any]],
+    records: Sequence[Mapping[str, Any]],
+    out_dir: Path,
+    truth: Any,
+) -> Path:
     plt = setup_matplotlib()
-    written = []
-    for tagger, bins in sorted(extraction.items()):
-        if tagger not in cfg.taggers:
-            continue
-        edges = np.asarray(cfg.taggers[tagger].bins.bin_edges())
-        n = len(bins)
-        fig, axes = plt.subplots(n + 1, 2, figsize=(11, 3.0 * (n + 1) + 0.6), squeeze=False)
-        top = 1.0 - 0.75 / (3.0 * (n + 1) + 0.6)
-        fig.subplots_adjust(left=0.09, right=0.98, bottom=0.03, top=top, hspace=0.5, wspace=0.25)
-        centres = 0.5 * (edges[1:] + edges[:-1])
-        for i, b in enumerate(bins):
-            for j, parton in enumerate(("quark", "gluon")):
-                ax = axes[i][j]
-                p = parton[0]
-                ext, true, data = _arr(b[f"p_{p}_mc"]), _arr(b[f"truth_{p}_mc"]), _arr(b[f"p_{p}_data"])
-                ax.stairs(true, edges, color="C1", linewidth=2, linestyle="--", label=f"MC truth {parton}")
-                ax.stairs(ext, edges, color="C0", label=f"MC extracted {parton}")
-                if truth is not None and tagger in truth.quark:
-                    shape = (truth.quark if parton == "quark" else truth.gluon)[tagger][i]
-                    ax.stairs(shape, edges, color="k", linestyle=":", linewidth=1.5, label=f"data truth {parton}")
-                if not np.isnan(data).all():
-                    ax.errorbar(centres, data, label=f"data extracted {parton}", **{**DATA_STYLE, "markersize": 2})
-                ax.axhline(0.0, color="grey", linewidth=0.6)
-                ax.set_title(f"{b['pt_low']:g} < jet pT < {b['pt_high']:g} GeV", fontsize=11)
-                ax.set_xlabel(f"{tagger} (tagger value)", fontsize=11)
-                ax.set_ylabel("fraction of jets per bin", fontsize=10)
-                ax.legend(fontsize=7, loc="upper right")
-        recs = {
-            (r["working_point"], r["parton"], r["pt_low"]): r
-            for r in records
-            if r["tagger"] == tagger and r["eff_mc"] is not None and r["cut"] is not None
-        }
-        mc_truth = {b["pt_low"]: (_arr(b["truth_q_mc"]), _arr(b["truth_g_mc"])) for b in bins}
-        pt_edges = np.asarray(bin_edges(bins))
-        pt_c = 0.5 * (pt_edges[1:] + pt_edges[:-1])
+    edges = np.asarray(cfg.taggers[tagger].bins.bin_edges())
+    n = len(bins)
+    fig, axes = plt.subplots(n + 1, 2, figsize=(11, 3.0 * (n + 1) + 0.6), squeeze=False)
+    top = 1.0 - 0.75 / (3.0 * (n + 1) + 0.6)
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.03, top=top, hspace=0.5, wspace=0.25)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    for i, b in enumerate(bins):
         for j, parton in enumerate(("quark", "gluon")):
-            ax = axes[n][j]
-            for k, wp in enumerate(sorted({w for w, _, _ in recs})):
-                ratio = []
-                for b in bins:
-                    r = recs.get((wp, parton, b["pt_low"]))
-                    if r is None:
-                        ratio.append(np.nan)
-                        continue
-                    eq, rg = _true_efficiency(*mc_truth[b["pt_low"]], edges, r["cut"], r["quark_side"])
-                    true = eq if parton == "quark" else rg
-                    ratio.append(r["eff_mc"] / true if true > 0 else np.nan)
-                ax.plot(pt_c + (k - 1.5) * 4.0, ratio, "o-", markersize=4, label=f"WP {wp:g}")
-            ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
-            ax.set_xlim(pt_edges[0], pt_edges[-1])
-            ax.set_xlabel("jet pT [GeV]", fontsize=11)
-            what = "quark efficiency" if parton == "quark" else "gluon rejection"
-            ax.set_ylabel(f"MC {what}: extracted / true", fontsize=10)
-            ax.set_title(f"MC closure of the {parton} SF denominator", fontsize=11)
-            ax.legend(fontsize=7, loc="upper right", ncol=2)
-        experiment_label(fig, *label_lines(cfg, simulation=True), figure=True)
-        fig.text(0.98, 0.998, f"{cfg.name}: {tagger}, closure on MC (nominal)", ha="right", va="top", fontsize=12)
-        written.append(_save(fig, out_dir / f"closure_{tagger}.png"))
-    return written
+            ax = axes[i][j]
+            p = parton[0]
+            ext, true, data = _arr(b[f"p_{p}_mc"]), _arr(b[f"truth_{p}_mc"]), _arr(b[f"p_{p}_data"])
+            ax.stairs(true, edges, color="C1", linewidth=2, linestyle="--", label=f"MC truth {parton}")
+            ax.stairs(ext, edges, color="C0", label=f"MC extracted {parton}")
+            if truth is not None and tagger in truth.quark:
+                shape = (truth.quark if parton == "quark" else truth.gluon)[tagger][i]
+                ax.stairs(shape, edges, color="k", linestyle=":", linewidth=1.5, label=f"data truth {parton}")
+            if not np.isnan(data).all():
+                ax.errorbar(centres, data, label=f"data extracted {parton}", **{**DATA_STYLE, "markersize": 2})
+            ax.axhline(0.0, color="grey", linewidth=0.6)
+            ax.set_title(f"{b['pt_low']:g} < jet pT < {b['pt_high']:g} GeV", fontsize=11)
+            ax.set_xlabel(f"{tagger} (tagger value)", fontsize=11)
+            ax.set_ylabel("fraction of jets per bin", fontsize=10)
+            ax.legend(fontsize=7, loc="upper right")
+    recs = {
+        (r["working_point"], r["parton"], r["pt_low"]): r
+        for r in records
+        if r["tagger"] == tagger and r["eff_mc"] is not None and r["cut"] is not None
+    }
+    mc_truth = {b["pt_low"]: (_arr(b["truth_q_mc"]), _arr(b["truth_g_mc"])) for b in bins}
+    pt_edges = np.asarray(bin_edges(bins))
+    pt_c = 0.5 * (pt_edges[1:] + pt_edges[:-1])
+    for j, parton in enumerate(("quark", "gluon")):
+        ax = axes[n][j]
+        for k, wp in enumerate(sorted({w for w, _, _ in recs})):
+            ratio = []
+            for b in bins:
+                r = recs.get((wp, parton, b["pt_low"]))
+                if r is None:
+                    ratio.append(np.nan)
+                    continue
+                eq, rg = _true_efficiency(*mc_truth[b["pt_low"]], edges, r["cut"], r["quark_side"])
+                true = eq if parton == "quark" else rg
+                ratio.append(r["eff_mc"] / true if true > 0 else np.nan)
+            ax.plot(pt_c + (k - 1.5) * 4.0, ratio, "o-", markersize=4, label=f"WP {wp:g}")
+        ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_xlim(pt_edges[0], pt_edges[-1])
+        ax.set_xlabel("jet pT [GeV]", fontsize=11)
+        what = "quark efficiency" if parton == "quark" else "gluon rejection"
+        ax.set_ylabel(f"MC {what}: extracted / true", fontsize=10)
+        ax.set_title(f"MC closure of the {parton} SF denominator", fontsize=11)
+        ax.legend(fontsize=7, loc="upper right", ncol=2)
+    experiment_label(fig, *label_lines(cfg, simulation=True), figure=True)
+    fig.text(0.98, 0.998, f"{cfg.name}: {tagger}, closure on MC (nominal)", ha="right", va="top", fontsize=12)
+    return _save(fig, out_dir / f"closure_{tagger}.png")
 
 
 def plot_sf_closure(
@@ -393,18 +442,29 @@ def write_plots(cfg: Config, records: Sequence[Mapping[str, Any]], groups: Seque
 
     On a sample written by ``qgcal generate`` (truth.json next to the data), the closure plots
     also show the true data shapes, and ``closure_sf.png`` the calibrated vs the true SFs.
+    One figure per job, drawn in parallel (:func:`qgcal.plotting.render`, ``executor.workers``
+    processes): the figures that need no truth start while this process reads it, then the
+    closure figures (the largest) go first. A figure already drawn from the same inputs is not
+    drawn again (:func:`qgcal.plotting.render_cached`, index ``plots/.qgcal-figures.json``).
     """
-    from qgcal.outputs.closure import data_truth
-
     extraction = _read_extraction(cfg)
-    truth = data_truth(cfg)
-    paths = plot_scale_factors(cfg, records, groups, out_dir)
-    paths += plot_breakdown(cfg, records, groups, out_dir)
-    paths.append(plot_fractions(cfg, extraction, out_dir))
-    paths += extraction_plots(cfg, extraction, out_dir)
-    paths += plot_closure(cfg, extraction, records, out_dir, truth)
-    if truth is not None:
-        sf_closure = plot_sf_closure(cfg, records, extraction, truth, out_dir)
-        if sf_closure is not None:
-            paths.append(sf_closure)
-    return sorted(paths)
+    # as scale_factors.json holds them: the records of 'qgcal combine' (computed) and of 'qgcal report'
+    # (read back) then draw, and key (render_cached), the same figures
+    records = json.loads(json.dumps(list(records), sort_keys=True))
+    groups = list(groups)
+    copied, jobs = _extraction_jobs(cfg, extraction, out_dir)
+    jobs.append((plot_fractions, (cfg, extraction, out_dir)))
+    jobs += _tagger_wp_jobs(cfg, records, groups, out_dir, "sf")
+    jobs += _tagger_wp_jobs(cfg, records, groups, out_dir, "breakdown")
+
+    def with_truth() -> list[tuple[Any, tuple[Any, ...]]]:
+        from qgcal.outputs.closure import data_truth
+
+        truth = data_truth(cfg)
+        late = _closure_jobs(cfg, extraction, records, out_dir, truth)
+        if truth is not None:
+            late.append((plot_sf_closure, (cfg, records, extraction, truth, out_dir)))
+        return late
+
+    drawn = render_cached(jobs, plot_workers(cfg), out_dir / FIGURE_INDEX, then=with_truth)
+    return sorted(copied + [p for p in drawn if p is not None])

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qgcal.artifacts import atomic_path
-from qgcal.report import DASH, SF_LEGEND, format_value
+from qgcal.report import DASH, SF_LEGEND, WP_RULE_LINE, format_value, wp_collapses, wp_rows
 
 __all__ = ["collect_skipped", "render_report", "write_report"]
 
@@ -95,6 +95,60 @@ def _flags(records: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _working_points(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Achieved MC quark efficiency of every WP cut, and each collapse said once."""
+    header, rows = wp_rows(records)
+    if not rows:
+        return ["The records carry no achieved WP efficiency (made by an older qgcal)."]
+    header = ["WP", "tagger", *(f"{h} GeV" for h in header[2:])]  # WP first: one row per WP cut, not per SF
+    lines = [WP_RULE_LINE, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([row[1], row[0], *row[2:]]) + " |" for row in rows]
+    collapses = wp_collapses(records)
+    lines += [""]
+    if collapses:
+        lines += ["Working points that collapse onto one cut (their SFs are the same measurement):", ""]
+        lines += [f"- {c}" for c in collapses]
+    else:
+        lines += ["No two working points share a cut."]
+    return lines
+
+
+def _shift_treatment(metadata: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Which shifts the policy pruned or smoothed, and how many shifts are consistent with zero."""
+    pol = metadata.get("shift_policy")
+    if not pol:
+        return ["No shift statistics (combined by an older qgcal)."]
+    n_sigma = pol["min_significance"]
+    with_stat = [(r, v) for r in records for v, e in r.get("shift_stat", {}).items() if e is not None]
+    if not with_stat:
+        return [
+            "No bootstrap replicas (`bootstrap: 0`): the shifts' statistical errors are unknown, every shift is kept."
+        ]
+    below = Counter(
+        v
+        for r, v in with_stat
+        if r["shift_significance"].get(v) is not None and abs(r["shift_significance"][v]) < n_sigma
+    )
+    lines = [
+        (
+            f"Policy `{pol['policy']}` below {n_sigma:g} sigma, sigma = the bootstrap standard deviation of "
+            "(variation - nominal) over replicas shared by both (per record in scale_factors.json: `shift_stat`, "
+            "`shift_significance`, `shift_treatment`; `variations` holds the shift used, `variations_measured` the "
+            f"measured one). Shifts pruned: {pol['pruned']}, smoothed: {pol['smoothed']}."
+        ),
+        "",
+        f"| variation | shifts below {n_sigma:g} sigma | pruned | smoothed |",
+        "|---|---|---|---|",
+    ]
+    names = sorted({v for _, v in with_stat})
+    for v in names:
+        n_tot = sum(1 for _, x in with_stat if x == v)
+        pruned = sum(1 for r in records if r.get("shift_treatment", {}).get(v) == "pruned")
+        smoothed = sum(1 for r in records if r.get("shift_treatment", {}).get(v) == "smoothed")
+        lines.append(f"| `{v}` | {below[v]} of {n_tot} | {pruned} | {smoothed} |")
+    return lines
+
+
 def collect_skipped(metadata: Mapping[str, Any], output: Path) -> list[dict[str, Any]]:
     """Input files skipped as bad, from every combined systematic's ``scale_factors.json``.
 
@@ -170,7 +224,9 @@ def render_report(
     out += ["## Summary", ""]
     out += _table(records)
     out += ["", "## Uncertainty groups", ""] + _group_table(records, groups)
+    out += ["", "## Working points", ""] + _working_points(records)
     out += ["", "## Systematic variations", ""] + _systematics(metadata)
+    out += ["", "## Statistical significance of the systematic shifts", ""] + _shift_treatment(metadata, records)
     out += ["", "## Flags", ""] + _flags(records)
     if corrections is not None:
         from qgcal.outputs.correction import correction_summary

@@ -11,6 +11,9 @@ The same content as corrections.json. Layout of ``scale_factors.root`` (``wp`` a
 * ``<tagger>/wp<wp>/<parton>/eff_data``, ``eff_mc``: the efficiencies (quark: quark
   efficiency, gluon: gluon rejection), bin error = their statistical error;
 * ``<tagger>/wp<wp>/cut``: the working-point cut per pT bin (its title says the side);
+* ``<tagger>/wp<wp>/wp_efficiency``: the quark efficiency the cut achieves on the extracted
+  nominal MC (on a discrete tagger it differs from the WP label; WPs sharing a cut are
+  named in the title);
 * ``abs_eta_range``: one bin, [0, abs_eta_max): the calibrated |eta| range.
 
 An undefined value is NaN (``undefined="error"``, as in corrections.json where it is not
@@ -115,5 +118,13 @@ def write_root(
                 rule = "value < cut" if side == "low" else "value >= cut"
                 f[f"{tagger}/wp{wp}/cut"] = _th1(
                     edges, [r["cut"] for r in recs], zeros, f"{tagger} WP {wp}: cut, quark-tagged when {rule}"
+                )
+                shared = sorted({f"{w:g}" for r in recs for w in r.get("wp_shared_with", [])})
+                note = f"; shares its cut with WP {', '.join(shared)} in some pT bin" if shared else ""
+                f[f"{tagger}/wp{wp}/wp_efficiency"] = _th1(
+                    edges,
+                    [r.get("wp_efficiency") for r in recs],
+                    zeros,
+                    f"{tagger} WP {wp}: achieved MC quark efficiency of the cut{note}",
                 )
     return path

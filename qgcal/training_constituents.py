@@ -1,0 +1,226 @@
+"""Train the constituent (DeepSets) tagger and measure it against nTracks alone.
+
+The same conventions as :mod:`qgcal.training` (and for the same reasons): gluon is the
+positive class (the score is the gluon log-odds, higher = more gluon-like, like nTracks);
+even event numbers train, odd ones evaluate; flat-pT |weight| training weights; the
+evaluation AUCs use the signed weights.
+
+Determinism: CPU, one intra-op thread, ``torch.use_deterministic_algorithms(True)``, the
+initial weights and the mini-batch order drawn from generators seeded by ``seed`` inside
+``torch.random.fork_rng`` (the caller's global torch RNG is untouched): the same inputs and
+seed give the same weights file, byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from qgcal.inference.constituent_model import (
+    ConstituentMeta,
+    build_network,
+    deterministic_torch,
+    save_constituent_model,
+    score_network,
+)
+from qgcal.training import (
+    DEFAULT_PT_BINS_GEV,
+    GLUON,
+    OTHER,
+    QUARK,
+    BinMetrics,
+    TrainResult,
+    flat_pt_weights,
+    truth_class,
+    weighted_roc,
+)
+
+__all__ = ["ConstituentTrainResult", "jets_subset", "train_constituent_tagger"]
+
+log = logging.getLogger(__name__)
+
+
+def jets_subset(values: np.ndarray, counts: np.ndarray, select: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(constituents, counts) of the jets where ``select`` is True, in order."""
+    offsets = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=offsets[1:])
+    idx = np.nonzero(select)[0]
+    lens = counts[idx].astype(np.int64)
+    out_off = np.zeros(lens.size + 1, dtype=np.int64)
+    np.cumsum(lens, out=out_off[1:])
+    rows = np.repeat(offsets[idx] - out_off[:-1], lens) + np.arange(int(out_off[-1]))
+    return values[rows], lens
+
+
+@dataclass
+class ConstituentTrainResult(TrainResult):
+    """A trained DeepSets network; ``save`` writes safetensors weights and the JSON sidecar."""
+
+    hidden: int = 32
+
+    def save(self, path: str | os.PathLike[str]) -> ConstituentMeta:  # type: ignore[override]
+        return save_constituent_model(
+            self.model,
+            path,
+            features=self.features,
+            hidden=self.hidden,
+            training_sample_sha256=self.training_sample_sha256,
+            training=self.training,
+        )
+
+
+def _fingerprint(columns: Mapping[str, np.ndarray], values: np.ndarray, counts: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for name in sorted(columns):
+        a = np.ascontiguousarray(columns[name])
+        h.update(name.encode() + str(a.dtype).encode() + a.tobytes())
+    h.update(np.ascontiguousarray(values, dtype=np.float32).tobytes())
+    h.update(np.ascontiguousarray(counts, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def train_constituent_tagger(
+    columns: Mapping[str, np.ndarray],
+    values: np.ndarray,
+    counts: np.ndarray,
+    *,
+    features: Sequence[str],
+    pt_bins_gev: Sequence[float] = DEFAULT_PT_BINS_GEV,
+    seed: int = 0,
+    epochs: int = 30,
+    hidden: int = 32,
+    batch_jets: int = 256,
+    learning_rate: float = 3e-3,
+    reference_feature: str = "nTracks",
+) -> ConstituentTrainResult:
+    """Fit the DeepSets tagger on even events; evaluate on odd events against ``reference_feature``.
+
+    ``columns``: per-jet ``pt`` (GeV), ``event``, ``parton_label``, ``weight`` (optional) and the
+    reference; ``values``: float32 ``[sum(counts), len(features)]``, the jets' constituents in
+    jet order; ``counts``: constituents per jet.
+    """
+    edges = np.asarray(pt_bins_gev, dtype=np.float64)
+    if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
+        raise ValueError(f"pt_bins_gev must be increasing bin edges, got {list(pt_bins_gev)}")
+    for name in ("pt", "event", "parton_label"):
+        if name not in columns:
+            raise ValueError(f"jet table has no {name!r} column (columns: {sorted(columns)})")
+    counts = np.asarray(counts, dtype=np.int64)
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    n = len(columns["pt"])
+    if len(counts) != n or values.shape != (int(counts.sum()), len(features)):
+        raise ValueError(
+            f"constituents {list(values.shape)} and counts {list(counts.shape)} do not fit {n} jets "
+            f"with {len(features)} features"
+        )
+    weight = np.asarray(columns["weight"], dtype=np.float64) if "weight" in columns else np.ones(n)
+    pt = np.asarray(columns["pt"], dtype=np.float64)
+    cls = truth_class(columns["parton_label"])
+    in_range = (pt >= edges[0]) & (pt < edges[-1]) & (cls != OTHER)
+    even = np.asarray(columns["event"]) % 2 == 0
+    train, evaluate = in_range & even, in_range & ~even
+    if not (np.any(cls[train] == QUARK) and np.any(cls[train] == GLUON)):
+        raise ValueError("training half (even events, in pT range) needs both quark and gluon jets")
+    fingerprint = _fingerprint({k: np.asarray(v) for k, v in columns.items()}, values, counts)
+
+    x_tr, c_tr = jets_subset(values, counts, train)
+    y_tr = (cls[train] == GLUON).astype(np.float32)
+    w_tr = flat_pt_weights(pt[train], cls[train], weight[train], edges).astype(np.float32)
+    x64 = x_tr.astype(np.float64)
+    mean = x64.mean(axis=0) if len(x64) else np.zeros(len(features))
+    std = x64.std(axis=0) if len(x64) else np.ones(len(features))
+    scale = 1.0 / np.where(std > 0, std, 1.0)
+
+    with deterministic_torch(1) as torch, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_network(len(features), hidden)
+        with torch.no_grad():
+            net.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+            net.scale.copy_(torch.from_numpy(scale.astype(np.float32)))
+        opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
+        gen = np.random.default_rng(np.random.SeedSequence([seed, 12]))
+        off = np.zeros(len(c_tr) + 1, dtype=np.int64)
+        np.cumsum(c_tr, out=off[1:])
+        x_t = torch.from_numpy(x_tr)
+        loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
+        last = float("nan")
+        for _ in range(epochs):
+            order = gen.permutation(len(c_tr))
+            for start in range(0, len(order), batch_jets):
+                jets = np.sort(order[start : start + batch_jets])
+                lens = c_tr[jets]
+                o2 = np.zeros(len(jets) + 1, dtype=np.int64)
+                np.cumsum(lens, out=o2[1:])
+                rows = np.repeat(off[jets] - o2[:-1], lens) + np.arange(int(o2[-1]))
+                logits = net(x_t[torch.from_numpy(rows)], torch.from_numpy(lens))
+                loss = (loss_fn(logits, torch.from_numpy(y_tr[jets])) * torch.from_numpy(w_tr[jets])).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                last = float(loss.detach())
+        net.eval()
+    log.info("trained constituent tagger on %d jets (last batch loss %.4f)", int(train.sum()), last)
+
+    x_ev, c_ev = jets_subset(values, counts, evaluate)
+    score = score_network(net, x_ev, c_ev) if len(c_ev) else np.empty(0, np.float32)
+    metrics, roc = _evaluate(score, columns, evaluate, pt, cls, weight, edges, reference_feature)
+    return ConstituentTrainResult(
+        model=net,
+        features=tuple(features),
+        pt_bins_gev=tuple(float(e) for e in edges),
+        reference_feature=reference_feature,
+        metrics=metrics,
+        roc=roc,
+        training_sample_sha256=fingerprint,
+        training={
+            "split": "event % 2 == 0 trains, odd evaluates",
+            "n_train": int(train.sum()),
+            "n_eval": int(evaluate.sum()),
+            "pt_bins_gev": [float(e) for e in edges],
+            "weights": "flat in pT per class from |MC weight|",
+            "epochs": epochs,
+            "batch_jets": batch_jets,
+            "learning_rate": learning_rate,
+            "seed": seed,
+        },
+        hidden=hidden,
+    )
+
+
+def _evaluate(
+    score: np.ndarray,
+    columns: Mapping[str, np.ndarray],
+    evaluate: np.ndarray,
+    pt: np.ndarray,
+    cls: np.ndarray,
+    weight: np.ndarray,
+    edges: np.ndarray,
+    reference_feature: str,
+) -> tuple[list[BinMetrics], list[dict[str, Any]]]:
+    has_ref = reference_feature in columns
+    ref = np.asarray(columns[reference_feature], dtype=np.float64)[evaluate] if has_ref else np.zeros(len(score))
+    bins = np.digitize(pt[evaluate], edges) - 1
+    is_g, w = cls[evaluate] == GLUON, weight[evaluate]
+    metrics, roc = [], []
+    for b in range(len(edges) - 1):
+        sel = bins == b
+        eq_m, rg_m, auc_m = weighted_roc(score[sel], is_g[sel], w[sel])
+        eq_r, rg_r, auc_r = weighted_roc(ref[sel], is_g[sel], w[sel])
+        metrics.append(
+            BinMetrics(
+                pt_low=float(edges[b]),
+                pt_high=float(edges[b + 1]),
+                n_quark=int((sel & ~is_g).sum()),
+                n_gluon=int((sel & is_g).sum()),
+                auc_model=auc_m,
+                auc_reference=auc_r if has_ref else float("nan"),
+            )
+        )
+        roc.append({"model": (eq_m, rg_m), reference_feature: (eq_r, rg_r)})
+    return metrics, roc
