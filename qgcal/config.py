@@ -490,12 +490,17 @@ class ModelTagger(_Model):
     @field_validator("features")
     @classmethod
     def _distinct(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("a model needs at least one feature")
-        repeated = sorted({f for f in v if v.count(f) > 1})
-        if repeated:
-            raise ValueError(f"features must be distinct; {', '.join(map(repr, repeated))} is listed twice")
-        return v
+        return _distinct_features(v, "a model needs at least one feature")
+
+
+def _distinct_features(v: list[str], empty: str) -> list[str]:
+    """A model's inputs, in order: at least one, none twice (a repeated input is a config slip)."""
+    if not v:
+        raise ValueError(empty)
+    repeated = sorted({f for f in v if v.count(f) > 1})
+    if repeated:
+        raise ValueError(f"features must be distinct; {', '.join(map(repr, repeated))} is listed twice")
+    return v
 
 
 class ConstituentTagger(_Model):
@@ -534,12 +539,7 @@ class ConstituentTagger(_Model):
     @field_validator("features")
     @classmethod
     def _distinct(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("a constituent model needs at least one per-constituent feature")
-        repeated = sorted({f for f in v if v.count(f) > 1})
-        if repeated:
-            raise ValueError(f"features must be distinct; {', '.join(map(repr, repeated))} is listed twice")
-        return v
+        return _distinct_features(v, "a constituent model needs at least one per-constituent feature")
 
 
 Tagger = Annotated[BranchTagger | ModelTagger | ConstituentTagger, Field(discriminator="kind")]

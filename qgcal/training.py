@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_PT_BINS_GEV",
     "BinMetrics",
     "TrainResult",
+    "evaluate_scores",
     "flat_pt_weights",
     "train_tagger",
     "truth_class",
@@ -257,7 +258,23 @@ def _evaluate(
     reference_feature: str,
 ) -> tuple[list[BinMetrics], list[dict[str, tuple[np.ndarray, np.ndarray]]]]:
     score = model.decision_function(x_eval) if len(x_eval) else np.empty(0)
-    ref = np.asarray(columns[reference_feature], dtype=np.float64)[evaluate]
+    return evaluate_scores(score, columns, evaluate, pt, cls, weight, edges, reference_feature)
+
+
+def evaluate_scores(
+    score: np.ndarray,
+    columns: Mapping[str, np.ndarray],
+    evaluate: np.ndarray,
+    pt: np.ndarray,
+    cls: np.ndarray,
+    weight: np.ndarray,
+    edges: np.ndarray,
+    reference_feature: str,
+) -> tuple[list[BinMetrics], list[dict[str, tuple[np.ndarray, np.ndarray]]]]:
+    """Per pT bin: AUC and ROC of the held-out ``score`` against the reference feature (e.g. nTracks),
+    the same for every kind of trained tagger. Without the reference column its AUC is NaN."""
+    has_ref = reference_feature in columns
+    ref = np.asarray(columns[reference_feature], dtype=np.float64)[evaluate] if has_ref else np.zeros(len(score))
     bins = np.digitize(pt[evaluate], edges) - 1
     is_g, w = cls[evaluate] == GLUON, weight[evaluate]
     metrics, roc = [], []
@@ -272,7 +289,7 @@ def _evaluate(
                 n_quark=int((sel & ~is_g).sum()),
                 n_gluon=int((sel & is_g).sum()),
                 auc_model=auc_m,
-                auc_reference=auc_r,
+                auc_reference=auc_r if has_ref else float("nan"),
             )
         )
         roc.append({"model": (eq_m, rg_m), reference_feature: (eq_r, rg_r)})

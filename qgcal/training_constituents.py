@@ -18,7 +18,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -34,11 +33,10 @@ from qgcal.training import (
     GLUON,
     OTHER,
     QUARK,
-    BinMetrics,
     TrainResult,
+    evaluate_scores,
     flat_pt_weights,
     truth_class,
-    weighted_roc,
 )
 
 __all__ = ["ConstituentTrainResult", "jets_subset", "train_constituent_tagger"]
@@ -169,7 +167,7 @@ def train_constituent_tagger(
 
     x_ev, c_ev = jets_subset(values, counts, evaluate)
     score = score_network(net, x_ev, c_ev) if len(c_ev) else np.empty(0, np.float32)
-    metrics, roc = _evaluate(score, columns, evaluate, pt, cls, weight, edges, reference_feature)
+    metrics, roc = evaluate_scores(score, columns, evaluate, pt, cls, weight, edges, reference_feature)
     return ConstituentTrainResult(
         model=net,
         features=tuple(features),
@@ -191,36 +189,3 @@ def train_constituent_tagger(
         },
         hidden=hidden,
     )
-
-
-def _evaluate(
-    score: np.ndarray,
-    columns: Mapping[str, np.ndarray],
-    evaluate: np.ndarray,
-    pt: np.ndarray,
-    cls: np.ndarray,
-    weight: np.ndarray,
-    edges: np.ndarray,
-    reference_feature: str,
-) -> tuple[list[BinMetrics], list[dict[str, Any]]]:
-    has_ref = reference_feature in columns
-    ref = np.asarray(columns[reference_feature], dtype=np.float64)[evaluate] if has_ref else np.zeros(len(score))
-    bins = np.digitize(pt[evaluate], edges) - 1
-    is_g, w = cls[evaluate] == GLUON, weight[evaluate]
-    metrics, roc = [], []
-    for b in range(len(edges) - 1):
-        sel = bins == b
-        eq_m, rg_m, auc_m = weighted_roc(score[sel], is_g[sel], w[sel])
-        eq_r, rg_r, auc_r = weighted_roc(ref[sel], is_g[sel], w[sel])
-        metrics.append(
-            BinMetrics(
-                pt_low=float(edges[b]),
-                pt_high=float(edges[b + 1]),
-                n_quark=int((sel & ~is_g).sum()),
-                n_gluon=int((sel & is_g).sum()),
-                auc_model=auc_m,
-                auc_reference=auc_r if has_ref else float("nan"),
-            )
-        )
-        roc.append({"model": (eq_m, rg_m), reference_feature: (eq_r, rg_r)})
-    return metrics, roc

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,6 @@ def constituent_columns(cfg: Config, tagger: ConstituentTagger) -> tuple[dict[st
 
 
 def _train_constituents(cfg: Config, name: str, tagger: ConstituentTagger) -> Path:
-    from qgcal.training import write_training_outputs
     from qgcal.training_constituents import train_constituent_tagger
 
     columns, values, counts = constituent_columns(cfg, tagger)
@@ -89,12 +89,20 @@ def _train_constituents(cfg: Config, name: str, tagger: ConstituentTagger) -> Pa
         )
     except ValueError as err:
         raise ConfigError(f"taggers.{name}: training failed: {err}") from None
+    return _save_trained(cfg, name, tagger, result)
+
+
+def _save_trained(cfg: Config, name: str, tagger: ModelTagger | ConstituentTagger, result: Any) -> Path:
+    """Write a trained model where the config expects it, with its metrics and ROC; log its AUCs."""
+    from qgcal.training import write_training_outputs
+
     path = model_path(cfg, tagger)
     path.parent.mkdir(parents=True, exist_ok=True)
     result.save(path)
-    write_training_outputs(result, path.parent / f"{path.stem}-training", tagger=name)
+    outputs = write_training_outputs(result, path.parent / f"{path.stem}-training", tagger=name)
     for m in result.metrics:
         log.info("%s: %g-%g GeV AUC %.3f (nTracks alone %.3f)", name, m.pt_low, m.pt_high, m.auc_model, m.auc_reference)
+    log.info("%s: model %s, ROC %s", name, path, outputs["roc"])
     return path
 
 
@@ -104,7 +112,7 @@ def _available(cfg: Config) -> set[str]:
 
 def train_from_config(cfg: Config) -> list[Path]:
     """Train every model tagger; returns the model paths written."""
-    from qgcal.training import train_tagger, write_training_outputs
+    from qgcal.training import train_tagger
 
     taggers = {n: t for n, t in cfg.taggers.items() if isinstance(t, ModelTagger)}
     constituents = {n: t for n, t in cfg.taggers.items() if isinstance(t, ConstituentTagger)}
@@ -132,21 +140,7 @@ def train_from_config(cfg: Config) -> list[Path]:
                 )
             except ValueError as err:
                 raise ConfigError(f"taggers.{name}: training failed: {err}") from None
-            path = model_path(cfg, tagger)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            result.save(path)
-            outputs = write_training_outputs(result, path.parent / f"{path.stem}-training", tagger=name)
-            for m in result.metrics:
-                log.info(
-                    "%s: %g-%g GeV AUC %.3f (nTracks alone %.3f)",
-                    name,
-                    m.pt_low,
-                    m.pt_high,
-                    m.auc_model,
-                    m.auc_reference,
-                )
-            log.info("%s: model %s, ROC %s", name, path, outputs["roc"])
-            written.append(path)
+            written.append(_save_trained(cfg, name, tagger, result))
         for name, ctagger in sorted(constituents.items()):
             written.append(_train_constituents(cfg, name, ctagger))
     return written
