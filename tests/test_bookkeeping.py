@@ -24,7 +24,7 @@ from qgcal.config import parse_branch_expr, parse_config
 from qgcal.errors import ConfigError, InputError
 from qgcal.rootio import open_tree, sum_over_entries
 
-REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real"
+REAL = Path(__file__).resolve().parent / "data" / "real"  # vendored real files (README there)
 SLICES = ("JZ4", "JZ5", "JZ6", "JZ7")
 
 

@@ -23,7 +23,7 @@ from qgcal.config import parse_branch_expr
 from qgcal.errors import InputError
 from qgcal.rootio import chunk_ranges, is_rntuple, open_tree, read_chunk, resolve_branches
 
-REAL = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real"
+REAL = Path(__file__).resolve().parent / "data" / "real"  # vendored real files (README there)
 SLICES = ("JZ4", "JZ5", "JZ6", "JZ7")
 
 

@@ -147,10 +147,9 @@ def build_network(n_features: int, hidden: int) -> Any:
 
         def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
             n = counts.shape[0]
-            # attribute access, not get_buffer(): TorchScript (the export for stock servers) needs it;
-            # unused-ignore: lint also runs where torch (and its types) are not installed
-            mean: torch.Tensor = self.mean  # type: ignore[assignment,unused-ignore]
-            scale: torch.Tensor = self.scale  # type: ignore[assignment,unused-ignore]
+            # attribute access, not get_buffer(): TorchScript (the export for stock servers) needs it
+            mean: torch.Tensor = self.mean  # type: ignore[assignment]
+            scale: torch.Tensor = self.scale  # type: ignore[assignment]
             h = self.phi((x - mean) * scale)
             jet = torch.repeat_interleave(torch.arange(n, device=counts.device), counts)
             pooled = torch.zeros((n, h.shape[1]), dtype=h.dtype, device=h.device).index_add_(0, jet, h)
