@@ -53,10 +53,10 @@ def _free_port() -> int:
 def _serve(model: str, grpc_port: int, http_port: int, ready_file: str) -> int:
     """The benchmark's server: the four models on one pytriton server (subprocess mode)."""
     from pytriton.model_config import ModelConfig, Tensor
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import Triton
 
     from qgcal.inference.constituent_model import deterministic_torch, load_constituent_model
-    from qgcal.inference.serve import _constituent_binding, _stub_environment
+    from qgcal.inference.serve import _constituent_binding, _stub_environment, loopback_config
 
     net, meta = load_constituent_model(model)
     hidden = meta.hidden
@@ -95,14 +95,7 @@ def _serve(model: str, grpc_port: int, http_port: int, ready_file: str) -> int:
             unpadded.append({"CONSTITUENTS": p[mask], "COUNTS": c})
         return list(fused_infer(unpadded))
 
-    cfg = TritonConfig(
-        http_address="127.0.0.1",
-        http_port=http_port,
-        grpc_address="127.0.0.1",
-        grpc_port=grpc_port,
-        allow_metrics=False,
-        exit_timeout_secs=5,
-    )
+    cfg = loopback_config(http_port, grpc_port)
     nb = ModelConfig(batching=False)
     work = Path(tempfile.mkdtemp(prefix="qgb", dir="/tmp"))
     with _stub_environment(), Triton(config=cfg, workspace=work / "w") as triton:

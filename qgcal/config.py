@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -446,6 +447,10 @@ def _valid_range(v: list[float] | None) -> list[float] | None:
     return v
 
 
+# a tagger's valid value range, checked the same way on every tagger kind
+ValidRange = Annotated[list[float] | None, AfterValidator(_valid_range)]
+
+
 class BranchTagger(_Model):
     """A tagger that is a per-jet branch (nTracks, an existing BDT score)."""
 
@@ -453,16 +458,11 @@ class BranchTagger(_Model):
     variable: str = Field(description="logical branch name (a key of 'branches')")
     bins: Binning = Field(description="histogram binning of the tagger variable")
     quark_side: Literal["low", "high"] = Field(description="which side of the cut is quark-like")
-    valid: list[float] | None = Field(
+    valid: ValidRange = Field(
         None,
         description="[lo, hi], inclusive: values outside (sentinels such as -1) or NaN are left out of "
         "this tagger's histograms and counted; null: every value is used (folded into the edge bins)",
     )
-
-    @field_validator("valid")
-    @classmethod
-    def _valid(cls, v: list[float] | None) -> list[float] | None:
-        return _valid_range(v)
 
 
 class ModelTagger(_Model):
@@ -477,15 +477,10 @@ class ModelTagger(_Model):
     )
     bins: Binning = Field(description="histogram binning of the raw decision score")
     quark_side: Literal["low", "high"] = Field("low", description="which side is quark-like")
-    valid: list[float] | None = Field(
+    valid: ValidRange = Field(
         None, description="[lo, hi], inclusive: scores outside or NaN are left out of this tagger's histograms"
     )
     train_max_iter: int = Field(200, ge=1, description="boosting iterations for qgcal train")
-
-    @field_validator("valid")
-    @classmethod
-    def _valid(cls, v: list[float] | None) -> list[float] | None:
-        return _valid_range(v)
 
     @field_validator("features")
     @classmethod
@@ -525,16 +520,11 @@ class ConstituentTagger(_Model):
     )
     bins: Binning = Field(description="histogram binning of the raw score (gluon log-odds)")
     quark_side: Literal["low", "high"] = Field("low", description="which side is quark-like")
-    valid: list[float] | None = Field(
+    valid: ValidRange = Field(
         None, description="[lo, hi], inclusive: scores outside or NaN are left out of this tagger's histograms"
     )
     train_epochs: int = Field(30, ge=1, description="training epochs for qgcal train")
     hidden: int = Field(32, ge=2, le=1024, description="width of the per-constituent and per-jet networks")
-
-    @field_validator("valid")
-    @classmethod
-    def _valid(cls, v: list[float] | None) -> list[float] | None:
-        return _valid_range(v)
 
     @field_validator("features")
     @classmethod

@@ -95,8 +95,12 @@ def replica_scale_factors(
         tagger = cfg.taggers[name]
         for ipt in range(len(cfg.pt_bins_gev) - 1):
             samples: dict[tuple[str, str], np.ndarray] = {}
+            # the frozen cuts' masks over the score bins (axis 3 of a replica array): the same in every replica
+            masks: dict[str, np.ndarray] = {}
             for wp in cfg.working_points:
-                if cuts[name][ipt][_wp_key(wp)] is not None:
+                cut = cuts[name][ipt][_wp_key(wp)]
+                if cut is not None:
+                    masks[_wp_key(wp)] = quark_mask(mc[name].shape[3], cut["index"], tagger.quark_side)
                     for parton in ("quark", "gluon"):
                         samples[(_wp_key(wp), parton)] = np.full(n_rep, np.nan)
             g = None if groups is None else groups[name][ipt]
@@ -106,16 +110,12 @@ def replica_scale_factors(
                 if not (math.isfinite(ex.f_fq - ex.f_cq) and ex.f_fq != ex.f_cq):
                     continue
                 fr_ = ex.fractions()
-                for wp in cfg.working_points:
-                    cut = cuts[name][ipt][_wp_key(wp)]
-                    if cut is None:
-                        continue
-                    mask = quark_mask(len(ex.weights), cut["index"], tagger.quark_side)
+                for wkey, mask in masks.items():
                     e_m = efficiencies(fr_, ex.mc_forward, ex.mc_central, mask)
                     e_d = efficiencies(fr_, ex.data_forward, ex.data_central, mask)
                     for parton, num, den in (("quark", e_d.eps_q, e_m.eps_q), ("gluon", e_d.rej_g, e_m.rej_g)):
                         if den > 0 and math.isfinite(num) and math.isfinite(den):
-                            samples[(_wp_key(wp), parton)][r] = num / den
+                            samples[(wkey, parton)][r] = num / den
             for (wp_key, parton), values in samples.items():
                 out[(name, ipt, wp_key, parton)] = values
     return out
@@ -290,9 +290,12 @@ class BinInputs:
     pt_high: float
 
 
-def inputs_from_hists(mc: Any, data: Any, ipt: int, truth: Truth | None = None) -> BinInputs:
+def inputs_from_hists(
+    mc: Any, data: Any, ipt: int, truth: Truth | None = None, *, data_flavours: Sequence[int] = (FLAVOUR_DATA,)
+) -> BinInputs:
     """One pT bin's inputs from merged histograms; ``truth`` says how the 'other' class enters
-    (:func:`with_other_class`; None: as ``drop_events``, the historical behaviour)."""
+    (:func:`with_other_class`; None: as ``drop_events``, the historical behaviour). ``data_flavours``:
+    the categories of ``data`` that are the data (all MC classes when an MC sample is pseudo-data)."""
     edges = mc.axes["pt"].edges
     x = BinInputs(
         fq=_binned(mc, F, QUARK_FLAVOURS, ipt),
@@ -301,8 +304,8 @@ def inputs_from_hists(mc: Any, data: Any, ipt: int, truth: Truth | None = None) 
         cq=_binned(mc, C, QUARK_FLAVOURS, ipt),
         cg=_binned(mc, C, (FLAVOUR_GLUON,), ipt),
         c_all=_binned(mc, C, ALL_MC_FLAVOURS, ipt),
-        d_f=_binned(data, F, (FLAVOUR_DATA,), ipt),
-        d_c=_binned(data, C, (FLAVOUR_DATA,), ipt),
+        d_f=_binned(data, F, data_flavours, ipt),
+        d_c=_binned(data, C, data_flavours, ipt),
         pt_low=float(edges[ipt]),
         pt_high=float(edges[ipt + 1]),
     )
@@ -622,23 +625,7 @@ def extraction_summary(extractions: Mapping[str, list[Extraction]]) -> dict[str,
 
 def pseudo_data_inputs(templates: Any, pseudo: Any, ipt: int, truth: Truth | None = None) -> BinInputs:
     """One pT bin with the ``templates`` MC histograms as MC and the ``pseudo`` MC (all classes) as data."""
-    edges = templates.axes["pt"].edges
-    base = BinInputs(
-        fq=_binned(templates, F, QUARK_FLAVOURS, ipt),
-        fg=_binned(templates, F, (FLAVOUR_GLUON,), ipt),
-        f_all=_binned(templates, F, ALL_MC_FLAVOURS, ipt),
-        cq=_binned(templates, C, QUARK_FLAVOURS, ipt),
-        cg=_binned(templates, C, (FLAVOUR_GLUON,), ipt),
-        c_all=_binned(templates, C, ALL_MC_FLAVOURS, ipt),
-        d_f=_binned(pseudo, F, ALL_MC_FLAVOURS, ipt),
-        d_c=_binned(pseudo, C, ALL_MC_FLAVOURS, ipt),
-        pt_low=float(edges[ipt]),
-        pt_high=float(edges[ipt + 1]),
-    )
-    if truth is None:
-        return base
-    other = (_binned(templates, F, (FLAVOUR_OTHER,), ipt), _binned(templates, C, (FLAVOUR_OTHER,), ipt))
-    return with_other_class(base, other[0], other[1], truth)
+    return inputs_from_hists(templates, pseudo, ipt, truth, data_flavours=ALL_MC_FLAVOURS)
 
 
 def true_efficiencies(fq: Binned, fg: Binned, mask: np.ndarray) -> tuple[float, float]:

@@ -47,8 +47,10 @@ def pass_config(cfg: Config) -> dict[str, Any]:
         if isinstance(tagger, BranchTagger):
             out[name] = {"kind": "branch", "variable": tagger.variable}
         elif isinstance(tagger, ConstituentTagger):
+            from qgcal.inference.constituent_model import sidecar_path
+
             mp = model_path(cfg, tagger)
-            side = mp.with_name(mp.name + ".json")
+            side = sidecar_path(mp)
             out[name] = {
                 "kind": "constituents",
                 "features": tagger.features,

@@ -121,14 +121,16 @@ def _fill_replicas(
     weight: np.ndarray,
     flav: np.ndarray,
     dataset: str,
-    valid: Mapping[str, np.ndarray] | None = None,
+    scores: Mapping[str, np.ndarray],
+    valid: Mapping[str, np.ndarray],
 ) -> None:
     """Add this row group's jets to the exact replica sums of every tagger.
 
     ``dataset`` keys the Poisson draws (:func:`qgcal.bootstrap.dataset_key`: sample and slice).
     The sums are exact whatever the weight scale (no quantum), so any split of the events
     into files or chunks gives the same merged replicas.
-    ``valid``: per tagger, the jets whose value is usable (:func:`valid_mask`); the others are left out.
+    ``scores`` and ``valid``: per tagger, the values and the jets whose value is usable
+    (:func:`valid_mask`, NaN excluded); the others are left out.
     """
     n = cfg.bootstrap
     events = table.column("event").to_numpy()
@@ -139,10 +141,8 @@ def _fill_replicas(
     for name, tagger in cfg.taggers.items():
         shape = replica_shape(cfg, name)
         edges = np.asarray(tagger.bins.bin_edges())
-        score = table.column(tagger_column(name)).to_numpy()
-        ok = ~np.isnan(score) & (pt_idx >= 0) & (pt_idx < shape[2])
-        if valid is not None:
-            ok &= valid[name]
+        score = scores[name]
+        ok = valid[name] & (pt_idx >= 0) & (pt_idx < shape[2])
         s_idx = np.clip(np.searchsorted(edges, _fold(score[ok], list(edges)), side="right") - 1, 0, shape[3] - 1)
         flat = np.ravel_multi_index((region[ok], cls[ok], pt_idx[ok], s_idx), shape[:4])
         try:
@@ -163,6 +163,7 @@ def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool, carr
     n_invalid = {name: 0 for name in cfg.taggers}  # not NaN but outside the tagger's valid range
     n_jets = 0
     truth = cfg.truth
+    dataset = dataset_key(carry["sample"], carry["slice"])
     for table in iter_parquet_batches(upstream):
         region = table.column("region").to_numpy().astype(np.int64)
         pt = table.column("pt").to_numpy().astype(np.float64)
@@ -171,8 +172,9 @@ def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool, carr
             table.column("parton_label").to_numpy(), quark=truth.quark, gluon=truth.gluon, is_data=is_data
         )
         valid: dict[str, np.ndarray] = {}
+        scores: dict[str, np.ndarray] = {}
         for name, tagger in cfg.taggers.items():
-            score = table.column(tagger_column(name)).to_numpy()
+            score = scores[name] = table.column(tagger_column(name)).to_numpy()
             ok = valid[name] = valid_mask(tagger, score)
             nan = int(np.isnan(score).sum())
             n_nan[name] += nan
@@ -189,8 +191,7 @@ def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool, carr
             flavour=flav[fwd], lead_pt=table.column("lead_pt").to_numpy()[fwd].astype(np.float64), weight=weight[fwd]
         )
         if reps:
-            dataset = dataset_key(carry["sample"], carry["slice"])
-            _fill_replicas(cfg, reps, table, region, pt, weight, flav, dataset, valid)
+            _fill_replicas(cfg, reps, table, region, pt, weight, flav, dataset, scores, valid)
         n_jets += table.num_rows
     meta = dict(provenance)
     meta.update(

@@ -492,12 +492,13 @@ class _Stream:
     def add(self, data: dict[str, Any], variables: list[str]) -> None:
         if "__sumw" in data:
             values = _event_values(data["__sumw"], "sum_of_weights", self.task.path).astype(np.float64)
-            if not np.all(np.isfinite(values)):
+            try:  # the exact sum refuses NaN and infinities
+                self.branch_sumw += exact_sum(values)
+            except ValueError:
                 raise InputError(
                     f"{self.task.path}: the branch summed for samples.{self.task.sample}.sum_of_weights "
                     "holds NaN or infinite values; check the file"
-                )
-            self.branch_sumw += exact_sum(values)
+                ) from None
         cols, flow, flow_w = select_chunk(self.cfg, self.task, data, variables)
         for k, v in flow.items():
             self.flow[k] = self.flow.get(k, 0) + v

@@ -30,7 +30,7 @@ from typing import Literal
 
 from qgcal.config import Config, ModelTagger, parse_branch_expr
 from qgcal.errors import ConfigError, InputError
-from qgcal.plan import FileTask, model_path, plan_tasks
+from qgcal.plan import FileTask, model_path
 from qgcal.workflows.tasks import pass_is_valid
 
 __all__ = ["PreflightReport", "check_duplicate_files", "check_models", "preflight"]
@@ -44,13 +44,13 @@ class PreflightReport:
 
 
 def _needed(cfg: Config, systs: Iterable[str]) -> list[FileTask]:
+    """Every file task the systematics need, each once (``needed_tasks`` of each, merged)."""
+    from qgcal.workflows.status import needed_tasks
+
     tasks: dict[str, FileTask] = {}
     for syst in systs:
-        for t in plan_tasks(cfg, syst):
+        for t in needed_tasks(cfg, syst):
             tasks.setdefault(f"{t.variation}@{t.key}", t)
-        if syst != "nominal":
-            for t in plan_tasks(cfg, "nominal", include_data=False):
-                tasks.setdefault(f"{t.variation}@{t.key}", t)
     return [tasks[k] for k in sorted(tasks)]
 
 

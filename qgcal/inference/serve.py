@@ -48,7 +48,7 @@ from .triton_client import (
     SHA_PARAMETER,
 )
 
-__all__ = ["check_port_free", "is_constituent_model", "main", "serve", "stub_library_path"]
+__all__ = ["check_port_free", "is_constituent_model", "loopback_config", "main", "serve", "stub_library_path"]
 
 log = logging.getLogger(__name__)
 _MAX_SOCKET_PATH = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
@@ -159,6 +159,21 @@ def _constituent_binding(model_path: str | os.PathLike[str], output_name: str) -
     return bind, info
 
 
+def loopback_config(http_port: int, grpc_port: int) -> Any:
+    """The server's Triton settings: HTTP and gRPC on loopback only, no metrics port, a quick exit."""
+    from pytriton.triton import TritonConfig
+
+    return TritonConfig(
+        http_address="127.0.0.1",
+        http_port=http_port,
+        grpc_address="127.0.0.1",
+        grpc_port=grpc_port,
+        allow_metrics=False,
+        exit_timeout_secs=5,
+        log_verbose=0,
+    )
+
+
 def _advertise_fingerprint(triton: Any, sha256: str, device: str = "cpu") -> None:
     """Put the model fingerprint and the scoring device into the served model config (see TritonScorer).
 
@@ -213,7 +228,7 @@ def serve(
     import_optional("pytriton", "triton", "qgcal serve")
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-    from pytriton.triton import Triton, TritonConfig
+    from pytriton.triton import Triton
 
     if is_constituent_model(model_path):
         bind, model_info = _constituent_binding(model_path, output_name)
@@ -249,15 +264,7 @@ def serve(
             f"workspace {tmp.parent} is too deep for Triton's IPC sockets ({longest} > {_MAX_SOCKET_PATH} "
             "characters with this model name); pass a shorter workspace directory or model name"
         )
-    config = TritonConfig(
-        http_address="127.0.0.1",
-        http_port=http_port,
-        grpc_address="127.0.0.1",
-        grpc_port=grpc_port,
-        allow_metrics=False,
-        exit_timeout_secs=5,
-        log_verbose=0,
-    )
+    config = loopback_config(http_port, grpc_port)
     triton = None
     try:
         with _stub_environment(), _stop_on_signals(stop):

@@ -169,6 +169,16 @@ def _describe(exc: BaseException) -> str:
     return " ".join(str(text).split())[:300]
 
 
+def _infer_inputs(mod: Any, arrays: list[tuple[str, np.ndarray, str]], **data_kw: Any) -> list[Any]:
+    """The client module's InferInput objects for (name, array, Triton dtype) triples (gRPC or HTTP)."""
+    inputs = []
+    for name, x, dtype in arrays:
+        inp = mod.InferInput(name, list(x.shape), dtype)
+        inp.set_data_from_numpy(x, **data_kw)
+        inputs.append(inp)
+    return inputs
+
+
 class _GrpcTransport:
     def __init__(self, settings: TritonSettings) -> None:
         grpc = import_optional("tritonclient.grpc", "triton", "backend triton (gRPC)")
@@ -206,18 +216,10 @@ class _GrpcTransport:
     def index(self, timeout: float) -> list[dict[str, Any]]:
         return list(self.client.get_model_repository_index(as_json=True, client_timeout=timeout).get("models", []))
 
-    def submit(self, x: np.ndarray) -> Callable[[], np.ndarray]:
-        s = self.settings
-        return self.submit_inputs([(s.input_name, x, s.input_dtype)])
-
     def submit_inputs(self, arrays: list[tuple[str, np.ndarray, str]]) -> Callable[[], np.ndarray]:
         """One request with several named inputs (name, array, Triton dtype); returns the output's getter."""
         s = self.settings
-        inputs = []
-        for name, x, dtype in arrays:
-            inp = self.mod.InferInput(name, list(x.shape), dtype)
-            inp.set_data_from_numpy(x)
-            inputs.append(inp)
+        inputs = _infer_inputs(self.mod, arrays)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
 
         def done(result: Any, error: Any) -> None:
@@ -270,17 +272,9 @@ class _HttpTransport:
     def index(self, timeout: float) -> list[dict[str, Any]]:
         return list(self.client.get_model_repository_index())
 
-    def submit(self, x: np.ndarray) -> Callable[[], np.ndarray]:
-        s = self.settings
-        return self.submit_inputs([(s.input_name, x, s.input_dtype)])
-
     def submit_inputs(self, arrays: list[tuple[str, np.ndarray, str]]) -> Callable[[], np.ndarray]:
         s = self.settings
-        inputs = []
-        for name, x, dtype in arrays:
-            inp = self.mod.InferInput(name, list(x.shape), dtype)
-            inp.set_data_from_numpy(x, binary_data=True)
-            inputs.append(inp)
+        inputs = _infer_inputs(self.mod, arrays, binary_data=True)
         request = self.client.async_infer(
             s.model_name,
             inputs,

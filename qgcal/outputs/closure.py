@@ -143,7 +143,7 @@ def data_truth(cfg: Config) -> DataTruth | None:
     return out
 
 
-def true_efficiency(shape_q: Any, shape_g: Any, edges: Sequence[float], cut: float, side: str) -> tuple[float, float]:
+def true_efficiency(shape_q: Any, shape_g: Any, edges: Any, cut: float, side: str) -> tuple[float, float]:
     """(quark efficiency, gluon rejection) of true shapes at a cut on a bin edge."""
     k = int(np.searchsorted(np.asarray(edges), cut))
     q, g = np.asarray(shape_q, dtype=float), np.asarray(shape_g, dtype=float)

@@ -34,6 +34,7 @@ import numpy as np
 from qgcal.artifacts import atomic_path
 from qgcal.config import Config
 from qgcal.errors import ArtifactError
+from qgcal.outputs.closure import true_efficiency
 from qgcal.outputs.correction import bin_edges, series
 from qgcal.plotting import (
     DATA_STYLE,
@@ -296,14 +297,6 @@ def _extraction_jobs(
     return written, jobs
 
 
-def _true_efficiency(truth_q: np.ndarray, truth_g: np.ndarray, edges: np.ndarray, cut: float, side: str) -> tuple:
-    """(quark efficiency, gluon rejection) of the MC truth shapes at a cut (a bin edge)."""
-    k = int(np.searchsorted(edges, cut))
-    idx = np.arange(len(truth_q))
-    tagged = idx < k if side == "low" else idx >= k
-    return float(np.sum(truth_q[tagged])), float(np.sum(truth_g[~tagged]))
-
-
 def plot_closure(
     cfg: Config,
     extraction: Mapping[str, Any],
@@ -378,9 +371,9 @@ def _closure_figure(
                 if r is None:
                     ratio.append(np.nan)
                     continue
-                eq, rg = _true_efficiency(*mc_truth[b["pt_low"]], edges, r["cut"], r["quark_side"])
-                true = eq if parton == "quark" else rg
-                ratio.append(r["eff_mc"] / true if true > 0 else np.nan)
+                eq, rg = true_efficiency(*mc_truth[b["pt_low"]], edges, r["cut"], r["quark_side"])
+                true_eff = eq if parton == "quark" else rg
+                ratio.append(r["eff_mc"] / true_eff if true_eff > 0 else np.nan)
             ax.plot(pt_c + (k - 1.5) * 4.0, ratio, "o-", markersize=4, label=f"WP {wp:g}")
         ax.axhline(1.0, color="grey", linestyle="--", linewidth=0.8)
         ax.set_xlim(pt_edges[0], pt_edges[-1])

@@ -40,6 +40,7 @@ from qgcal.outputs.correction import (
     published_values,
     series,
     systematic_names,
+    wp_key,
 )
 
 __all__ = ["histogram_path", "write_root"]
@@ -119,7 +120,7 @@ def write_root(
                 f[f"{tagger}/wp{wp}/cut"] = _th1(
                     edges, [r["cut"] for r in recs], zeros, f"{tagger} WP {wp}: cut, quark-tagged when {rule}"
                 )
-                shared = sorted({f"{w:g}" for r in recs for w in r.get("wp_shared_with", [])})
+                shared = sorted({wp_key(w) for r in recs for w in r.get("wp_shared_with", [])})
                 note = f"; shares its cut with WP {', '.join(shared)} in some pT bin" if shared else ""
                 f[f"{tagger}/wp{wp}/wp_efficiency"] = _th1(
                     edges,
