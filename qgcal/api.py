@@ -23,10 +23,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qgcal.config import OPTION_SETTINGS as SETTINGS
 from qgcal.config import Config, load_config
+
+if TYPE_CHECKING:  # correction pulls in correctionlib: only for the annotations
+    from qgcal.outputs.correction import Flow, Undefined
 
 __all__ = ["combine", "generate", "load_config", "run", "status", "sweep", "train"]
 
@@ -85,11 +88,20 @@ def sweep(
     return run_many(_configured(cfg, executor, settings), names, executor=_instance(executor), force=force)
 
 
-def combine(cfg: Config, *, plots: bool | None = None, allow_stale: bool = False) -> Any:
+def combine(
+    cfg: Config,
+    *,
+    plots: bool | None = None,
+    allow_stale: bool = False,
+    config_path: str = "C",
+    flow: Flow = "error",
+    undefined: Undefined = "error",
+) -> Any:
     """``qgcal combine``: uncertainties per group and total, correctionlib, ROOT, plots and report.md.
 
     Refuses stale per-systematic results (ArtifactError) unless ``allow_stale`` (then warned and
-    recorded in ``results/combined/stale_inputs.json``).
+    recorded in ``results/combined/stale_inputs.json``). ``flow`` / ``undefined``: how
+    corrections.json treats inputs outside the calibrated range and undefined SFs (docs/outputs.md).
     """
     from qgcal.locking import output_lock
     from qgcal.outputs import publish
@@ -97,7 +109,7 @@ def combine(cfg: Config, *, plots: bool | None = None, allow_stale: bool = False
 
     with output_lock(cfg.output_path):
         stale = check_combinable(cfg, allow_stale=allow_stale)
-        published = publish(cfg, plots=plots)
+        published = publish(cfg, plots=plots, config_path=config_path, flow=flow, undefined=undefined)
         record_stale_inputs(cfg, stale)
         return published
 

@@ -45,7 +45,7 @@ from qgcal.plan import FileTask, plan_tasks
 from qgcal.report import print_table
 from qgcal.stages import FILE_PASSES, PASS_NAMES, file_pass, pass_index
 from qgcal.stages.final_reweighting import config_hash_for
-from qgcal.workflows.tasks import pass_is_valid
+from qgcal.workflows.tasks import artifact_is_valid
 
 __all__ = [
     "COMBINED_FILES",
@@ -184,7 +184,7 @@ class _Checker:
         i = pass_index(stage)
         if i > 0 and self.state(task, PASS_NAMES[i - 1]) != "done":
             return "stale"
-        return "done" if pass_is_valid(self.cfg, task, stage) else "stale"
+        return "done" if artifact_is_valid(self.cfg, task, stage) else "stale"  # upstream: checked just above
 
 
 def _results_state(cfg: Config, syst: str, tasks: Sequence[FileTask], checker: _Checker) -> str:

@@ -39,10 +39,22 @@ def pass_input(cfg: Config, task: FileTask, index: int) -> PassInput:
 def pass_is_valid(cfg: Config, task: FileTask, stage: str | int) -> bool:
     """Whether the artifact of ``stage`` for ``task`` exists and matches inputs and config, down the chain."""
     index = stage if isinstance(stage, int) else pass_index(stage)
+    if not pass_input(cfg, task, index).out.is_file():
+        return False  # cheap, before reading any upstream provenance
+    if index > 0 and not pass_is_valid(cfg, task, index - 1):
+        return False
+    return artifact_is_valid(cfg, task, index)
+
+
+def artifact_is_valid(cfg: Config, task: FileTask, stage: str | int) -> bool:
+    """Whether the artifact of ``stage`` exists and its provenance matches, NOT checking the passes before it.
+
+    For callers that walk the chain themselves (``qgcal status`` caches each pass's state):
+    ``pass_is_valid`` on every pass would re-read the provenance of every upstream artifact.
+    """
+    index = stage if isinstance(stage, int) else pass_index(stage)
     item = pass_input(cfg, task, index)
     if not item.out.is_file():
-        return False
-    if index > 0 and not pass_is_valid(cfg, task, index - 1):
         return False
     p = FILE_PASSES[index]
     return is_valid(item.out, p.expected_provenance(cfg, item), reader=p.read_provenance)

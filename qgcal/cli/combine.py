@@ -46,16 +46,18 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from qgcal.api import combine
     from qgcal.config import load_config
-    from qgcal.locking import output_lock
-    from qgcal.outputs import publish
-    from qgcal.workflows.status import check_combinable, record_stale_inputs
 
     cfg = load_config(args.config)
-    with output_lock(cfg.output_path):
-        stale = check_combinable(cfg, allow_stale=args.allow_stale)
-        out = publish(cfg, plots=args.plots, config_path=str(args.config), flow=args.flow, undefined=args.undefined)
-        record_stale_inputs(cfg, stale)
+    out = combine(
+        cfg,
+        plots=args.plots,
+        allow_stale=args.allow_stale,
+        config_path=str(args.config),
+        flow=args.flow,
+        undefined=args.undefined,
+    )
     wp = cfg.working_points[0]
     print_combined(out.combined.records, title=f"{cfg.name}: combined, WP {wp:g}", wp=wp)
     print(f"results: {out.scale_factors.parent}  (report: {out.report})")
