@@ -22,7 +22,8 @@ can overflow (the limb list grows with the magnitude).
 from __future__ import annotations
 
 import hashlib
-import itertools
+import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Self
 
@@ -44,8 +45,6 @@ LIMB_BITS = 32
 _LIMB = 1 << LIMB_BITS
 _LOW = np.int64(_LIMB - 1)
 _MAX_K = 12  # largest Poisson count drawn
-# float64 bincount sums integers exactly while every partial sum stays below 2^53
-_EXACT_FLOAT = float(2**53)
 # Poisson(1) cumulative distribution up to k = 12 (beyond: probability < 1e-10, mapped to 12)
 _CDF = np.cumsum([np.exp(-1.0) / float(np.prod(np.arange(1, k + 1))) for k in range(_MAX_K + 1)])
 
@@ -69,10 +68,75 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
+def _splitmix64_inplace(z: np.ndarray, tmp: np.ndarray) -> None:
+    """:func:`_splitmix64` of ``z`` written into ``z`` (``tmp``: scratch of the same shape): no temporaries."""
+    with np.errstate(over="ignore"):
+        z += np.uint64(0x9E3779B97F4A7C15)
+        np.right_shift(z, np.uint64(30), out=tmp)
+        z ^= tmp
+        z *= np.uint64(0xBF58476D1CE4E5B9)
+        np.right_shift(z, np.uint64(27), out=tmp)
+        z ^= tmp
+        z *= np.uint64(0x94D049BB133111EB)
+        np.right_shift(z, np.uint64(31), out=tmp)
+        z ^= tmp
+
+
+def _poisson_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Integer thresholds and a lookup table on the top 16 bits equivalent to ``searchsorted(_CDF, u)``.
+
+    With v = h >> 11 (53 bits) and u = v / 2^53 (exact), CDF_i <= u exactly when
+    ceil(CDF_i * 2^53) <= v, so k = #{i: T_i <= v} with integer thresholds T_i. A cell of the
+    top 16 bits of h holds one value of k unless a threshold falls strictly inside it (at most
+    13 of the 65536 cells): those cells are marked and their entries counted exactly.
+    """
+    thresholds = np.array([math.ceil(float(c) * 2.0**53) for c in _CDF], dtype=np.uint64)
+    shift = 53 - _LUT_BITS
+    cells = np.arange(1 << _LUT_BITS, dtype=np.uint64) << np.uint64(shift)  # first v of every cell
+    lut = np.searchsorted(thresholds, cells, side="right").astype(np.uint8)
+    last = cells + np.uint64((1 << shift) - 1)  # last v of every cell
+    ambiguous = np.searchsorted(thresholds, last, side="right").astype(np.uint8) != lut
+    return thresholds, lut, ambiguous
+
+
+_LUT_BITS = 16
+_ROWS_PER_BLOCK = 4096  # rows of (rows, replicas) uint64 work arrays: about a megabyte, cache-sized
+_THRESHOLDS, _LUT, _AMBIGUOUS = _poisson_tables()
+
+
 def poisson_replicas(dataset: str, run: np.ndarray, event: np.ndarray, n: int) -> np.ndarray:
     """(len(event), n) uint8 Poisson(1) weights keyed by (dataset, run, event, replica).
 
-    ``dataset`` is :func:`dataset_key` (sample/slice) for MC and data alike.
+    ``dataset`` is :func:`dataset_key` (sample/slice) for MC and data alike. The draws of
+    the same (dataset, events, n) earlier in this process are returned again (a copy): the
+    weight variations of a sweep select the same events of a file, and a worker fills
+    several of them (:data:`_DRAW_MEMO_BYTES` at most are kept).
+    """
+    run64 = np.ascontiguousarray(run, dtype=np.int64)
+    event64 = np.ascontiguousarray(event, dtype=np.int64)
+    digest = hashlib.blake2b(run64.tobytes(), digest_size=16)
+    digest.update(event64.tobytes())
+    key = (dataset, n, len(event64), digest.digest())
+    hit = _DRAW_MEMO.get(key)
+    if hit is not None:
+        _DRAW_MEMO.move_to_end(key)
+        return hit.copy()
+    out = _draw_replicas(dataset, run64, event64, n)
+    if out.nbytes <= _DRAW_MEMO_BYTES // 4:
+        _DRAW_MEMO[key] = out.copy()
+        while sum(v.nbytes for v in _DRAW_MEMO.values()) > _DRAW_MEMO_BYTES:
+            _DRAW_MEMO.popitem(last=False)
+    return out
+
+
+_DRAW_MEMO: OrderedDict[tuple[str, int, int, bytes], np.ndarray] = OrderedDict()
+_DRAW_MEMO_BYTES = 32 << 20  # per worker process: the draws of ten 50k-jet files at 50 replicas
+
+
+def _draw_replicas(dataset: str, run: np.ndarray, event: np.ndarray, n: int) -> np.ndarray:
+    """:func:`poisson_replicas` computed: ``searchsorted(_CDF, u, side="right")`` of the 53-bit
+    uniform u of each hash, with integer thresholds and a table on the hash's top bits
+    (:func:`_poisson_tables`), the same counts bit for bit; rows hashed in cache-sized blocks, in place.
     """
     key = np.uint64(sample_key(dataset))
     with np.errstate(over="ignore"):
@@ -80,10 +144,26 @@ def poisson_replicas(dataset: str, run: np.ndarray, event: np.ndarray, n: int) -
             _splitmix64(np.asarray(run, dtype=np.int64).view(np.uint64) ^ key)
             ^ np.asarray(event, dtype=np.int64).view(np.uint64)
         )
-        replicas = np.arange(n, dtype=np.uint64)
-        h = _splitmix64(base[:, None] ^ _splitmix64(replicas + key)[None, :])
-    u = (h >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)  # 53-bit uniform in [0, 1)
-    return np.searchsorted(_CDF, u, side="right").astype(np.uint8)
+        salt = _splitmix64(np.arange(n, dtype=np.uint64) + key)
+    out = np.empty((len(base), n), dtype=np.uint8)
+    rows = min(len(base), _ROWS_PER_BLOCK)
+    h = np.empty((rows, n), dtype=np.uint64)
+    tmp = np.empty_like(h)
+    top_shift = np.uint64(64 - _LUT_BITS)
+    for a in range(0, len(base), _ROWS_PER_BLOCK):
+        b = min(a + _ROWS_PER_BLOCK, len(base))
+        z, t = h[: b - a], tmp[: b - a]
+        np.bitwise_xor(base[a:b, None], salt[None, :], out=z)
+        _splitmix64_inplace(z, t)
+        np.right_shift(z, top_shift, out=t)
+        cell = t.view(np.int64)  # < 2^16: the same value as a signed index
+        k = out[a:b]
+        np.take(_LUT, cell, out=k, mode="clip")  # every index is in range
+        fix = np.flatnonzero(_AMBIGUOUS[cell])
+        if len(fix):
+            v = z.reshape(-1)[fix] >> np.uint64(11)
+            k.reshape(-1)[fix] = np.searchsorted(_THRESHOLDS, v, side="right").astype(np.uint8)
+    return out
 
 
 @dataclass
@@ -201,7 +281,16 @@ def _limbs_of(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def replica_sums(flat_bin: np.ndarray, weight: np.ndarray, replicas: np.ndarray, n_bins: int) -> ExactSum:
     """Exact sums of weight x replica weight per (bin, replica): an :class:`ExactSum` of shape
-    (n_bins, n_replicas). Raises ValueError on a non-finite weight."""
+    (n_bins, n_replicas). Raises ValueError on a non-finite weight.
+
+    All replicas at once, as one sparse-times-dense product per block of
+    :data:`_JETS_PER_BLOCK` jets: a (limb position x bin, jet) matrix holding each jet's three
+    limbs (|limb| < 2^32) times the (jet, replica) Poisson counts (<= 12). Every term and
+    partial sum is an integer below 2^53 (a block sums to < 2^52), so float64 adds them
+    exactly in whatever order the product takes; the block sums are added as int64.
+    """
+    from scipy.sparse import csc_matrix  # scikit-learn's dependency; imported here, not by every command
+
     n_rep = replicas.shape[1]
     weight = np.asarray(weight, dtype=np.float64)
     if len(flat_bin) == 0:
@@ -214,23 +303,23 @@ def replica_sums(flat_bin: np.ndarray, weight: np.ndarray, replicas: np.ndarray,
     flat_bin, j, parts, replicas = flat_bin[nz], j[nz], parts[:, nz], replicas[nz]
     base = int(j.min())
     n_limbs = int(j.max()) - base + 3
-    index = ((j - base)[None, :] + np.arange(3)[:, None]) * n_bins + flat_bin[None, :]  # (3, jets)
-    values = parts.astype(np.float64)  # exact: |part| < 2^32
-    # cut the jets into batches whose float64 partial sums stay exact: a batch costs less than
-    # half the exact range plus one jet (< 2^38), so every partial sum is below 2^53
-    cost = np.cumsum(np.abs(values).sum(axis=0) * _MAX_K)
-    half = _EXACT_FLOAT / 2
-    cuts = np.searchsorted(cost, np.arange(1, int(cost[-1] // half) + 1) * half)
-    edges = sorted({0, len(cost), *(int(c) for c in cuts if 0 < c < len(cost))})
-    out = ExactSum(base, np.zeros((n_limbs, n_bins, n_rep), dtype=np.int64))
-    for a, b in itertools.pairwise(edges):
-        idx, val = index[:, a:b].ravel(), values[:, a:b]
-        for r in range(n_rep):
-            k = replicas[a:b, r].astype(np.float64)
-            sums = np.bincount(idx, weights=(val * k).ravel(), minlength=n_limbs * n_bins)
-            out.limbs[:, :, r] += sums.astype(np.int64).reshape(n_limbs, n_bins)
-        out.normalise()
-    return out
+    # row of each jet's three limbs: (limb position - base) x n_bins + bin; one column per jet
+    rows = ((j - base)[:, None] + np.arange(3)[None, :]) * n_bins + np.asarray(flat_bin, dtype=np.int64)[:, None]
+    values = parts.T.astype(np.float64)  # (jets, 3), exact: |limb| < 2^32
+    total = ExactSum.zeros((n_bins, n_rep))
+    for a in range(0, len(rows), _JETS_PER_BLOCK):
+        b = min(a + _JETS_PER_BLOCK, len(rows))
+        m = csc_matrix(
+            (values[a:b].ravel(), rows[a:b].ravel(), np.arange(0, 3 * (b - a) + 1, 3)),
+            shape=(n_limbs * n_bins, b - a),
+        )
+        sums = m @ replicas[a:b].astype(np.float64)  # (limb position x bin, replica)
+        total += ExactSum(base, sums.astype(np.int64).reshape(n_limbs, n_bins, n_rep))
+    return total
+
+
+# jets per block: a cell sums at most 2^16 terms below 2^35.6, < 2^52 (exact in float64)
+_JETS_PER_BLOCK = 1 << 16
 
 
 def to_arrays(sums: dict[str, ExactSum]) -> dict[str, np.ndarray]:

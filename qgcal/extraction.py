@@ -74,6 +74,148 @@ F, C = REGION_FORWARD, REGION_CENTRAL
 BootKey = tuple[str, int, str, str]  # tagger, pT bin index, WP key, parton
 
 
+def _replica_rows(arr: np.ndarray, region: int, classes: Sequence[int], ipt: int) -> np.ndarray:
+    """(replica, score bin) sums of the chosen classes of one region and pT bin, rows contiguous.
+
+    The classes are added in the order given, element by element, as ``inputs_from_replica`` does.
+    """
+    return np.ascontiguousarray(arr[region, list(classes), ipt, :, :].sum(axis=0).T)
+
+
+def _row_totals(values: np.ndarray) -> np.ndarray:
+    """Per replica, ``Binned.total`` of its row: each row summed on its own (numpy's pairwise sum of a row).
+
+    Only a C-contiguous array is summed row by row with the pairwise sum of a 1-D array; numpy
+    adds the columns of any other layout one after the other (other bits), hence the copy.
+    """
+    return np.add.reduce(np.ascontiguousarray(values), axis=1)
+
+
+def _row_shapes(values: np.ndarray) -> np.ndarray:
+    """Per replica, :func:`qgcal.calibration.normalised` of its row (all-NaN rows where the total is not > 0)."""
+    total = _row_totals(values)
+    with np.errstate(all="ignore"):
+        shapes = values / total[:, None]
+    shapes[~(total > 0)] = np.nan
+    return shapes
+
+
+def _replica_reweighting(
+    ref_f: np.ndarray, ref_c: np.ndarray, groups: Sequence[tuple[int, int]] | None, min_neff: float
+) -> np.ndarray:
+    """Per replica, :func:`qgcal.calibration.merged_reweighting_factors` of its rows (the factors only).
+
+    ``groups`` None: each replica's own :func:`qgcal.calibration.reweighting_groups` (zero variances).
+    """
+    n_rep, n_bins = ref_f.shape
+    if groups is None:
+        zero = np.zeros(n_bins)
+        rows = [
+            _replica_reweighting(
+                ref_f[r : r + 1],
+                ref_c[r : r + 1],
+                reweighting_groups(Binned(ref_f[r], zero), Binned(ref_c[r], zero), min_neff),
+                min_neff,
+            )
+            for r in range(n_rep)
+        ]
+        return np.concatenate(rows) if rows else np.ones_like(ref_f)
+    p_f, p_c = _row_shapes(ref_f), _row_shapes(ref_c)
+    undefined = np.isnan(p_f).any(axis=1) | np.isnan(p_c).any(axis=1)  # factors of 1 (reweighting_factors)
+    w = np.ones_like(ref_f)
+    if all(b - a == 1 for a, b in groups):
+        with np.errstate(all="ignore"):
+            w = np.where(p_c > 0, p_f / p_c, 1.0)
+    else:
+        for a, b in groups:
+            pf, pc = _row_totals(p_f[:, a:b]), _row_totals(p_c[:, a:b])
+            with np.errstate(all="ignore"):
+                w[:, a:b] = np.where(pc > 0, pf / pc, 1.0)[:, None]
+    w[undefined] = 1.0
+    return w
+
+
+def _replica_side_fraction(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per replica, the fraction of :func:`qgcal.calibration.side_fraction` (NaN where the total is not > 0)."""
+    a = _row_totals(values[:, mask])
+    b = _row_totals(values[:, ~mask])
+    tot = a + b
+    with np.errstate(all="ignore"):
+        frac = a / tot
+    frac[~(tot > 0)] = np.nan
+    return frac
+
+
+def _replica_bin_sfs(
+    cfg: Config,
+    mc: np.ndarray,
+    data: np.ndarray,
+    ipt: int,
+    reweight: str,
+    groups: Sequence[tuple[int, int]] | None,
+    masks: Mapping[str, np.ndarray],
+) -> dict[tuple[str, str], np.ndarray]:
+    """One pT bin's SFs in every replica at once: :func:`extract_inputs` and :func:`qgcal.calibration.efficiencies`
+    on (replica, score bin) arrays, operation for operation, so each replica's value is bit for bit what
+    the same computation on that replica alone gives."""
+    q, g, o = REPLICA_QUARK, REPLICA_GLUON, REPLICA_OTHER
+    fq, fg, f_all = (
+        _replica_rows(mc, F, (q,), ipt),
+        _replica_rows(mc, F, (g,), ipt),
+        _replica_rows(mc, F, (q, g, o), ipt),
+    )
+    cq, cg, c_all = (
+        _replica_rows(mc, C, (q,), ipt),
+        _replica_rows(mc, C, (g,), ipt),
+        _replica_rows(mc, C, (q, g, o), ipt),
+    )
+    d_f, d_c = _replica_rows(data, F, (REPLICA_DATA,), ipt), _replica_rows(data, C, (REPLICA_DATA,), ipt)
+    truth = cfg.truth
+    if truth.other == "gluon":  # with_other_class
+        fg, cg = fg + _replica_rows(mc, F, (o,), ipt), cg + _replica_rows(mc, C, (o,), ipt)
+    elif truth.other == "subtract":
+        fo, co = _replica_rows(mc, F, (o,), ipt), _replica_rows(mc, C, (o,), ipt)
+        s = truth.other_scale
+
+        def norm(d: np.ndarray, mc_all: np.ndarray) -> np.ndarray:
+            if truth.other_norm != "data":
+                return np.ones(len(d))
+            dt, mt = _row_totals(d), _row_totals(mc_all)
+            with np.errstate(all="ignore"):
+                return np.where((dt > 0) & (mt > 0), dt / mt, 0.0)
+
+        k_f, k_c = s * norm(d_f, f_all), s * norm(d_c, c_all)
+        f_all, c_all = f_all - 1.0 * fo, c_all - 1.0 * co
+        d_f, d_c = d_f - k_f[:, None] * fo, d_c - k_c[:, None] * co
+    if reweight == "none":
+        w = np.ones_like(fq)
+    else:
+        ref_f, ref_c = (fq, cq) if reweight == "quark" else (fg, cg)
+        w = _replica_reweighting(ref_f, ref_c, groups, cfg.calibration.reweighting_min_mc_neff)
+    with np.errstate(all="ignore"):
+        cq_w, c_all_w, d_c_w = cq * w, c_all * w, d_c * w
+        t_fq, t_fall, t_cq, t_call = _row_totals(fq), _row_totals(f_all), _row_totals(cq_w), _row_totals(c_all_w)
+        f_fq = np.where(t_fall > 0, t_fq / t_fall, np.nan)
+        f_cq = np.where(t_call > 0, t_cq / t_call, np.nan)
+        det = f_fq - f_cq
+        ok = np.isfinite(det) & (f_fq != f_cq)
+        # Fractions.inverse: [[1 - f_Cq, -(1 - f_Fq)], [-f_Cq, f_Fq]] / det
+        i00, i01, i10, i11 = (1.0 - f_cq) / det, -(1.0 - f_fq) / det, -f_cq / det, f_fq / det
+    out: dict[tuple[str, str], np.ndarray] = {}
+    for wkey, mask in masks.items():
+        eff = {}
+        for side, (fwd, cen) in (("mc", (f_all, c_all_w)), ("data", (d_f, d_c_w))):
+            e_f, e_c = _replica_side_fraction(fwd, mask), _replica_side_fraction(cen, mask)
+            with np.errstate(all="ignore"):
+                eff[side] = (i00 * e_f + i01 * e_c, 1.0 - (i10 * e_f + i11 * e_c))
+        for i, parton in enumerate(("quark", "gluon")):
+            num, den = eff["data"][i], eff["mc"][i]
+            good = ok & (den > 0) & np.isfinite(num) & np.isfinite(den)
+            with np.errstate(all="ignore"):
+                out[(wkey, parton)] = np.where(good, num / den, np.nan)
+    return out
+
+
 def replica_scale_factors(
     cfg: Config,
     mc: Mapping[str, np.ndarray],
@@ -85,38 +227,26 @@ def replica_scale_factors(
     """Each scale factor in every bootstrap replica (NaN where a replica leaves it undefined).
 
     Cuts are frozen from nominal and the reweighting groups from this systematic's own
-    extraction (``groups[tagger][pT bin]``; bin by bin when None). Replicas are keyed by event
+    extraction (``groups[tagger][pT bin]``; each replica's own groups when None). Replicas are keyed by event
     identity, so nominal and a variation of the same events share them: the spread of
     (variation - nominal) over replicas is the statistical error of a systematic shift.
+    All replicas of a pT bin are computed at once (:func:`_replica_bin_sfs`): the same
+    numbers as replica by replica, 50x fewer numpy calls.
     """
     out: dict[BootKey, np.ndarray] = {}
-    n_rep = cfg.bootstrap
     for name in sorted(cfg.taggers):
         tagger = cfg.taggers[name]
         for ipt in range(len(cfg.pt_bins_gev) - 1):
-            samples: dict[tuple[str, str], np.ndarray] = {}
             # the frozen cuts' masks over the score bins (axis 3 of a replica array): the same in every replica
             masks: dict[str, np.ndarray] = {}
             for wp in cfg.working_points:
                 cut = cuts[name][ipt][_wp_key(wp)]
                 if cut is not None:
                     masks[_wp_key(wp)] = quark_mask(mc[name].shape[3], cut["index"], tagger.quark_side)
-                    for parton in ("quark", "gluon"):
-                        samples[(_wp_key(wp), parton)] = np.full(n_rep, np.nan)
             g = None if groups is None else groups[name][ipt]
-            for r in range(n_rep):
-                x = inputs_from_replica(mc[name], data[name], ipt, r, cfg.pt_bins_gev, cfg.truth)
-                ex = extract_inputs(cfg, x, reweight, groups=g)
-                if not (math.isfinite(ex.f_fq - ex.f_cq) and ex.f_fq != ex.f_cq):
-                    continue
-                fr_ = ex.fractions()
-                for wkey, mask in masks.items():
-                    e_m = efficiencies(fr_, ex.mc_forward, ex.mc_central, mask)
-                    e_d = efficiencies(fr_, ex.data_forward, ex.data_central, mask)
-                    for parton, num, den in (("quark", e_d.eps_q, e_m.eps_q), ("gluon", e_d.rej_g, e_m.rej_g)):
-                        if den > 0 and math.isfinite(num) and math.isfinite(den):
-                            samples[(wkey, parton)][r] = num / den
-            for (wp_key, parton), values in samples.items():
+            for (wp_key, parton), values in _replica_bin_sfs(
+                cfg, mc[name], data[name], ipt, reweight, g, masks
+            ).items():
                 out[(name, ipt, wp_key, parton)] = values
     return out
 

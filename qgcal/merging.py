@@ -4,11 +4,21 @@ Why its own module: the merge is where determinism is made (sorted keys, exact
 bootstrap sums) and where the slice normalisation lumi * xsec * filter_eff *
 kfactor / sum_of_weights(slice, all files) is applied; the final pass and the
 tests use it, and it reads nothing but histogram artifacts.
+
+A sweep merges the same data and nominal-MC artifacts for every systematic: the result of
+a merge is remembered in the process (:func:`merge_sample`), keyed by everything it is a
+function of (the sample's config, the luminosity, the bootstrap, and each artifact's path
+and file identity), so each shared sample is read once per process.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import math
+import os
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,16 +34,62 @@ from qgcal.histset import HistSet, add_into, empty_like, load_artifact, merge, s
 __all__ = ["merge_sample", "save_merged"]
 
 
-def merge_sample(
-    cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]
-) -> tuple[HistSet, dict[str, Any], dict[str, np.ndarray]]:
+Merged = tuple[HistSet, dict[str, Any], dict[str, np.ndarray]]
+_MEMO: OrderedDict[str, Merged] = OrderedDict()
+_MEMO_SIZE = 4  # merged samples kept per process: data, nominal MC and the systematic's own MC, with room
+
+
+def _memo_key(cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]) -> str | None:
+    """What a merge is a function of: the sample's config, lumi, bootstrap, taggers and each artifact's
+    file identity (an artifact rewritten, atomically, gets a new inode and mtime). None if one is missing."""
+    files = []
+    for key, path in sorted(artifacts):
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        files.append([key, str(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev])
+    doc = {
+        "sample": sample,
+        "config": cfg.samples[sample].model_dump(mode="json"),
+        "lumi_pb": cfg.lumi_pb,
+        "bootstrap": cfg.bootstrap,
+        "taggers": sorted(cfg.taggers),
+        "files": files,
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _copied(merged: Merged) -> Merged:
+    """A copy the caller may change without changing what is remembered."""
+    hs, info, reps = merged
+    return {k: h.copy() for k, h in hs.items()}, copy.deepcopy(info), {k: v.copy() for k, v in reps.items()}
+
+
+def merge_sample(cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]) -> Merged:
     """Merge per-file histograms of one sample; MC slices normalised to the luminosity.
 
     Also returns the merged bootstrap replicas (empty without ``bootstrap``): exact sums per
     slice (:class:`qgcal.bootstrap.ExactSum`, so the same for any split of the slice's
     events into files), turned into floats once, then scaled and added in slice order,
-    from the same read of each file.
+    from the same read of each file. A merge of the same inputs earlier in this process is
+    returned (as a copy) instead of being redone: the systematics of a sweep share data and
+    nominal MC.
     """
+    key = _memo_key(cfg, sample, artifacts)
+    if key is not None and key in _MEMO:
+        _MEMO.move_to_end(key)
+        return _copied(_MEMO[key])
+    merged = _merge_sample(cfg, sample, artifacts)
+    if key is not None:
+        _MEMO[key] = _copied(merged)
+        while len(_MEMO) > _MEMO_SIZE:
+            _MEMO.popitem(last=False)
+    return merged
+
+
+def _merge_sample(cfg: Config, sample: str, artifacts: Sequence[tuple[str, Path]]) -> Merged:
+    """:func:`merge_sample` without the memo."""
     kind = cfg.samples[sample].kind
     by_slice: dict[str, list[tuple[str, HistSet, dict[str, Any]]]] = {}
     replica_sums: dict[str, dict[str, ExactSum]] = {}
