@@ -17,6 +17,15 @@ a subprocess on free loopback ports) with four models, all without server-side b
 and prints markdown tables: request bytes and time per layout, jets per request (1 vs many),
 fused vs split, local vs Triton at 100k jets per request, best of ``--repeats``, each score
 checked against the local route.  Client and server share this machine's cores.
+
+    python benchmarks/bench_constituent_serving.py --matrix [--clients 1,2,4,8] [--client-jets 20000]
+
+Many clients, one server: for each server setting {dynamic batching off, on} x {1, 2 model
+instances} it starts ``python -m qgcal.inference.serve`` (what ``qgcal serve`` runs) once,
+drives it from 1, 2, 4 and 8 concurrent client processes (``TritonConstituentScorer``, one
+request per call, default in-flight window and retry budget) and prints aggregate jets/s,
+p50/p99 request latency, failed requests and retries, next to the same clients scoring
+locally; every client's scores are checked against its local scores (2e-4).
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,59 +171,197 @@ def _infer(client: Any, grpc: Any, model: str, arrays: list[tuple[str, np.ndarra
     return np.asarray(client.infer(model, inputs, outputs=[grpc.InferRequestedOutput(output)]).as_numpy(output))
 
 
-def _client(args: tuple[str, str, int, int, int, str, Any]) -> tuple[float, float, list[float], int]:
-    """One client process: score its own jets request by request; (start, end, latencies s, jets).
+def _client(args: tuple[str, str, str, int, int, int, str, Any]) -> dict[str, Any]:
+    """One client process: score its own jets request by request.
 
     All clients start together (a barrier after their warm-up), so the aggregate rate is
-    total jets / (last end - first start) over truly concurrent clients.
+    total jets / (last end - first start) over truly concurrent clients.  A request that
+    fails is counted, not fatal (the point is to show that none does); retries are the
+    scorer's resubmissions after connection failures.  The scores are checked against local
+    scoring of the same jets after the timed part.
     """
-    url, model, seed, jets, per_request, route, barrier = args
-    from qgcal.inference import TritonSettings
+    url, model, model_name, seed, jets, per_request, route, barrier = args
+    from qgcal.inference import InferenceError, TritonSettings
     from qgcal.inference.constituent_model import ConstituentScorer
     from qgcal.inference.triton_client import TritonConstituentScorer, jet_requests
 
     rng = np.random.default_rng(seed)
     counts = (rng.poisson(18, size=jets) + 1).astype(np.int64)
     values = rng.normal(size=(int(counts.sum()), K)).astype(np.float32)
+    local = ConstituentScorer(model)
     if route == "local":
-        scorer: Any = ConstituentScorer(model)
+        scorer: Any = local
     else:
-        settings = TritonSettings(url=url, model_name="fused", batch_size=per_request, retry_budget_s=60.0)
+        settings = TritonSettings(url=url, model_name=model_name, batch_size=per_request, retry_budget_s=60.0)
         scorer = TritonConstituentScorer(settings, model_path=model)
     spans = jet_requests(counts, per_request)
     j0, j1, v0, v1 = spans[0]
     scorer.predict_constituents(values[v0:v1], counts[j0:j1])  # warm-up (torch start-up, connection), not timed
-    latencies = []
+    latencies, parts, failures = [], [], 0
     barrier.wait()
     t0 = time.time()
     for j0, j1, v0, v1 in spans:
         t = time.perf_counter()
-        scorer.predict_constituents(values[v0:v1], counts[j0:j1])
+        try:
+            parts.append(scorer.predict_constituents(values[v0:v1], counts[j0:j1]))
+        except InferenceError:
+            failures += 1
+            parts.append(np.full(j1 - j0, np.nan, np.float32))
         latencies.append(time.perf_counter() - t)
     end = time.time()
+    retries = int(getattr(scorer, "retries", 0))
     scorer.close()
-    return t0, end, latencies, jets
+    got = np.concatenate(parts)
+    ok = (
+        failures > 0
+        or route == "local"
+        or bool(np.max(np.abs(got - local.predict_constituents(values, counts))) < 2e-4)
+    )
+    return {"start": t0, "end": end, "latencies": latencies, "jets": jets, "failures": failures,
+            "retries": retries, "scores_ok": ok}  # fmt: skip
 
 
-def _many_clients(url: str, model: Path, clients: list[int], jets: int, per_request: int) -> None:
-    """Aggregate jets/s and p50/p99 request latency for N concurrent client processes."""
+def _many_clients(
+    url: str,
+    model: Path,
+    n: int,
+    jets: int,
+    per_request: int,
+    route: str,
+    model_name: str = "fused",
+    workers: tuple[Any, Any] | None = None,
+) -> dict[str, Any]:
+    """Aggregate jets/s, p50/p99 request latency, failures and retries of ``n`` concurrent client processes.
+
+    ``workers``: a (spawn Pool of at least ``n`` processes, Manager) pair to reuse, so that the
+    clients' start-up (torch, tritonclient imports) is paid once per benchmark, not per row.
+    """
+    import contextlib
     import multiprocessing
 
+    with contextlib.ExitStack() as stack:
+        if workers is None:
+            ctx = multiprocessing.get_context("spawn")
+            manager = stack.enter_context(ctx.Manager())
+            pool = stack.enter_context(ctx.Pool(n))
+        else:
+            pool, manager = workers
+        barrier = manager.Barrier(n)
+        work = [(url, str(model), model_name, 100 + i, jets, per_request, route, barrier) for i in range(n)]
+        results = pool.map(_client, work, chunksize=1)  # one task per worker: each waits at the barrier
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    lat = np.concatenate([r["latencies"] for r in results]) * 1e3
+    return {
+        "clients": n,
+        "route": route,
+        "jets_per_s": sum(r["jets"] for r in results) / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "requests": int(lat.size),
+        "failures": sum(r["failures"] for r in results),
+        "retries": sum(r["retries"] for r in results),
+        "scores_ok": all(r["scores_ok"] for r in results),
+    }
+
+
+def _print_many(rows: list[dict[str, Any]], header: bool) -> None:
+    if header:
+        print(
+            "| clients | route | aggregate jets/s | p50 latency (ms) | p99 latency (ms) | requests | failed | retries |"
+        )
+        print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['clients']} | {r['route']} | {r['jets_per_s']:,.0f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+              f"{r['requests']} | {r['failures']} | {r['retries']} |", flush=True)  # fmt: skip
+
+
+def _start_qgcal_serve(model: Path, work: Path, batching: str, instances: int) -> tuple[Any, str, Any]:
+    """``python -m qgcal.inference.serve`` (what ``qgcal serve`` runs) in its own session; (process, url, log)."""
+    grpc_port, http_port = _free_port(), _free_port()
+    ready = work / f"ready-{batching}-{instances}"
+    log_path = work / f"serve-{batching}-{instances}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed by _stop_server
+    argv = [
+        *[sys.executable, "-m", "qgcal.inference.serve", str(model), "--model-name", "cons"],
+        *["--grpc-port", str(grpc_port), "--http-port", str(http_port), "--ready-file", str(ready)],
+        *["--dynamic-batching", batching, "--instances", str(instances), "--workspace", "/tmp"],
+    ]
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not ready.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"qgcal serve did not start:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.2)
+    return proc, f"127.0.0.1:{grpc_port}", log
+
+
+def _stop_server(proc: Any, log: Any) -> str:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()
+    text = Path(log.name).read_text(errors="replace")
+    found = [line for line in text.splitlines() if "forward passes" in line]
+    return found[-1].split(" INFO ")[-1] if found else "no forward count logged"
+
+
+def _matrix(args: argparse.Namespace) -> int:
+    """The many-clients table for {batching off, on} x {1, 2 instances} x clients, plus local clients."""
+    import multiprocessing
+
+    import torch
+
+    from qgcal.inference.constituent_model import build_network, save_constituent_model
+
+    work = Path(tempfile.mkdtemp(prefix="qgcm"))
+    torch.manual_seed(0)
+    model = work / "cons.safetensors"
+    save_constituent_model(
+        build_network(K, args.hidden), model, features=FEATURES, hidden=args.hidden,
+        training_sample_sha256="bench", training={},
+    )  # fmt: skip
+    clients = [int(c) for c in (args.clients or "1,2,4,8").split(",")]
+    print(
+        f"{args.client_jets} jets per client (Poisson(18)+1 constituents x {K}), {args.client_request} jets per "
+        f"request, H = {args.hidden}; {os.cpu_count()} cores shared by clients and server; "
+        f"load at start {os.getloadavg()[0]:.1f}\n"
+    )
+    t_start = time.time()
+    summary: dict[str, Any] = {"local": [], "triton": {}}
     ctx = multiprocessing.get_context("spawn")
-    print(f"{jets} jets per client, {per_request} per request; latency per request")
-    print("| clients | route | aggregate jets/s | p50 latency (ms) | p99 latency (ms) |")
-    print("|---:|---|---:|---:|---:|")
-    for n in clients:
-        for route in ("local", "triton"):
-            with ctx.Manager() as manager, ctx.Pool(n) as pool:
-                barrier = manager.Barrier(n)
-                work = [(url, str(model), 100 + i, jets, per_request, route, barrier) for i in range(n)]
-                results = pool.map(_client, work)
-            wall = max(r[1] for r in results) - min(r[0] for r in results)
-            lat = np.concatenate([r[2] for r in results]) * 1e3
-            total = sum(r[3] for r in results)
-            p50, p99 = np.percentile(lat, 50), np.percentile(lat, 99)
-            print(f"| {n} | {route} | {total / wall:,.0f} | {p50:.0f} | {p99:.0f} |")
+    with ctx.Manager() as manager, ctx.Pool(max(clients)) as pool:
+        workers = (pool, manager)
+        rows = [
+            _many_clients("", model, n, args.client_jets, args.client_request, "local", workers=workers)
+            for n in clients
+        ]
+        summary["local"] = rows
+        _print_many(rows, header=True)
+        for batching in ("off", "on"):
+            for instances in (1, 2):
+                proc, url, log = _start_qgcal_serve(model, work, batching, instances)
+                label = f"triton, batching {batching}, {instances} inst."
+                rows = []
+                try:
+                    for n in clients:
+                        row = _many_clients(
+                            url, model, n, args.client_jets, args.client_request, "triton", "cons", workers=workers
+                        )
+                        row["route"] = label
+                        rows.append(row)
+                        _print_many([row], header=False)
+                finally:
+                    forwards = _stop_server(proc, log)
+                print(f"<!-- {label}: server log: {forwards} -->", flush=True)
+                summary["triton"][f"{batching}-{instances}"] = {"rows": rows, "server": forwards}
+    shutil.rmtree(work, ignore_errors=True)
+    print()
+    print(f"wall {time.time() - t_start:.0f} s, load at end {os.getloadavg()[0]:.1f}")
+    print(json.dumps(summary, default=float))
+    bad = [r for v in summary["triton"].values() for r in v["rows"] if r["failures"] or not r["scores_ok"]]
+    return 1 if bad else 0
 
 
 def main() -> int:
@@ -226,11 +374,16 @@ def main() -> int:
     parser.add_argument("--clients", default="", help="e.g. 1,2,4,8: also N concurrent client processes")
     parser.add_argument("--client-jets", type=int, default=40_000, help="jets per client process")
     parser.add_argument("--client-request", type=int, default=5_000, help="jets per request of each client")
+    parser.add_argument(
+        "--matrix", action="store_true", help="only the many-clients table: batching off/on x 1/2 instances"
+    )
     parser.add_argument("--serve", nargs=4, metavar=("MODEL", "GRPC", "HTTP", "READY"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         m, g, h, r = args.serve
         return _serve(m, int(g), int(h), r)
+    if args.matrix:
+        return _matrix(args)
 
     import torch
     from tritonclient import grpc
@@ -363,8 +516,11 @@ def main() -> int:
         )
         client.close()
         if args.clients:
-            print()
-            _many_clients(url, model, [int(c) for c in args.clients.split(",")], args.client_jets, args.client_request)
+            print(f"\n{args.client_jets} jets per client, {args.client_request} per request; latency per request")
+            for i, n in enumerate(int(c) for c in args.clients.split(",")):
+                for route in ("local", "triton"):
+                    _print_many([_many_clients(url, model, n, args.client_jets, args.client_request, route)], i == 0
+                                and route == "local")  # fmt: skip
     finally:
         server.send_signal(signal.SIGINT)
         try:

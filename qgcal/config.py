@@ -525,11 +525,32 @@ class ConstituentTagger(_Model):
     )
     train_epochs: int = Field(30, ge=1, description="training epochs for qgcal train")
     hidden: int = Field(32, ge=2, le=1024, description="width of the per-constituent and per-jet networks")
+    architecture: Literal["deepsets", "knn"] = Field(
+        "deepsets",
+        description="deepsets: per-constituent MLP, pooled; knn: a kNN graph per jet in graph_coordinates, one "
+        "EdgeConv message-passing layer, pooled (docs/constituents.md)",
+    )
+    neighbours: int = Field(
+        8, ge=1, le=64, description="architecture knn: neighbours per constituent (fewer in jets of <= k constituents)"
+    )
+    graph_coordinates: list[str] = Field(
+        ["constit_deta", "constit_dphi"],
+        description="architecture knn: the features (of 'features') whose Euclidean distance defines the neighbours",
+    )
 
     @field_validator("features")
     @classmethod
     def _distinct(cls, v: list[str]) -> list[str]:
         return _distinct_features(v, "a constituent model needs at least one per-constituent feature")
+
+    @model_validator(mode="after")
+    def _graph_coordinates_are_features(self) -> ConstituentTagger:
+        if self.architecture == "knn":
+            _distinct_features(self.graph_coordinates, "architecture knn needs at least one graph coordinate")
+            missing = [c for c in self.graph_coordinates if c not in self.features]
+            if missing:
+                raise ValueError(f"graph_coordinates {missing} are not among the tagger's features {self.features}")
+        return self
 
 
 Tagger = Annotated[BranchTagger | ModelTagger | ConstituentTagger, Field(discriminator="kind")]

@@ -1,4 +1,4 @@
-"""Train the constituent (DeepSets) tagger and measure it against nTracks alone.
+"""Train the constituent tagger (DeepSets or the kNN graph network) and measure it against nTracks alone.
 
 The same conventions as :mod:`qgcal.training` (and for the same reasons): gluon is the
 positive class (the score is the gluon log-odds, higher = more gluon-like, like nTracks);
@@ -9,6 +9,11 @@ Determinism: CPU, one intra-op thread, ``torch.use_deterministic_algorithms(True
 initial weights and the mini-batch order drawn from generators seeded by ``seed`` inside
 ``torch.random.fork_rng`` (the caller's global torch RNG is untouched): the same inputs and
 seed give the same weights file, byte for byte.
+
+The kNN network's graph stage has no parameters and is exact (no float matrix products), so
+the training jets' neighbour lists are built once, up front, and each mini-batch takes its
+rows' lists shifted to the batch's row numbers (:func:`batch_neighbours`): the same
+neighbours the fused model builds for the same jets at scoring time.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from qgcal.inference.constituent_model import (
+    ARCHITECTURES,
+    DEFAULT_NEIGHBOURS,
     ConstituentMeta,
     build_network,
     deterministic_torch,
+    graph_neighbours,
     save_constituent_model,
     score_network,
 )
@@ -39,7 +47,7 @@ from qgcal.training import (
     truth_class,
 )
 
-__all__ = ["ConstituentTrainResult", "jets_subset", "train_constituent_tagger"]
+__all__ = ["ConstituentTrainResult", "batch_neighbours", "jets_subset", "train_constituent_tagger"]
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +64,25 @@ def jets_subset(values: np.ndarray, counts: np.ndarray, select: np.ndarray) -> t
     return values[rows], lens
 
 
+def batch_neighbours(neighbours: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The neighbour lists of ``rows`` (whole jets, in order) renumbered to positions in ``rows``.
+
+    A neighbour is in the same jet, and a jet's rows are contiguous in both numberings, so
+    the shift ``position - row`` of a constituent is its neighbours' shift too; -1 stays -1.
+    """
+    nb = neighbours[rows]
+    shift = (np.arange(len(rows), dtype=np.int64) - rows)[:, None]
+    return np.where(nb >= 0, nb + shift, -1)
+
+
 @dataclass
 class ConstituentTrainResult(TrainResult):
-    """A trained DeepSets network; ``save`` writes safetensors weights and the JSON sidecar."""
+    """A trained constituent network; ``save`` writes safetensors weights and the JSON sidecar."""
 
     hidden: int = 32
+    architecture: str = "deepsets"
+    neighbours: int = 0
+    coordinates: tuple[str, ...] = ()
 
     def save(self, path: str | os.PathLike[str]) -> ConstituentMeta:  # type: ignore[override]
         return save_constituent_model(
@@ -70,6 +92,9 @@ class ConstituentTrainResult(TrainResult):
             hidden=self.hidden,
             training_sample_sha256=self.training_sample_sha256,
             training=self.training,
+            architecture=self.architecture,
+            neighbours=self.neighbours,
+            coordinates=self.coordinates,
         )
 
 
@@ -96,13 +121,23 @@ def train_constituent_tagger(
     batch_jets: int = 256,
     learning_rate: float = 3e-3,
     reference_feature: str = "nTracks",
+    architecture: str = "deepsets",
+    neighbours: int = DEFAULT_NEIGHBOURS,
+    coordinates: Sequence[str] = ("constit_deta", "constit_dphi"),
 ) -> ConstituentTrainResult:
-    """Fit the DeepSets tagger on even events; evaluate on odd events against ``reference_feature``.
+    """Fit the constituent tagger on even events; evaluate on odd events against ``reference_feature``.
 
     ``columns``: per-jet ``pt`` (GeV), ``event``, ``parton_label``, ``weight`` (optional) and the
     reference; ``values``: float32 ``[sum(counts), len(features)]``, the jets' constituents in
-    jet order; ``counts``: constituents per jet.
+    jet order; ``counts``: constituents per jet. ``architecture``: ``deepsets`` or ``knn``
+    (``neighbours`` per constituent in the ``coordinates`` features).
     """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {list(ARCHITECTURES)}, got {architecture!r}")
+    knn = architecture == "knn"
+    if knn and (neighbours < 1 or not coordinates or not set(coordinates) <= set(features)):
+        raise ValueError(f"architecture knn needs neighbours >= 1 and coordinates among {list(features)}")
+    coord_idx = tuple(list(features).index(c) for c in coordinates) if knn else (0,)
     edges = np.asarray(pt_bins_gev, dtype=np.float64)
     if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
         raise ValueError(f"pt_bins_gev must be increasing bin edges, got {list(pt_bins_gev)}")
@@ -137,15 +172,19 @@ def train_constituent_tagger(
 
     with deterministic_torch(1) as torch, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = build_network(len(features), hidden)
+        net = build_network(
+            len(features), hidden, architecture=architecture, neighbours=neighbours, coordinates=coord_idx
+        )
+        standardise = net.gnn if knn else net  # the module holding the input normalisation buffers
         with torch.no_grad():
-            net.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
-            net.scale.copy_(torch.from_numpy(scale.astype(np.float32)))
+            standardise.mean.copy_(torch.from_numpy(mean.astype(np.float32)))
+            standardise.scale.copy_(torch.from_numpy(scale.astype(np.float32)))
         opt = torch.optim.Adam(net.parameters(), lr=learning_rate)
         gen = np.random.default_rng(np.random.SeedSequence([seed, 12]))
         off = np.zeros(len(c_tr) + 1, dtype=np.int64)
         np.cumsum(c_tr, out=off[1:])
         x_t = torch.from_numpy(x_tr)
+        nb_tr = graph_neighbours(net, x_tr, c_tr) if knn else np.zeros((0, 0), np.int64)
         loss_fn = torch.nn.BCEWithLogitsLoss(reduction="none")
         last = float("nan")
         for _ in range(epochs):
@@ -156,7 +195,11 @@ def train_constituent_tagger(
                 o2 = np.zeros(len(jets) + 1, dtype=np.int64)
                 np.cumsum(lens, out=o2[1:])
                 rows = np.repeat(off[jets] - o2[:-1], lens) + np.arange(int(o2[-1]))
-                logits = net(x_t[torch.from_numpy(rows)], torch.from_numpy(lens))
+                x_b, c_b = x_t[torch.from_numpy(rows)], torch.from_numpy(lens)
+                if knn:
+                    logits = net.gnn(x_b, c_b, torch.from_numpy(batch_neighbours(nb_tr, rows)))
+                else:
+                    logits = net(x_b, c_b)
                 loss = (loss_fn(logits, torch.from_numpy(y_tr[jets])) * torch.from_numpy(w_tr[jets])).mean()
                 opt.zero_grad()
                 loss.backward()
@@ -188,4 +231,7 @@ def train_constituent_tagger(
             "seed": seed,
         },
         hidden=hidden,
+        architecture=architecture,
+        neighbours=int(neighbours) if knn else 0,
+        coordinates=tuple(coordinates) if knn else (),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import json
+import re
 import shutil
 import signal
 import sys
@@ -90,12 +91,14 @@ def _stop(srv: ServerProcess) -> None:
     psutil.wait_procs([p for p in srv.children if p.is_running()], timeout=15)
 
 
-def _server(model: Path, log: Path, workspace: Path, ports: tuple[int, int] | None = None) -> ServerProcess:
+def _server(
+    model: Path, log: Path, workspace: Path, ports: tuple[int, int] | None = None, extra: tuple[str, ...] = ()
+) -> ServerProcess:
     grpc_port, http_port = ports or (free_port(), free_port())
     argv = [
         *[sys.executable, "-m", "qgcal.inference.serve", str(model)],
         *["--grpc-port", str(grpc_port), "--http-port", str(http_port), "--model-name", SERVED],
-        *["--workspace", str(workspace)],
+        *["--workspace", str(workspace), *extra],
     ]
     return ServerProcess(argv=argv, log_path=log, grpc_port=grpc_port, http_port=http_port)
 
@@ -155,6 +158,7 @@ def test_same_batch_bit_identical_other_batches_within_tolerance(server, trained
         assert one.predict_constituents(x, c).tobytes() == reference.tobytes()
         prov = one.provenance()
     assert prov["backend"] == "triton" and prov["device"] == "remote:cpu"
+    assert prov["triton"]["server_merges_requests"] is False
     assert prov["triton"]["served_model_sha256"] == prov["model"]["sha256"] == local.meta.weights_sha256
     assert prov["triton"]["requests"] == 1
     # 997 whole jets per request, 3 in flight: other batch composition, float32 effects only
@@ -310,3 +314,74 @@ def test_torchscript_export_scores_like_the_training_model(trained, jets, tmp_pa
         expected, got = net(x, c).numpy(), loaded(x, c).numpy()
     assert got.shape == (n,) and got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_onnx_export_through_the_cli_scores_like_the_training_model(trained, jets, tmp_path, capsys) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    path, cfg = trained
+    argv = ["serve", "--config", str(path), "--export-repo", str(tmp_path / "repo"), "--export-format", "onnx"]
+    assert main([*argv, "--instances", "2"]) == 0, capsys.readouterr().err
+    model_dir = tmp_path / "repo" / SERVED
+    config = (model_dir / "config.pbtxt").read_text()
+    assert 'backend: "onnxruntime"' in config and "instance_group [ { count: 2 kind: KIND_CPU } ]" in config
+    values, counts = jets
+    n = min(len(counts), 3000)
+    x, c = values[: int(counts[:n].sum())], counts[:n]
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"CONSTITUENTS": x, "COUNTS": c})[0]
+    net, _ = load_constituent_model(_model(cfg))
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x.copy()), torch.from_numpy(c.copy())).numpy()
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+def test_dynamic_batching_merges_ragged_requests_across_instances(trained, jets, tmp_path) -> None:
+    """--dynamic-batching on --instances 2: requests of several clients are merged, scores stay within tolerance."""
+    from tritonclient import grpc
+
+    values, counts = jets
+    model = _model(trained[1])
+    n = min(len(counts), 4000)
+    x, c = values[: int(counts[:n].sum())], counts[:n]
+    reference = ConstituentScorer(model).predict_constituents(x, c)
+    workspace = Path(tempfile.mkdtemp(prefix="qgc", dir="/tmp"))
+    srv = _server(model, tmp_path / "b.log", workspace, extra=("--dynamic-batching", "on", "--instances", "2"))
+    results: dict[int, tuple[np.ndarray, int, int]] = {}
+    try:
+        srv.start([SERVED])
+        client = grpc.InferenceServerClient(srv.grpc_url)
+        try:
+            cfg = client.get_model_config(SERVED, as_json=True)["config"]
+            assert int(cfg["max_batch_size"]) > 0 and "dynamic_batching" in cfg
+            assert [i.get("allow_ragged_batch", False) for i in cfg["input"]] == [True, True]
+            assert sum(int(g["count"]) for g in cfg["instance_group"]) == 2
+
+            def one_client(i: int) -> None:
+                settings = _settings(srv, batch_size=101 + 7 * i, max_in_flight=4)
+                with TritonConstituentScorer(settings, model_path=model) as scorer:
+                    got = scorer.predict_constituents(x, c)
+                    prov = scorer.provenance()["triton"]
+                    assert prov["server_merges_requests"] is True
+                    results[i] = (got, prov["requests"], scorer.retries)
+
+            threads = [threading.Thread(target=one_client, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            client.close()
+    finally:
+        _stop(srv)
+        shutil.rmtree(workspace, ignore_errors=True)
+    assert sorted(results) == [0, 1, 2, 3]
+    for i, (got, requests, retries) in results.items():
+        assert requests == -(-n // (101 + 7 * i)) and retries == 0
+        np.testing.assert_allclose(got, reference, rtol=0, atol=TOLERANCE)
+    # the server's own count at exit (the scorers' start-up checks send no inference request)
+    found = re.findall(r"scored (\d+) requests in (\d+) forward passes", srv.log_path.read_text())
+    assert found, srv.log_tail()
+    requests, forwards = map(int, found[-1])
+    assert requests == sum(r[1] for r in results.values())
+    assert forwards < requests  # merged: fewer forward passes than requests

@@ -499,3 +499,50 @@ def test_the_test_extra_pulls_no_torch_and_ci_installs_the_cpu_build():
     assert test_cmd in readme and test_cmd in ci
     assert ci.index("pip install -q torch==2.13.0") < ci.index(test_cmd)
     assert "CPU" in readme and "torch" in readme
+
+
+def _constituent_tagger(doc: dict[str, Any], model: str, architecture: str = "deepsets") -> None:
+    doc["branches"].update({"nConstituents": "jet_nConstituents", "constit_ptFrac": "constit_ptFrac"})
+    doc["taggers"]["cons"] = {
+        "kind": "constituents",
+        "model": model,
+        "counts": "nConstituents",
+        "features": ["constit_ptFrac"],
+        "architecture": architecture,
+        "bins": {"n": 20, "low": -5, "high": 5},
+    }
+    if architecture == "knn":
+        doc["taggers"]["cons"]["graph_coordinates"] = ["constit_ptFrac"]
+
+
+def test_missing_constituent_model_is_found_by_validate_and_before_root2pkl(small_sample, tmp_path):
+    path, out = _config(small_sample, tmp_path, lambda d: _constituent_tagger(d, "nowhere.safetensors"))
+    for code, line in _both_commands(path):
+        assert code == 2, line
+        assert "taggers.cons.model" in line and "nowhere.safetensors" in line and "qgcal train" in line
+    assert _no_events_read(out)
+
+
+def test_constituent_model_must_match_features_and_architecture(small_sample, tmp_path):
+    from qgcal.inference.constituent_model import FORMAT
+
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(b"not read by the pre-flight check")
+    sidecar = {
+        "format": FORMAT,
+        "features": ["constit_deta"],
+        "weights_sha256": "0" * 64,
+        "architecture": {"kind": "deepsets", "hidden": 8},
+    }
+    (tmp_path / "m.safetensors.json").write_text(json.dumps(sidecar))
+    path, out = _config(small_sample, tmp_path, lambda d: _constituent_tagger(d, str(model)))
+    for code, line in _both_commands(path):
+        assert code == 2, line
+        assert "taggers.cons.features" in line and "'constit_deta'" in line
+    sidecar["features"] = ["constit_ptFrac"]
+    (tmp_path / "m.safetensors.json").write_text(json.dumps(sidecar))
+    path, out = _config(small_sample, tmp_path, lambda d: _constituent_tagger(d, str(model), "knn"), name="k")
+    for code, line in _both_commands(path):
+        assert code == 2, line
+        assert "taggers.cons.architecture" in line and "deepsets" in line
+    assert _no_events_read(out)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from qgcal.config import Config, ModelTagger, parse_branch_expr
+from qgcal.config import Config, ConstituentTagger, ModelTagger, parse_branch_expr
 from qgcal.errors import ConfigError, InputError
 from qgcal.plan import FileTask, model_path
 from qgcal.workflows.tasks import pass_is_valid
@@ -78,6 +78,9 @@ def check_models(cfg: Config) -> None:
     from qgcal.inference.model_io import read_meta
 
     for name, tagger in sorted(cfg.taggers.items()):
+        if isinstance(tagger, ConstituentTagger):
+            _check_constituent_model(cfg, name, tagger)
+            continue
         if not isinstance(tagger, ModelTagger):
             continue
         path = model_path(cfg, tagger)
@@ -95,6 +98,33 @@ def check_models(cfg: Config) -> None:
                 f"taggers.{name}.features: {tagger.features} but the model {path} was trained on "
                 f"{list(meta.features)}; use the model's features in its order, or retrain with 'qgcal train'"
             )
+
+
+def _check_constituent_model(cfg: Config, name: str, tagger: ConstituentTagger) -> None:
+    """The same for a constituent model (weights + JSON sidecar): before pass 1 reads any file."""
+    from qgcal.inference.constituent_model import read_constituent_meta
+    from qgcal.inference.errors import InferenceError
+
+    path = model_path(cfg, tagger)
+    if not path.is_file():
+        raise ConfigError(
+            f"taggers.{name}.model: no model file {path}; run 'qgcal train --config <config>' first "
+            "(or point 'model' at an existing .safetensors file)"
+        )
+    try:
+        meta = read_constituent_meta(path)
+    except InferenceError as err:
+        raise ConfigError(f"taggers.{name}.model: {err}") from None
+    if list(meta.features) != list(tagger.features):
+        raise ConfigError(
+            f"taggers.{name}.features: {list(tagger.features)} but the model {path} was trained on "
+            f"{list(meta.features)}; use the model's features in its order, or retrain with 'qgcal train'"
+        )
+    if meta.architecture != tagger.architecture:
+        raise ConfigError(
+            f"taggers.{name}.architecture: {tagger.architecture} but the model {path} is a {meta.architecture} "
+            "network; set architecture to match, or retrain with 'qgcal train'"
+        )
 
 
 Problem = tuple[tuple[str, ...], str]  # (what was asked of the file, the one-line message)

@@ -41,15 +41,26 @@ def served_model(cfg: Config, tagger: str | None = None) -> tuple[str, Path]:
 
 
 def export_model_repo(
-    cfg: Config, out: Path, *, tagger: str | None = None, gpus: list[int] | None = None, instances: int = 1
+    cfg: Config,
+    out: Path,
+    *,
+    tagger: str | None = None,
+    gpus: list[int] | None = None,
+    instances: int = 1,
+    export_format: str = "torchscript",
 ) -> Path:
     """A Triton model repository for a stock ``tritonserver`` (``--model-repository out``).
 
-    BDT: a Python-backend model; constituent tagger: TorchScript for the pytorch backend,
-    one instance per GPU in ``gpus`` (explicit device ids) or ``instances`` CPU instances.
+    BDT: a Python-backend model; constituent tagger: TorchScript for the pytorch backend or
+    (``export_format="onnx"``) ONNX for the onnxruntime backend, one instance per GPU in
+    ``gpus`` (explicit device ids) or ``instances`` CPU instances.
     """
     name, path = served_model(cfg, tagger)
     t = cfg.inference.triton
+    if export_format != "torchscript" and not isinstance(cfg.taggers[name], ConstituentTagger):
+        raise ConfigError(
+            f"--export-format {export_format}: only constituent taggers export to ONNX; {name!r} is a BDT"
+        )
     if isinstance(cfg.taggers[name], ConstituentTagger):
         from qgcal.inference.export import export_constituent_repo
 
@@ -61,6 +72,7 @@ def export_model_repo(
                 output_name=t.output_name,
                 gpus=gpus,
                 instance_count=instances,
+                export_format=export_format,
             )
         )
     from qgcal.inference import export_repo
@@ -85,11 +97,14 @@ def serve_tagger(
     http_port: int = 8000,
     grpc_port: int = 8001,
     ready: Callable[[str, dict[str, Any]], None] | None = None,
+    dynamic_batching: bool | None = None,
+    instances: int = 1,
 ) -> None:
     """Serve the tagger until SIGINT/SIGTERM; ``ready(name, info)`` once it serves.
 
     BDT: dynamic batching across requests; constituent model: each request scored on its own
-    (ragged inputs, see docs/triton.md).
+    (ragged inputs, see docs/triton.md) unless ``dynamic_batching`` is True; ``instances``
+    model instances.
     """
     from qgcal.inference.serve import serve
 
@@ -109,4 +124,6 @@ def serve_tagger(
         input_name=t.input_name,
         output_name=t.output_name,
         ready_callback=on_ready,
+        dynamic_batching=dynamic_batching,
+        instances=instances,
     )

@@ -86,6 +86,9 @@ def _train_constituents(cfg: Config, name: str, tagger: ConstituentTagger) -> Pa
             pt_bins_gev=cfg.pt_bins_gev,
             epochs=tagger.train_epochs,
             hidden=tagger.hidden,
+            architecture=tagger.architecture,
+            neighbours=tagger.neighbours,
+            coordinates=tagger.graph_coordinates,
             seed=0,
         )
     except ValueError as err:

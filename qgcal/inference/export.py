@@ -1,7 +1,8 @@
 """Write a Triton model repository for a facility's stock tritonserver.
 
 BDT taggers: a Python-backend repository (below).  Constituent taggers: TorchScript for the
-pytorch backend (:func:`export_constituent_repo`), two inputs and no dynamic batching.
+pytorch backend or ONNX for the onnxruntime backend (:func:`export_constituent_repo`), two
+inputs and no dynamic batching.
 
 Why a Python-backend repository: the tagger is a scikit-learn model; the Python backend
 runs it unchanged (no conversion, identical scores).  The repository is self-describing:
@@ -29,9 +30,20 @@ from .errors import InferenceError, import_optional
 from .model_io import TRUSTED_TYPES, load_model, meta_path
 from .triton_client import CONSTITUENTS_INPUT, COUNTS_INPUT, DEVICE_PARAMETER, SHA_PARAMETER
 
-__all__ = ["bundled_server_command", "export_constituent_repo", "export_repo", "torchscript_module"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "bundled_server_command",
+    "export_constituent_repo",
+    "export_repo",
+    "onnx_model_bytes",
+    "torchscript_module",
+]
 
 _TEMPLATE = Path(__file__).with_name("triton_python_model.py")
+#: what ``qgcal serve --export-repo --export-format`` writes for a constituent tagger
+EXPORT_FORMATS = ("torchscript", "onnx")
+#: ONNX opset of the export: >= 16 for ScatterElements(reduction="add"), the per-jet segment sum
+ONNX_OPSET = 17
 
 
 def _pbtxt_string(value: str) -> str:
@@ -168,6 +180,91 @@ def torchscript_module(model_path: str | os.PathLike[str]) -> Any:
         return torch.jit.script(Served().eval())
 
 
+def _onnx_served(net: Any) -> Any:
+    """The DeepSets forward with its per-jet pooling written in ops that export to ONNX correctly.
+
+    Why not the training module as it is: the legacy exporter turns its ``repeat_interleave``
+    + ``index_add_`` pooling into ScatterND *without* reduction, which keeps one of the
+    duplicate jet indices instead of summing them (wrong scores; torch only warns).  Here the
+    jet index of each constituent is a cumulative sum of jet-end marks and the per-jet sum is
+    a scatter-add (ONNX ScatterElements, reduction "add", opset >= 16).  Same weights, same
+    per-jet order of additions; only the export wrapper differs, and the test compares it with
+    the training module.
+    """
+    import torch
+
+    if not all(hasattr(net, a) for a in ("phi", "rho", "mean", "scale", "sum_scale")):
+        raise InferenceError(
+            f"ONNX export knows the DeepSets architecture only, not {type(net).__name__}; "
+            "use --export-format torchscript"
+        )
+
+    class OnnxServed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, constituents: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+            m = self.net
+            h = m.phi((constituents - m.mean) * m.scale)
+            n_constituents, hidden = h.shape[0], h.shape[1]
+            ends = torch.cumsum(counts, 0)
+            marks = torch.zeros(n_constituents + 1, dtype=counts.dtype, device=counts.device)
+            jet = torch.cumsum(marks.scatter_add(0, ends, torch.ones_like(ends)), 0)[:n_constituents]
+            pooled = torch.zeros((counts.shape[0], hidden), dtype=h.dtype, device=h.device)
+            pooled = pooled.scatter_add(0, jet.unsqueeze(1).expand(-1, hidden), h)
+            c = counts.to(h.dtype).unsqueeze(1)
+            feats = torch.cat([pooled / m.sum_scale, pooled / c.clamp(min=1.0), torch.log1p(c)], dim=1)
+            out: torch.Tensor = m.rho(feats).squeeze(1)
+            return out
+
+    return OnnxServed().eval()
+
+
+def onnx_model_bytes(model_path: str | os.PathLike[str], *, output_name: str = "SCORE") -> bytes:
+    """The constituent model as one self-contained ONNX file (opset ``ONNX_OPSET``).
+
+    Inputs ``CONSTITUENTS`` float32 ``[N, k]`` and ``COUNTS`` int64 ``[n]`` with dynamic first
+    dimensions, output ``<output_name>`` float32 ``[n]``.  The legacy (TorchScript-based)
+    exporter, ``dynamo=False``: it needs only the ``onnx`` package (the torch.export-based one
+    also needs onnxscript) and writes the weights inside the file, not as external data.
+    """
+    import io
+
+    import torch
+
+    from .constituent_model import load_constituent_model
+
+    try:
+        import onnx  # noqa: F401 - the legacy exporter imports it; fail here with a clear message
+    except ImportError as exc:
+        raise InferenceError(
+            f"ONNX export needs the Python package 'onnx' ({exc}); "
+            "`pip install onnx` or use --export-format torchscript"
+        ) from exc
+    net, meta = load_constituent_model(model_path)  # verifies the weights' SHA-256
+    module = _onnx_served(net)
+    k = len(meta.features)
+    example = (torch.zeros((5, k), dtype=torch.float32), torch.tensor([2, 0, 3], dtype=torch.int64))
+    buf = io.BytesIO()
+    target: Any = buf  # the legacy exporter writes to a file object too (typed as a path only)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.9+: the legacy exporter is "deprecated"
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", UserWarning)  # tracer notes about shapes read as tensors
+        torch.onnx.export(
+            module,
+            example,
+            target,
+            dynamo=False,
+            input_names=[CONSTITUENTS_INPUT, COUNTS_INPUT],
+            output_names=[output_name],
+            dynamic_axes={CONSTITUENTS_INPUT: {0: "constituents"}, COUNTS_INPUT: {0: "jets"}, output_name: {0: "jets"}},
+            opset_version=ONNX_OPSET,
+        )
+    return buf.getvalue()
+
+
 def export_constituent_repo(
     model_path: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -177,36 +274,50 @@ def export_constituent_repo(
     gpus: Sequence[int] | None = None,
     instance_count: int = 1,
     version: int = 1,
+    export_format: str = "torchscript",
 ) -> Path:
-    """Write ``out_dir/<model_name>/{config.pbtxt, <version>/model.pt}`` for the pytorch backend.
+    """Write ``out_dir/<model_name>/{config.pbtxt, <version>/model.pt | model.onnx}``.
 
-    ``gpus``: one instance per listed device id (``KIND_GPU``, explicit ``gpus: [i]``);
-    otherwise ``instance_count`` CPU instances.  No dynamic batching (``max_batch_size: 0``):
-    every request already holds many whole jets, and Triton's batcher would concatenate
-    CONSTITUENTS [N_i, k] and COUNTS [n_i] but split the SCORE output by N_i, not n_i (see
-    docs/triton.md; Triton's ragged batching fits only one-jet-per-request clients).
+    ``export_format``: ``torchscript`` (``model.pt``, platform ``pytorch_libtorch``) or
+    ``onnx`` (``model.onnx``, backend ``onnxruntime``).  ``gpus``: one instance per listed
+    device id (``KIND_GPU``, explicit ``gpus: [i]``); otherwise ``instance_count`` CPU
+    instances.  No dynamic batching (``max_batch_size: 0``): every request already holds many
+    whole jets, and Triton's batcher would concatenate CONSTITUENTS [N_i, k] and COUNTS [n_i]
+    but split the SCORE output by N_i, not n_i (see docs/triton.md; Triton's ragged batching
+    fits only one-jet-per-request clients).
     """
     from .constituent_model import read_constituent_meta
 
+    if export_format not in EXPORT_FORMATS:
+        raise InferenceError(f"export: --export-format {export_format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     if instance_count < 1 or (gpus is not None and (not gpus or min(gpus) < 0 or len(set(gpus)) != len(gpus))):
         raise InferenceError("export: instance_count must be >= 1 and --gpu ids distinct and >= 0")
-    module = torchscript_module(model_path)  # verifies the weights' SHA-256 before anything is written
+    # both verify the weights' SHA-256 before anything is written
+    if export_format == "onnx":
+        payload, filename = onnx_model_bytes(model_path, output_name=output_name), "model.onnx"
+    else:
+        module, filename = torchscript_module(model_path), "model.pt"
     meta = read_constituent_meta(Path(model_path))
     model_dir = Path(out_dir) / model_name
     version_dir = model_dir / str(version)
     if version_dir.exists():
         raise InferenceError(f"export: {version_dir} already exists; choose an empty directory")
     version_dir.mkdir(parents=True)
-    module.save(str(version_dir / "model.pt"))
+    if export_format == "onnx":
+        (version_dir / filename).write_bytes(payload)
+    else:
+        module.save(str(version_dir / filename))
     if gpus:
         groups = ", ".join(f"{{ count: 1 kind: KIND_GPU gpus: [ {g} ] }}" for g in gpus)
         device = ",".join(f"cuda:{g}" for g in gpus)
     else:
         groups, device = f"{{ count: {instance_count} kind: KIND_CPU }}", "cpu"
     k = len(meta.features)
+    runtime = 'backend: "onnxruntime"' if export_format == "onnx" else 'platform: "pytorch_libtorch"'
     lines = [
         f"name: {_pbtxt_string(model_name)}",
-        'platform: "pytorch_libtorch"',
+        runtime,
+        f"default_model_filename: {_pbtxt_string(filename)}",
         "max_batch_size: 0",
         "input [",
         f"  {{ name: {_pbtxt_string(CONSTITUENTS_INPUT)} data_type: TYPE_FP32 dims: [ -1, {k} ] }},",
@@ -223,9 +334,9 @@ def export_constituent_repo(
         DEVICE_PARAMETER: device,
         "qgcal_features": ",".join(meta.features),
         "qgcal_score": "gluon log-odds",
-        "INFERENCE_MODE": "true",
-        "DISABLE_OPTIMIZED_EXECUTION": "true",
     }
+    if export_format == "torchscript":  # pytorch-backend settings (the onnxruntime backend has none needed)
+        params.update({"INFERENCE_MODE": "true", "DISABLE_OPTIMIZED_EXECUTION": "true"})
     for key, value in params.items():
         lines.append(f"parameters {{ key: {_pbtxt_string(key)} value: {{ string_value: {_pbtxt_string(value)} }} }}")
     (model_dir / "config.pbtxt").write_text("\n".join(lines) + "\n")

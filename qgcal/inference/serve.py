@@ -16,12 +16,16 @@ What this module takes care of, learned on these machines (see docs/triton.md):
 - pytriton's ZeroMQ IPC sockets live in the workspace and a Unix socket path has at most
   107 bytes, so a deep workspace is refused up front instead of failing at model load;
 - a busy port makes tritonserver exit while pytriton keeps polling for two minutes, so
-  ports are checked before starting; the metrics endpoint is off (one port fewer).
+  ports are checked before starting; the metrics endpoint is off (one port fewer);
+- with several model instances, pytriton's stubs start concurrently and a second one can
+  connect to the first one's handshake socket before it listens (seen under load), so that
+  one failure is retried with a fresh server (``_START_ATTEMPTS``).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -33,6 +37,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,47 +121,139 @@ def is_constituent_model(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-def _constituent_binding(model_path: str | os.PathLike[str], output_name: str) -> tuple[Any, dict[str, Any]]:
-    """(pytriton bind keyword arguments, info) for a constituent model: two inputs, no batching.
+#: start-up attempts with several instances: pytriton's second instance may connect to the first
+#: one's handshake socket between its bind and listen (seen under load); the error names this function
+_START_ATTEMPTS = 3
+_HANDSHAKE_RACE = "get_config_from_handshake_server"
+#: with --dynamic-batching on, at most this many queued constituent requests are merged into one forward pass
+MAX_MERGED_REQUESTS = 64
 
-    Why no server-side batching: Triton's dynamic batcher concatenates requests along dim 0 of
-    every input and splits each output back by the requests' dim-0 sizes.  For the ragged pair
-    (CONSTITUENTS [N_i, k], COUNTS [n_i]) the outputs have n_i rows, not N_i, so the split
-    would be by the wrong sizes; and a request of many jets already fills the model.  Each
-    request is therefore scored on its own, exactly as the local route scores its batch
-    (hence bit-identical scores when the client sends the same batches).
+
+def _request_pair(k: int, req: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(constituents [N, k], counts [n]) of one request, checked; a leading batch dim of 1 is dropped."""
+    x = np.ascontiguousarray(req[CONSTITUENTS_INPUT], dtype=np.float32).reshape(-1, k)
+    c = np.ascontiguousarray(req[COUNTS_INPUT], dtype=np.int64).reshape(-1)
+    if int(c.sum()) == 0 and x.shape[0] == EMPTY_SENTINEL_ROWS:
+        x = x[:0]  # only empty jets: the client's stand-in for a zero-size tensor
+    if int(c.sum()) != x.shape[0] or (c < 0).any():
+        raise ValueError(f"COUNTS sum {int(c.sum())} != {x.shape[0]} constituents (or negative counts)")
+    return x, c
+
+
+@dataclass
+class ForwardCounts:
+    """Requests scored and forward passes run by a constituent model (logged when the server stops).
+
+    Why: with dynamic batching the number of forwards per request says whether the batcher
+    merged anything; Triton's statistics endpoint is restricted by pytriton.
     """
-    from pytriton.model_config import ModelConfig, Tensor
+
+    requests: int = 0
+    forwards: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, requests: int, forwards: int) -> None:
+        with self._lock:
+            self.requests += requests
+            self.forwards += forwards
+
+
+def _constituent_binding(
+    model_path: str | os.PathLike[str],
+    output_name: str,
+    *,
+    batching: bool = False,
+    instances: int = 1,
+    counts: ForwardCounts | None = None,
+) -> tuple[Any, dict[str, Any]]:
+    """(pytriton bind keyword arguments, info) for a constituent model: two inputs.
+
+    ``batching=False`` (the default): each request is scored on its own, exactly as the local
+    route scores its batch (hence bit-identical scores when the client sends the same batches).
+    Triton's own batcher cannot merge the ragged pair: it concatenates requests along dim 0 of
+    every input and splits each output back by the requests' dim-0 sizes, but SCORE has n_i
+    rows per request, not N_i (docs/triton.md).
+
+    ``batching=True``: the model gets a batch dimension of one *request* (clients send
+    ``[1, N_i, k]`` and ``[1, n_i]``; ``TritonConstituentScorer`` does so when the served
+    ``max_batch_size`` is > 0) and Triton's dynamic batcher hands up to
+    :data:`MAX_MERGED_REQUESTS` queued requests to one call; this callable concatenates their
+    constituents and counts (still a valid flattened pair), runs one forward pass and splits
+    the scores by each request's n_i.  Scores then depend on which requests were merged at the
+    float32 level (the documented 2e-4 tolerance), no longer bit-identical; and a malformed
+    request fails the requests merged with it (pytriton answers a call as a whole).
+
+    ``instances`` model instances (pytriton: one callable per instance; they share the
+    network, each forward runs single-threaded).
+    """
+    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 
     from .constituent_model import load_constituent_model, score_network
 
     net, meta = load_constituent_model(model_path)
     k = len(meta.features)
+    tally = counts if counts is not None else ForwardCounts()
 
-    def infer(requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    def infer_alone(requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         out = []
         for req in requests:  # one at a time: never merged (see above)
-            x = np.ascontiguousarray(req[CONSTITUENTS_INPUT], dtype=np.float32).reshape(-1, k)
-            c = np.ascontiguousarray(req[COUNTS_INPUT], dtype=np.int64).reshape(-1)
-            if int(c.sum()) == 0 and x.shape[0] == EMPTY_SENTINEL_ROWS:
-                x = x[:0]  # only empty jets: the client's stand-in for a zero-size tensor
-            if int(c.sum()) != x.shape[0] or (c < 0).any():
-                raise ValueError(f"COUNTS sum {int(c.sum())} != {x.shape[0]} constituents (or negative counts)")
+            x, c = _request_pair(k, req)
             scores = score_network(net, x, c) if c.size else np.empty(0, np.float32)
             out.append({output_name: np.asarray(scores, dtype=np.float32)})
+        tally.add(len(requests), len(requests))
         return out
 
+    def infer_merged(requests: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        pairs = [_request_pair(k, req) for req in requests]
+        x = np.concatenate([p[0] for p in pairs])
+        c = np.concatenate([p[1] for p in pairs])
+        scores = score_network(net, x, c) if c.size else np.empty(0, np.float32)
+        bounds = np.cumsum([0] + [len(p[1]) for p in pairs])
+        tally.add(len(requests), 1)
+        return [{output_name: scores[None, lo:hi]} for lo, hi in itertools.pairwise(bounds)]
+
+    if batching:
+        config = ModelConfig(
+            batching=True, max_batch_size=MAX_MERGED_REQUESTS, batcher=DynamicBatcher(max_queue_delay_microseconds=0)
+        )
+        infer = infer_merged
+    else:
+        config, infer = ModelConfig(batching=False), infer_alone
     bind = {
-        "infer_func": infer,
+        "infer_func": [infer] * instances if instances > 1 else infer,
         "inputs": [
             Tensor(name=CONSTITUENTS_INPUT, dtype=np.float32, shape=(-1, k)),
             Tensor(name=COUNTS_INPUT, dtype=np.int64, shape=(-1,)),
         ],
         "outputs": [Tensor(name=output_name, dtype=np.float32, shape=(-1,))],
-        "config": ModelConfig(batching=False),
+        "config": config,
     }
-    info = {"model_sha256": meta.weights_sha256, "features": list(meta.features), "kind": "constituents"}
+    info = {
+        "model_sha256": meta.weights_sha256,
+        "features": list(meta.features),
+        "kind": "constituents",
+        "dynamic_batching": batching,
+        "instances": instances,
+        "max_batch_size": MAX_MERGED_REQUESTS if batching else 0,
+    }
     return bind, info
+
+
+@contextmanager
+def _torch_pinned(active: bool) -> Iterator[None]:
+    """One intra-op thread and deterministic algorithms for the whole serving time (constituent models).
+
+    Why for the whole process: with several instances the forwards run in concurrent threads
+    here, and each call's ``deterministic_torch`` context would otherwise save and restore the
+    other's settings mid-forward; with these already set, every save and restore is a no-op.
+    """
+    if not active:
+        yield
+        return
+    from .constituent_model import deterministic_torch
+
+    with deterministic_torch(1):
+        yield
 
 
 def loopback_config(http_port: int, grpc_port: int) -> Any:
@@ -189,6 +286,35 @@ def _advertise_fingerprint(triton: Any, sha256: str, device: str = "cpu") -> Non
         log.info("model fingerprint not advertised to clients (pytriton internals changed: %s)", exc)
 
 
+def _allow_ragged_batches(triton: Any, inputs: list[str]) -> None:
+    """Mark ``inputs`` ``allow_ragged_batch`` in the config pytriton loads (constituents, dynamic batching).
+
+    Why: Triton's dynamic batcher groups requests whose variable-size inputs have equal shapes
+    only, unless the input allows ragged batches; every constituent request has its own
+    ``N_i`` and ``n_i``, so without this nothing would ever be merged.  The Python backend
+    still receives the requests one by one (nothing is concatenated by Triton), and
+    :func:`_constituent_binding` merges them itself.  pytriton has no public hook for it;
+    this wraps its model objects' config method, and a clear error says if that changed.
+    """
+    try:
+        for model in triton._model_manager.models:
+            original = model.get_model_config
+
+            def patched(original: Callable[[], dict[str, Any]] = original) -> dict[str, Any]:
+                cfg = original()
+                for spec in cfg.get("input", []):
+                    if spec.get("name") in inputs:
+                        spec["allow_ragged_batch"] = True
+                return cfg
+
+            model.get_model_config = patched
+    except Exception as exc:
+        raise InferenceError(
+            f"--dynamic-batching on for a constituent model needs pytriton internals that changed ({exc}); "
+            "serve with --dynamic-batching off"
+        ) from exc
+
+
 def _remove_model_overrides(workspace: Path) -> None:
     """Delete the model directories tritonserver made for pytriton's models.
 
@@ -218,20 +344,30 @@ def serve(
     workspace: str | os.PathLike[str] | None = None,
     ready_callback: Callable[[dict[str, Any]], None] | None = None,
     stop_event: threading.Event | None = None,
+    dynamic_batching: bool | None = None,
+    instances: int = 1,
 ) -> None:
     """Serve ``model_path`` on 127.0.0.1 until SIGINT/SIGTERM (or ``stop_event``) arrives.
 
     ``workspace`` is a directory in which a temporary workspace is created and removed at
     the end (default: the system temp dir).  ``ready_callback`` receives the endpoints
     once the model is ready.  Clients must use ``batch_size <= max_batch_size``.
+    ``dynamic_batching``: None keeps each model's default (BDT: on; constituent model: off,
+    each request scored on its own, see :func:`_constituent_binding`).  ``instances``: model
+    instances (pytriton runs each as its own Python-backend stub, the callables in threads here).
     """
+    if instances < 1:
+        raise InferenceError(f"--instances {instances}: need at least one model instance")
     import_optional("pytriton", "triton", "qgcal serve")
     from pytriton.decorators import batch
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton
 
+    forward_counts = ForwardCounts()
     if is_constituent_model(model_path):
-        bind, model_info = _constituent_binding(model_path, output_name)
+        bind, model_info = _constituent_binding(
+            model_path, output_name, batching=bool(dynamic_batching), instances=instances, counts=forward_counts
+        )
     else:
         model = load_model(model_path)
         estimator = model.estimator
@@ -243,13 +379,21 @@ def serve(
             scores = estimator.decision_function(x) if len(x) else np.empty(0)
             return {output_name: np.asarray(scores, dtype=np.float32)[:, None]}
 
+        batcher = DynamicBatcher() if dynamic_batching in (None, True) else None
         bind = {
-            "infer_func": infer,
+            "infer_func": [infer] * instances if instances > 1 else infer,
             "inputs": [Tensor(name=input_name, dtype=np.float32, shape=(n_features,))],
             "outputs": [Tensor(name=output_name, dtype=np.float32, shape=(1,))],
-            "config": ModelConfig(max_batch_size=max_batch_size, batcher=DynamicBatcher()),
+            "config": ModelConfig(max_batch_size=max_batch_size, batcher=batcher),
         }
-        model_info = {"model_sha256": model.meta.model_sha256, "features": list(model.meta.features), "kind": "bdt"}
+        model_info = {
+            "model_sha256": model.meta.model_sha256,
+            "features": list(model.meta.features),
+            "kind": "bdt",
+            "dynamic_batching": batcher is not None,
+            "instances": instances,
+            "max_batch_size": max_batch_size,
+        }
     for port in (http_port, grpc_port):
         check_port_free(port)
 
@@ -257,7 +401,7 @@ def serve(
     tmp = Path(tempfile.mkdtemp(prefix="qgcal-", dir=workspace))
     # pytriton puts ZeroMQ IPC sockets "<workspace>/<model>_<i>_<j>-server.sock" there;
     # a Unix socket path is limited to 107 bytes and longer ones fail only at model load.
-    longest = len(str(tmp / "w" / f"{model_name}_99_99-server.sock"))
+    longest = len(str(tmp / f"w{_START_ATTEMPTS}" / f"{model_name}_99_99-server.sock"))
     if longest > _MAX_SOCKET_PATH:
         shutil.rmtree(tmp, ignore_errors=True)
         raise InferenceError(
@@ -267,17 +411,29 @@ def serve(
     config = loopback_config(http_port, grpc_port)
     triton = None
     try:
-        with _stub_environment(), _stop_on_signals(stop):
-            triton = Triton(config=config, workspace=tmp / "w")
-            triton.bind(model_name=model_name, strict=True, **bind)
-            _advertise_fingerprint(triton, model_info["model_sha256"], "cpu")
-            triton.run()  # starts tritonserver and waits until the model is ready
+        with _stub_environment(), _stop_on_signals(stop), _torch_pinned(model_info["kind"] == "constituents"):
+            for attempt in range(_START_ATTEMPTS if instances > 1 else 1):
+                triton = Triton(config=config, workspace=tmp / f"w{attempt}")
+                triton.bind(model_name=model_name, strict=True, **bind)
+                _advertise_fingerprint(triton, model_info["model_sha256"], "cpu")
+                if model_info["kind"] == "constituents" and model_info["dynamic_batching"]:
+                    _allow_ragged_batches(triton, [CONSTITUENTS_INPUT, COUNTS_INPUT])
+                try:
+                    triton.run()  # starts tritonserver and waits until the model is ready
+                    break
+                except Exception as exc:
+                    if _HANDSHAKE_RACE not in str(exc) or attempt + 1 == _START_ATTEMPTS:
+                        raise
+                    log.warning("model instances raced at start-up (pytriton handshake); starting again")
+                    triton.stop()
+                    _remove_model_overrides(tmp / f"w{attempt}")
+                    triton = None
+            assert triton is not None
             info = {
                 "model_name": model_name,
                 "grpc_url": f"127.0.0.1:{grpc_port}",
                 "http_url": f"127.0.0.1:{http_port}",
                 **model_info,
-                "max_batch_size": max_batch_size if model_info["kind"] == "bdt" else 0,
                 "pid": os.getpid(),
             }
             log.info("serving %s: gRPC %s, HTTP %s", model_name, info["grpc_url"], info["http_url"])
@@ -293,8 +449,16 @@ def serve(
     finally:
         if triton is not None:
             triton.stop()
-        _remove_model_overrides(tmp / "w")
+        for attempt in range(_START_ATTEMPTS):  # pytriton may already have removed the workspaces
+            _remove_model_overrides(tmp / f"w{attempt}")
         shutil.rmtree(tmp, ignore_errors=True)
+        if model_info["kind"] == "constituents":
+            log.info(
+                "%s scored %d requests in %d forward passes",
+                model_name,
+                forward_counts.requests,
+                forward_counts.forwards,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,6 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=131072)
     parser.add_argument("--ready-file", help="write the endpoints as JSON here once ready")
     parser.add_argument("--workspace", help="directory for the temporary server workspace (removed at exit)")
+    parser.add_argument("--dynamic-batching", choices=("on", "off"), help="default: on for a BDT, off for constituents")
+    parser.add_argument("--instances", type=int, default=1, help="model instances (default 1)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
@@ -327,6 +493,8 @@ def main(argv: list[str] | None = None) -> int:
             max_batch_size=args.max_batch_size,
             ready_callback=announce,
             workspace=args.workspace,
+            dynamic_batching=None if args.dynamic_batching is None else args.dynamic_batching == "on",
+            instances=args.instances,
         )
     except InferenceError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -290,6 +290,9 @@ class _HttpTransport:
 class TritonScorer(BaseScorer):
     """Scores through a Triton server; see the module docstring for the behaviour."""
 
+    #: the served batch dimension counts rows (jets), so batch_size must fit max_batch_size
+    _batch_dim_is_rows = True
+
     def __init__(
         self,
         settings: TritonSettings,
@@ -305,6 +308,8 @@ class TritonScorer(BaseScorer):
         self._fallback_reason: str | None = None
         self._outage_since: float | None = None
         self._n_requests = 0
+        #: requests resubmitted after a connection failure (not in provenance: it varies run to run)
+        self.retries = 0
         self._served: dict[str, Any] = {}
         self._transport: _GrpcTransport | _HttpTransport | None = None
         if settings.fallback == "local" and self.model_path is None:
@@ -429,7 +434,7 @@ class TritonScorer(BaseScorer):
                 f"output {s.output_name} is {outputs[s.output_name].get('data_type')}, config says {s.output_dtype}"
             )
         max_batch = int(cfg.get("max_batch_size", 0) or 0)
-        if max_batch and s.batch_size > max_batch:
+        if max_batch and s.batch_size > max_batch and self._batch_dim_is_rows:
             problems.append(f"batch_size {s.batch_size} exceeds the model's max_batch_size {max_batch}")
         if problems:
             raise InferenceError(
@@ -527,6 +532,7 @@ class TritonScorer(BaseScorer):
                     backoff = _Backoff(budget, since=self._outage_since)
                 if not backoff.wait():
                     raise _Unreachable(f"{self._where} unreachable after {budget:g} s ({problem})") from exc
+                self.retries += 1
                 result = self._submit(request)
 
     def _check_output(self, out: np.ndarray | None, rows: int) -> np.ndarray:
@@ -629,8 +635,14 @@ class TritonConstituentScorer(TritonScorer):
     hold at most ``triton.batch_size`` whole jets (:func:`jet_requests`), with the same
     bounded in-flight window and connection retries as :class:`TritonScorer`.  The server
     scores each request on its own (no server-side batching, see docs/triton.md), so a
-    request equal to the local route's batch gives bit-identical scores.
+    request equal to the local route's batch gives bit-identical scores.  A server started
+    with ``--dynamic-batching on`` serves the model with a batch dimension of one *request*
+    (``max_batch_size`` > 0): each request then goes as ``[1, N, k]`` + ``[1, n]`` and comes
+    back as ``[1, n]``, and the server may merge queued requests into one forward pass.
     """
+
+    _batch_dim_is_rows = False  # a batched constituent model's batch dimension counts requests
+    _engine = "torch"  # refined from the model's sidecar by _read_meta (no model file: unknown architecture)
 
     def _read_meta(self) -> Fingerprint:
         from .constituent_model import read_constituent_meta
@@ -641,6 +653,7 @@ class TritonConstituentScorer(TritonScorer):
                 f"{self.model_path}: constituent model not found; run 'qgcal train --config <config>' first"
             )
         meta = read_constituent_meta(self.model_path)
+        self._engine = meta.engine  # torch-deepsets | torch-knn: what the server runs for this fingerprint
         return Fingerprint(features=list(meta.features), model_sha256=meta.weights_sha256, score="gluon log-odds")
 
     def _expected_inputs(self) -> list[tuple[str, str]]:
@@ -669,10 +682,11 @@ class TritonConstituentScorer(TritonScorer):
             return self._local_constituents(x, c)
         spans = jet_requests(c, self.settings.batch_size)
         sentinel = np.zeros((EMPTY_SENTINEL_ROWS, x.shape[1]), dtype=np.float32)
+        lead: tuple[int, ...] = (1,) if self._served.get("max_batch_size") else ()  # one request per batch row
         requests: list[_Request] = [
             [
-                (CONSTITUENTS_INPUT, x[v0:v1] if v1 > v0 else sentinel, CONSTITUENTS_DTYPE),
-                (COUNTS_INPUT, c[j0:j1], COUNTS_DTYPE),
+                (CONSTITUENTS_INPUT, (x[v0:v1] if v1 > v0 else sentinel).reshape(*lead, -1, k), CONSTITUENTS_DTYPE),
+                (COUNTS_INPUT, c[j0:j1].reshape(*lead, -1), COUNTS_DTYPE),
             ]
             for j0, j1, v0, v1 in spans
         ]
@@ -682,6 +696,11 @@ class TritonConstituentScorer(TritonScorer):
             self._fall_back_or_raise(str(exc))
             return self._local_constituents(x, c)
 
+    def _check_output(self, out: np.ndarray | None, rows: int) -> np.ndarray:
+        if out is not None and self._served.get("max_batch_size") and out.ndim == 2 and out.shape[0] == 1:
+            out = out[0]  # [1, n]: one request's row of a batched model
+        return super()._check_output(out, rows)
+
     def _local_constituents(self, x: np.ndarray, c: np.ndarray) -> np.ndarray:
         local: Any = self._local  # a ConstituentScorer (see _make_fallback)
         return np.asarray(local.predict_constituents(x, c), dtype=np.float32)
@@ -689,9 +708,11 @@ class TritonConstituentScorer(TritonScorer):
     def provenance(self) -> dict[str, Any]:
         record = super().provenance()
         record["triton"]["served_device"] = self._served.get("device")
+        # a server started with --dynamic-batching on may merge requests (scores within 2e-4, not bit-identical)
+        record["triton"]["server_merges_requests"] = bool(self._served.get("max_batch_size"))
         record["triton"]["inputs"] = f"{CONSTITUENTS_INPUT} FP32 [N, k] + {COUNTS_INPUT} INT64 [n], no padding"
         if self._fallback_reason is None:
-            record["engine"] = "triton:torch-deepsets"
+            record["engine"] = f"triton:{self._engine}"
             record["device"] = f"remote:{self._served.get('device') or 'unknown'}"
         else:
             record["versions"]["torch"] = self._local.provenance()["versions"]["torch"] if self._local else None
