@@ -10,10 +10,11 @@ from typing import Any
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "train",
-        help="train the config's model taggers on nominal MC (HistGradientBoosting)",
+        help="train the config's model taggers (HistGradientBoosting) and constituent taggers (torch) on nominal MC",
         description="Runs root2pkl for nominal MC where needed, trains each tagger of kind "
-        "'model' (even events train, odd events evaluate), saves it with skops plus a metadata "
-        "record, and writes ROC curves and the AUC per pT bin.",
+        "'model' (a HistGradientBoosting BDT, saved with skops plus a metadata record) and of kind "
+        "'constituents' (a torch DeepSets or kNN graph network, saved as safetensors plus a JSON "
+        "sidecar); even events train, odd events evaluate; writes ROC curves and the AUC per pT bin.",
     )
     p.add_argument("--config", "-c", required=True, type=Path, help="YAML config")
     p.add_argument("--workers", "-j", type=int, help="worker processes for root2pkl (executor.workers)")
