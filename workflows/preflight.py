@@ -73,58 +73,41 @@ def check_duplicate_files(cfg: Config) -> None:
 
 
 def check_models(cfg: Config) -> None:
-    """ConfigError when a model tagger's model file or sidecar is missing or its features differ."""
+    """ConfigError when a trained tagger's model file or sidecar is missing or disagrees with the config.
+
+    Model taggers (skops BDT) and constituent taggers (safetensors + JSON sidecar) alike: the
+    file exists, its metadata reads, its features are the tagger's in order; a constituent
+    model's architecture is the tagger's too.
+    """
+    from qgcal.inference.constituent_model import ConstituentMeta, read_constituent_meta
     from qgcal.inference.errors import InferenceError
     from qgcal.inference.model_io import read_meta
 
     for name, tagger in sorted(cfg.taggers.items()):
-        if isinstance(tagger, ConstituentTagger):
-            _check_constituent_model(cfg, name, tagger)
+        if not isinstance(tagger, (ModelTagger, ConstituentTagger)):
             continue
-        if not isinstance(tagger, ModelTagger):
-            continue
+        constituents = isinstance(tagger, ConstituentTagger)
         path = model_path(cfg, tagger)
         if not path.is_file():
             raise ConfigError(
                 f"taggers.{name}.model: no model file {path}; run 'qgcal train --config <config>' first "
-                "(or point 'model' at an existing .skops file)"
+                f"(or point 'model' at an existing {'.safetensors' if constituents else '.skops'} file)"
             )
         try:
-            meta = read_meta(path)
+            meta = read_constituent_meta(path) if constituents else read_meta(path)
         except InferenceError as err:
             raise ConfigError(f"taggers.{name}.model: {err}") from None
         if list(meta.features) != list(tagger.features):
             raise ConfigError(
-                f"taggers.{name}.features: {tagger.features} but the model {path} was trained on "
+                f"taggers.{name}.features: {list(tagger.features)} but the model {path} was trained on "
                 f"{list(meta.features)}; use the model's features in its order, or retrain with 'qgcal train'"
             )
-
-
-def _check_constituent_model(cfg: Config, name: str, tagger: ConstituentTagger) -> None:
-    """The same for a constituent model (weights + JSON sidecar): before pass 1 reads any file."""
-    from qgcal.inference.constituent_model import read_constituent_meta
-    from qgcal.inference.errors import InferenceError
-
-    path = model_path(cfg, tagger)
-    if not path.is_file():
-        raise ConfigError(
-            f"taggers.{name}.model: no model file {path}; run 'qgcal train --config <config>' first "
-            "(or point 'model' at an existing .safetensors file)"
-        )
-    try:
-        meta = read_constituent_meta(path)
-    except InferenceError as err:
-        raise ConfigError(f"taggers.{name}.model: {err}") from None
-    if list(meta.features) != list(tagger.features):
-        raise ConfigError(
-            f"taggers.{name}.features: {list(tagger.features)} but the model {path} was trained on "
-            f"{list(meta.features)}; use the model's features in its order, or retrain with 'qgcal train'"
-        )
-    if meta.architecture != tagger.architecture:
-        raise ConfigError(
-            f"taggers.{name}.architecture: {tagger.architecture} but the model {path} is a {meta.architecture} "
-            "network; set architecture to match, or retrain with 'qgcal train'"
-        )
+        arch = meta.architecture if isinstance(meta, ConstituentMeta) else None
+        if isinstance(tagger, ConstituentTagger) and arch != tagger.architecture:
+            raise ConfigError(
+                f"taggers.{name}.architecture: {tagger.architecture} but the model {path} is a "
+                f"{arch} network; set architecture to match, or retrain with 'qgcal train'"
+            )
 
 
 Problem = tuple[tuple[str, ...], str]  # (what was asked of the file, the one-line message)
