@@ -28,13 +28,16 @@ standard deviation over a bootstrap of the seeds (whole seeds are resampled, sin
 of a bin share their samples, so their pulls are correlated and a 1/sqrt(2n) would be too small).
 
 The same numbers for other definitions of the error, from the same samples (``stats``):
-``bootstrap`` (the quoted ``stat``), ``analytic`` (``stat_analytic``), and from each record's
+``bootstrap`` (the quoted ``stat``, bias-corrected), ``bootstrap_plain`` (``stat_bootstrap_plain``,
+the replicas' spread before the correction), ``analytic`` (``stat_analytic``), and from each record's
 bootstrap replicas (``results/nominal/replicas.npz``) ``replica_rms`` (plain standard deviation)
 and ``replica_p68`` (half-width of the central 68.27 % of the replicas). ``diagnostics`` (quoted
 stat) separate candidate causes: cells whose cut is the same in every seed or not, per tagger,
 flagged records added, cells by relative error (all pT bins), and ``untruncated``: spread / stat
 with the records that have no SF (extracted data efficiency <= 0) counted as eps_d / eps_m.
-``--toy`` prints the bootstrap's own bias on a ratio, without qgcal (:func:`toy_ratio_bias`).
+``--toy`` prints the bootstrap's own bias on a ratio, without qgcal (:func:`toy_ratio_bias`);
+``--toy-kappa`` the bias correction of the quoted stat on histogram toys (:func:`toy_histogram_correction`).
+``--clean`` deletes each seed's files once its rows are written (300 seeds need ~100 GB otherwise).
 
 Writes ``<out>/closure_study.json``, ``<out>/closure_rows.jsonl`` (every record with its
 replicas, one line per seed and setting as they finish, for ``--from-rows``) and, with
@@ -47,6 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from collections import Counter, defaultdict
@@ -61,7 +65,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # closure_truth: the independent truth of the closure tests
 
 SETTINGS = ("mc4x", "mc0.25x")
-STATS = ("bootstrap", "analytic", "replica_rms", "replica_p68")
+STATS = ("bootstrap", "bootstrap_plain", "analytic", "replica_rms", "replica_p68")
 METRICS = ("spread_over_stat", "spread_over_stat_robust", "pull_width", "pull_width_robust", "pull_mean")
 #: one-sigma quantiles of a Gaussian
 Q_LO, Q_HI = 100 * 0.158655, 100 * 0.841345
@@ -135,8 +139,9 @@ def _replica_stats(reps: Sequence[float] | None) -> dict[str, float]:
 def _row_stat(r: dict[str, Any], stat: str) -> float:
     if stat == "bootstrap":
         return float(r["stat"])
-    if stat == "analytic":
-        return math.nan if r.get("stat_analytic") is None else float(r["stat_analytic"])
+    if stat in ("analytic", "bootstrap_plain"):
+        v = r.get(f"stat_{stat}")
+        return math.nan if v is None else float(v)
     return float(r[stat])
 
 
@@ -337,15 +342,32 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     )
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), sharey=True)
     for ax, (metric, label) in zip(axes, panels):
-        for k, (setting, marker) in enumerate(zip(SETTINGS, ("o", "s"))):
-            bins = summary["settings"][setting]["stats"]["bootstrap"]
-            edges = summary["pt_bins_gev"]
+        curves = [(setting, "bootstrap", marker, "") for setting, marker in zip(SETTINGS, ("o", "s"))]
+        curves += [(setting, "bootstrap_plain", marker, " (plain)") for setting, marker in zip(SETTINGS, ("o", "s"))]
+        edges = summary["pt_bins_gev"]
+        for k, (setting, stat, marker, suffix) in enumerate(curves):
+            bins = summary["settings"][setting]["stats"].get(stat, {})
+            if not bins or not all(math.isfinite(bins[b][metric]) for b in bins):
+                continue  # no uncorrected stat in these rows
             lo = [edges.index(float(b)) for b in bins]
-            x = [0.5 * (edges[i] + edges[i + 1]) + (k - 0.5) * 0.06 * (edges[i + 1] - edges[i]) for i in lo]
+            x = [0.5 * (edges[i] + edges[i + 1]) + (k - 1.5) * 0.05 * (edges[i + 1] - edges[i]) for i in lo]
             y = [bins[b][metric] for b in bins]
             e = [bins[b][f"{metric}_err"] for b in bins]
-            name = setting.replace("mc", "MC = ").replace("x", " x data")
-            ax.errorbar(x, y, yerr=e, marker=marker, linestyle="", capsize=3, label=name)
+            name = setting.replace("mc", "MC = ").replace("x", " x data") + suffix
+            face = "none" if suffix else None
+            color = f"C{SETTINGS.index(setting)}"
+            ax.errorbar(
+                x,
+                y,
+                yerr=e,
+                marker=marker,
+                mfc=face,
+                color=color,
+                alpha=0.5 if suffix else 1.0,
+                linestyle="",
+                capsize=3,
+                label=name,
+            )
         ax.axhspan(0.9, 1.1, color="0.9")
         ax.axhline(1.0, color="0.5", lw=0.8)
         ax.set_xlabel("jet pT [GeV]")
@@ -358,6 +380,82 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def toy_histogram_correction(n_mc: float = 1500, n_data: float = 6000, samples: int = 300) -> None:
+    """The bias correction on histogram-level toys (``--toy-kappa``), without generated ROOT files.
+
+    Per toy sample: Poisson counts of known quark/gluon shapes (fractions 0.55 forward, 0.35
+    central; ``n_mc`` MC and ``n_data`` data jets over both regions), 50 Poisson replicas of its
+    bins, the extraction of qgcal (:func:`qgcal.extraction.replica_scale_factors`, no
+    reweighting, a fixed cut), the plain replica spread and the bias-corrected one. Printed per
+    parton: the spread of SF - true SF over samples (standard deviation and half 16-84 %
+    interval) over the mean plain error, the mean corrected error, and the corrected error
+    without ``KAPPA_FLOOR`` (and the fraction of samples at the floor). docs/physics.md quotes
+    ``--toy-kappa`` (1500 MC jets: the harsh regime where the uncapped correction over-corrects).
+    """
+    from qgcal import extraction
+    from qgcal.config import parse_config
+    from qgcal.configs import demo_config_text
+    from qgcal.contract import REPLICA_CLASSES, REPLICA_DATA, REPLICA_GLUON, REPLICA_QUARK
+    from qgcal.extraction import replica_scale_factors, replica_sigma, variance_bias_factors
+
+    floor = extraction.KAPPA_FLOOR
+
+    doc = yaml.safe_load(demo_config_text())
+    doc["taggers"] = {"ntrk": doc["taggers"]["ntrk"]}
+    doc["pt_bins_gev"], doc["bootstrap"] = [500, 600], 50
+    cfg = parse_config(doc)
+    nb = cfg.taggers["ntrk"].bins.n
+    x = np.arange(nb)
+
+    def gauss(mu: float, sd: float) -> np.ndarray:
+        v = np.exp(-0.5 * ((x - mu) / sd) ** 2)
+        return v / v.sum()
+
+    q, g, qd, gd = gauss(12, 4), gauss(20, 5), gauss(12.5, 4.2), gauss(19, 5)
+    exp_mc = np.zeros((2, REPLICA_CLASSES, 1, nb))
+    exp_d = np.zeros_like(exp_mc)
+    for region, f in ((0, 0.55), (1, 0.35)):
+        exp_mc[region, REPLICA_QUARK, 0] = n_mc / 2 * f * q
+        exp_mc[region, REPLICA_GLUON, 0] = n_mc / 2 * (1 - f) * g
+        exp_d[region, REPLICA_DATA, 0] = n_data / 2 * (f * qd + (1 - f) * gd)
+    cut = 14
+    cuts = {"ntrk": [{f"{wp:g}": {"index": cut} for wp in cfg.working_points}]}
+    groups = {"ntrk": [[(i, i + 1) for i in range(nb)]]}
+    truth = {"quark": qd[:cut].sum() / q[:cut].sum(), "gluon": gd[cut:].sum() / g[cut:].sum()}
+    rng = np.random.default_rng(1)
+    rows: dict[str, list[tuple[float, float, float, float]]] = {"quark": [], "gluon": []}
+    for _ in range(samples):
+        mc, d = rng.poisson(exp_mc).astype(float), rng.poisson(exp_d).astype(float)
+        rep_mc = rng.poisson(np.broadcast_to(mc[..., None], (*mc.shape, 50))).astype(float)
+        rep_d = rng.poisson(np.broadcast_to(d[..., None], (*d.shape, 50))).astype(float)
+        sf = replica_scale_factors(cfg, {"ntrk": mc[..., None]}, {"ntrk": d[..., None]}, cuts, "none", groups)
+        reps = replica_scale_factors(cfg, {"ntrk": rep_mc}, {"ntrk": rep_d}, cuts, "none", groups)
+        kappa = variance_bias_factors(cfg, {"ntrk": rep_mc}, {"ntrk": rep_d}, cuts, "none", groups)
+        extraction.KAPPA_FLOOR = 0.0  # the same correction uncapped, for comparison
+        try:
+            uncapped = variance_bias_factors(cfg, {"ntrk": rep_mc}, {"ntrk": rep_d}, cuts, "none", groups)
+        finally:
+            extraction.KAPPA_FLOOR = floor
+        for parton, out in rows.items():
+            key = ("ntrk", 0, "0.5", parton)
+            v = reps[key][np.isfinite(reps[key])]
+            k, k0 = kappa.get(key, math.nan), uncapped.get(key, math.nan)
+            if len(v) >= 25 and math.isfinite(sf[key][0]) and math.isfinite(k) and math.isfinite(k0):
+                sig = replica_sigma(v)
+                out.append((sf[key][0] - truth[parton], sig, sig * math.sqrt(k), sig * math.sqrt(k0)))
+    print(f"histogram toy: {samples} samples, {n_mc:g} MC and {n_data:g} data jets, 50 replicas")
+    for parton, r in rows.items():
+        a = np.array(r)
+        lo, hi = np.percentile(a[:, 0], [Q_LO, Q_HI])
+        sd, robust = float(np.std(a[:, 0], ddof=1)), (hi - lo) / 2
+        print(
+            f"  {parton}: spread / plain {sd / a[:, 1].mean():.3f} (robust {robust / a[:, 1].mean():.3f}), "
+            f"spread / corrected {sd / a[:, 2].mean():.3f} (robust {robust / a[:, 2].mean():.3f}), "
+            f"uncapped {sd / a[:, 3].mean():.3f} (robust {robust / a[:, 3].mean():.3f}), "
+            f"at the floor {np.mean(a[:, 2] > a[:, 3]):.2f}"
+        )
 
 
 def toy_ratio_bias(rel_errors: Sequence[float] = (0.05, 0.07, 0.10, 0.12, 0.15, 0.20), n: int = 20_000) -> None:
@@ -449,7 +547,18 @@ def _generate_and_calibrate(args: argparse.Namespace) -> tuple[dict[str, list[di
                 rows[setting].append(
                     {
                         **{k: r[k] for k in ("tagger", "working_point", "parton", "pt_low", "pt_high", "cut")},
-                        **{k: r[k] for k in ("sf", "stat", "stat_analytic", "eff_data", "eff_mc", "flags")},
+                        **{
+                            k: r[k]
+                            for k in (
+                                "sf",
+                                "stat",
+                                "stat_analytic",
+                                "stat_bootstrap_plain",
+                                "eff_data",
+                                "eff_mc",
+                                "flags",
+                            )
+                        },
                         "seed": seed,
                         "true_eff_data": t_d,
                         "true_eff_mc": t_m,
@@ -462,6 +571,8 @@ def _generate_and_calibrate(args: argparse.Namespace) -> tuple[dict[str, list[di
             line = {"setting": setting, "seed": seed, "pt_bins_gev": pt_bins, "rows": rows[setting][first:]}
             rows_file.write(json.dumps(line) + "\n")
             rows_file.flush()
+        if args.clean:  # its rows are written: the seed's sample and runs are not needed again
+            shutil.rmtree(base)
         print(f"seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     meta = {
         "seeds": args.seeds,
@@ -476,6 +587,13 @@ def _generate_and_calibrate(args: argparse.Namespace) -> tuple[dict[str, list[di
     rows_file.write(json.dumps({"meta": meta}) + "\n")
     rows_file.close()
     return rows, meta
+
+
+def _stat_method(meta: dict[str, Any], rows: dict[str, list[dict[str, Any]]]) -> str:
+    if not meta["bootstrap"]:
+        return "analytic"
+    corrected = any(r.get("stat_bootstrap_plain") is not None for s in SETTINGS for r in rows[s])
+    return f"bootstrap ({meta['bootstrap']} replicas{', bias-corrected' if corrected else ''})"
 
 
 def _read_rows(path: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
@@ -506,13 +624,19 @@ def main() -> None:
     ap.add_argument("--min-neff", type=float, default=None, help="reweighting_min_mc_neff (default: the demo's)")
     ap.add_argument("--tag", default="", help="suffix of the per-seed output folders (several studies, one sample)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/closure-study"))
+    ap.add_argument("--clean", action="store_true", help="delete each seed's sample and runs once its rows are written")
     ap.add_argument("--plot", type=Path, default=None)
     ap.add_argument("--from-rows", type=Path, default=None, help="re-analyse a closure_rows.jsonl, run nothing")
     ap.add_argument("--seed-bootstrap", type=int, default=SEED_BOOTSTRAP, help="resamplings of the seeds")
     ap.add_argument("--toy", action="store_true", help="print the bootstrap's bias on a toy ratio and stop")
+    ap.add_argument("--toy-kappa", action="store_true", help="the bias correction on histogram toys, and stop")
     args = ap.parse_args()
     if args.toy:
         toy_ratio_bias()
+        return
+    if args.toy_kappa:
+        for n_mc, n_data in ((1500, 6000), (4000, 16000), (20000, 5000)):
+            toy_histogram_correction(n_mc, n_data)
         return
 
     if args.from_rows is not None:
@@ -529,7 +653,7 @@ def main() -> None:
     meta["seeds"] = len(seeds)
     summary: dict[str, Any] = {
         **meta,
-        "stat_method": f"bootstrap ({meta['bootstrap']} replicas)" if meta["bootstrap"] else "analytic",
+        "stat_method": _stat_method(meta, rows),
         "seed_bootstrap": args.seed_bootstrap,
         "settings": {
             s: {

@@ -771,6 +771,11 @@ class Calibration(_Model):
         description="pass-1 reweighting: merge adjacent tagger bins until the forward and central MC reference "
         "shapes have this many effective entries (sum w)^2/sum w^2 (0: bin by bin)",
     )
+    bootstrap_bias_correction: bool = Field(
+        True,
+        description="correct the bootstrap variance for the bias of a non-linear estimator evaluated at the "
+        "sample's own fractions (double bootstrap with translated inner replicas; docs/physics.md)",
+    )
     shift_policy: Literal["keep", "prune", "smooth"] = Field(
         "keep",
         description="qgcal combine: systematic shifts below shift_min_significance (from bootstrap replicas): "

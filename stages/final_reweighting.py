@@ -13,7 +13,8 @@ bad), gathered by the scheduler. Per tagger and pT bin:
    for MC and data with the same MC matrix;
 4. working-point cuts from the extracted NOMINAL MC quark shape, frozen and
    reused by every variation; SF_q and SF_g with analytic statistical errors, and with
-   ``bootstrap`` the replica spread (the replica SFs kept in ``replicas.npz`` for the
+   ``bootstrap`` the replica spread, corrected for the bootstrap's own bias with
+   ``calibration.bootstrap_bias_correction`` (the replica SFs kept in ``replicas.npz`` for the
    shifts' significance in qgcal combine) (:mod:`qgcal.extraction`);
 5. for a sample variation with ``nonclosure``: the MC non-closure, that sample as
    pseudo-data against the nominal templates.
@@ -21,6 +22,7 @@ bad), gathered by the scheduler. Per tagger and pT bin:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,7 @@ from qgcal.extraction import (
     replica_scale_factors,
     save_replicas,
     scale_factor_records,
+    variance_bias_factors,
 )
 from qgcal.merging import merge_sample, save_merged
 from qgcal.plan import mc_sample_for, reweighting_for, truth_for
@@ -114,12 +117,16 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
     vcfg = cfg if truth == cfg.truth else cfg.model_copy(update={"truth": truth})
     same = nom_h is mc_h and reweight == "quark" and min_neff == cfg.calibration.reweighting_min_mc_neff and vcfg is cfg
     ex = nominal_ex if same else extract_all(vcfg, mc_h, data_h, reweight, min_neff)
-    boot = replicas = None
+    boot = boot_plain = replicas = None
     if cfg.bootstrap:
         groups = {name: [e.rw_groups for e in bins] for name, bins in ex.items()}
         replicas = replica_scale_factors(vcfg, mc_reps, data_reps, cuts, reweight, groups)
         boot = bootstrap_stat(vcfg, mc_reps, data_reps, cuts, reweight, replicas)
-    records = scale_factor_records(cfg, syst, ex, cuts, boot)
+        if cfg.calibration.bootstrap_bias_correction:
+            boot_plain = boot
+            kappa = variance_bias_factors(vcfg, mc_reps, data_reps, cuts, reweight, groups)
+            boot = {k: s * math.sqrt(kappa[k]) if k in kappa else s for k, s in boot_plain.items()}
+    records = scale_factor_records(cfg, syst, ex, cuts, boot, boot_plain)
     var = cfg.variations.get(syst)
     if isinstance(var, SampleVariation) and var.nonclosure:
         # the alternative MC as pseudo-data against the nominal templates (docs/physics.md)
@@ -142,7 +149,7 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
         "reweighting_min_mc_neff": min_neff,
         "wp_rule": cfg.calibration.wp_rule,
         "replicas": REPLICAS_FILE if replicas is not None else None,
-        "stat_method": f"bootstrap ({cfg.bootstrap} Poisson replicas)" if cfg.bootstrap else "analytic",
+        "stat_method": _stat_method(cfg),
         "cuts_from": "nominal",
         "merge": {"data": data_info, "mc": mc_info},
         "skipped_files": skipped_files,
@@ -220,6 +227,13 @@ def pass_config(cfg: Config, syst: str) -> dict[str, Any]:
         "nonclosure": getattr(cfg.variations.get(syst), "nonclosure", None),
         "qgcal": __version__,
     }
+
+
+def _stat_method(cfg: Config) -> str:
+    if not cfg.bootstrap:
+        return "analytic"
+    corrected = ", bias-corrected" if cfg.calibration.bootstrap_bias_correction else ""
+    return f"bootstrap ({cfg.bootstrap} Poisson replicas{corrected})"
 
 
 def config_hash_for(cfg: Config, syst: str) -> str:

@@ -103,3 +103,8 @@ def test_bootstrap_error_agrees_with_analytic(shifted_sample, make_config):
     assert all(r["stat_method"] == "bootstrap" for r in records)
     assert abs(np.mean(ratios) - 1.0) < 0.2, np.mean(ratios)
     assert np.mean(np.abs(ratios - 1.0) < 0.3) > 0.8
+    # the quoted stat is the replicas' spread times sqrt(kappa) (calibration.bootstrap_bias_correction, on
+    # by default), kappa a second-order correction; the plain spread stays in the record
+    kappa = np.array([(r["stat"] / r["stat_bootstrap_plain"]) ** 2 for r in records if r["stat"]])
+    assert len(kappa) >= len(ratios) and np.all((kappa >= 0.5) & (kappa <= 1.5)), kappa
+    assert np.mean(kappa != 1.0) > 0.9 and 0.8 < np.median(kappa) < 1.0, np.median(kappa)
