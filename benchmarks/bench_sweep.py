@@ -1,6 +1,7 @@
 """Cost of a sweep of nominal + 11 weight and branch variations against nominal alone.
 
-Run:  python benchmarks/bench_sweep.py [--events 300000] [--workers 2] [--repeat 2]
+Run:  python benchmarks/bench_sweep.py [--events 300000] [--workers 2] [--repeat 2] [--bootstrap N]
+                                       [--no-bias-correction]
 
 Both runs start from an empty output directory, on the same generated sample, in
 the same process, interleaved and best of ``--repeat``. The sweep adds one branch
@@ -25,10 +26,11 @@ import yaml
 from qgcal.configs import demo_config_text
 
 
-def _config(base: Path, name: str, variations: dict, bootstrap: int | None = None) -> Path:
+def _config(base: Path, name: str, variations: dict, bootstrap: int | None = None, correct: bool = True) -> Path:
     doc = yaml.safe_load(demo_config_text())
     if bootstrap is not None:
         doc["bootstrap"] = bootstrap
+    doc["calibration"]["bootstrap_bias_correction"] = correct
     doc["lumi_pb"] = json.loads((base / "sample" / "truth.json").read_text())["luminosity_pb"]
     doc["output"] = str(base / f"out-{name}")
     doc["variations"] = variations
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--bootstrap", type=int, help="bootstrap replicas (default: the demo config's)")
+    ap.add_argument("--no-bias-correction", action="store_true", help="calibration.bootstrap_bias_correction: false")
     args = ap.parse_args()
 
     import qgcal
@@ -59,8 +62,9 @@ def main() -> None:
         "trk_eff": {"kind": "branch", "replace": {"nTracks": "jet_nTracks_sys_eff"}, "group": "tracking"},
         "pdf": {"kind": "weight", "multiply": ["pdf_weight[1..10]"], "group": "PDF"},
     }
-    nominal_cfg = load_config(_config(base, "nominal", {}, args.bootstrap))
-    sweep_cfg = load_config(_config(base, "sweep", sweep_vars, args.bootstrap))
+    correct = not args.no_bias_correction
+    nominal_cfg = load_config(_config(base, "nominal", {}, args.bootstrap, correct))
+    sweep_cfg = load_config(_config(base, "sweep", sweep_vars, args.bootstrap, correct))
     best = {"nominal": float("inf"), "sweep": float("inf")}
     load_before = os.getloadavg()
     for _ in range(args.repeat):
@@ -77,6 +81,7 @@ def main() -> None:
                 "workers": args.workers,
                 "variations": n_var,
                 "bootstrap": sweep_cfg.bootstrap,
+                "bootstrap_bias_correction": correct,
                 "nominal_s": best["nominal"],
                 "sweep_s": best["sweep"],
                 "ratio": best["sweep"] / best["nominal"],
