@@ -221,6 +221,19 @@ def _replica_bin_sfs(
     return out
 
 
+def _cut_masks(
+    cfg: Config, name: str, ipt: int, cuts: Mapping[str, list[dict[str, Any]]], n_bins: int
+) -> dict[str, np.ndarray]:
+    """The frozen cuts' masks over the score bins (axis 3 of a replica array), by WP key: the same in every replica."""
+    side = cfg.taggers[name].quark_side
+    masks: dict[str, np.ndarray] = {}
+    for wp in cfg.working_points:
+        cut = cuts[name][ipt][_wp_key(wp)]
+        if cut is not None:
+            masks[_wp_key(wp)] = quark_mask(n_bins, cut["index"], side)
+    return masks
+
+
 def replica_scale_factors(
     cfg: Config,
     mc: Mapping[str, np.ndarray],
@@ -240,14 +253,8 @@ def replica_scale_factors(
     """
     out: dict[BootKey, np.ndarray] = {}
     for name in sorted(cfg.taggers):
-        tagger = cfg.taggers[name]
         for ipt in range(len(cfg.pt_bins_gev) - 1):
-            # the frozen cuts' masks over the score bins (axis 3 of a replica array): the same in every replica
-            masks: dict[str, np.ndarray] = {}
-            for wp in cfg.working_points:
-                cut = cuts[name][ipt][_wp_key(wp)]
-                if cut is not None:
-                    masks[_wp_key(wp)] = quark_mask(mc[name].shape[3], cut["index"], tagger.quark_side)
+            masks = _cut_masks(cfg, name, ipt, cuts, mc[name].shape[3])
             g = None if groups is None else groups[name][ipt]
             for (wp_key, parton), values in _replica_bin_sfs(
                 cfg, mc[name], data[name], ipt, reweight, g, masks
@@ -356,17 +363,12 @@ def variance_bias_factors(
     """
     out: dict[BootKey, float] = {}
     for name in sorted(cfg.taggers):
-        tagger = cfg.taggers[name]
         arr_mc, arr_d = mc[name], data[name]
         n = min(arr_mc.shape[-1], KAPPA_REPLICAS)
         if n < 4:
             continue
         for ipt in range(len(cfg.pt_bins_gev) - 1):
-            masks: dict[str, np.ndarray] = {}
-            for wp in cfg.working_points:
-                cut = cuts[name][ipt][_wp_key(wp)]
-                if cut is not None:
-                    masks[_wp_key(wp)] = quark_mask(arr_mc.shape[3], cut["index"], tagger.quark_side)
+            masks = _cut_masks(cfg, name, ipt, cuts, arr_mc.shape[3])
             if not masks:
                 continue
 
