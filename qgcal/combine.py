@@ -545,6 +545,8 @@ def load_results(cfg: Config, *, config_path: str = "C") -> dict[str, list[dict[
 
 
 def _metadata(cfg: Config, specs: Sequence[VariationSpec], records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    from qgcal.extraction import stat_method
+
     comps = components(specs)
     member_of = {m: c.name for c in comps for m in c.members}
     systematics = {
@@ -582,6 +584,7 @@ def _metadata(cfg: Config, specs: Sequence[VariationSpec], records: Sequence[Map
             "with_stat": sum(1 for r in records for e in r["shift_stat"].values() if e is not None),
         },
         "inputs": inputs,
+        "stat_method": stat_method(cfg),
         "n_records": len(records),
         "n_flagged": sum(1 for r in records if r["flags"]),
         "null_means": "undefined (NaN); the record's flags say why",

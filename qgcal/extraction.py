@@ -69,6 +69,7 @@ __all__ = [
     "replica_sigma",
     "save_replicas",
     "scale_factor_records",
+    "stat_method",
     "true_efficiencies",
     "variance_bias_factors",
 ]
@@ -406,6 +407,14 @@ def replica_sigma(values: np.ndarray) -> float:
 
 
 REPLICAS_FILE = "replicas.npz"
+
+
+def stat_method(cfg: Config) -> str:
+    """How the quoted ``stat`` of a run with this config is computed, in words (metadata, report)."""
+    if not cfg.bootstrap:
+        return "analytic"
+    corrected = ", bias-corrected" if cfg.calibration.bootstrap_bias_correction else ""
+    return f"bootstrap ({cfg.bootstrap} Poisson replicas{corrected})"
 
 
 def replica_key(rec: Mapping[str, Any]) -> str:

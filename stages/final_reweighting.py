@@ -46,6 +46,7 @@ from qgcal.extraction import (
     replica_scale_factors,
     save_replicas,
     scale_factor_records,
+    stat_method,
     variance_bias_factors,
 )
 from qgcal.merging import merge_sample, save_merged
@@ -149,7 +150,7 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
         "reweighting_min_mc_neff": min_neff,
         "wp_rule": cfg.calibration.wp_rule,
         "replicas": REPLICAS_FILE if replicas is not None else None,
-        "stat_method": _stat_method(cfg),
+        "stat_method": stat_method(cfg),
         "cuts_from": "nominal",
         "merge": {"data": data_info, "mc": mc_info},
         "skipped_files": skipped_files,
@@ -227,13 +228,6 @@ def pass_config(cfg: Config, syst: str) -> dict[str, Any]:
         "nonclosure": getattr(cfg.variations.get(syst), "nonclosure", None),
         "qgcal": __version__,
     }
-
-
-def _stat_method(cfg: Config) -> str:
-    if not cfg.bootstrap:
-        return "analytic"
-    corrected = ", bias-corrected" if cfg.calibration.bootstrap_bias_correction else ""
-    return f"bootstrap ({cfg.bootstrap} Poisson replicas{corrected})"
 
 
 def config_hash_for(cfg: Config, syst: str) -> str:

@@ -213,7 +213,8 @@ def render_report(
     groups = list(metadata["groups"])
     rel = [p.relative_to(report_dir).as_posix() for p in sorted(plots)]
     intro = (
-        f"qgcal {metadata.get('qgcal_version', '')}. pT in GeV. SF ± statistical error; the systematic "
+        f"qgcal {metadata.get('qgcal_version', '')}. pT in GeV. SF ± statistical error"
+        f"{' [' + metadata['stat_method'] + ']' if metadata.get('stat_method') else ''}; the systematic "
         "error is the quadrature sum of the groups below (upward / downward, as magnitudes). "
         "`-`: undefined, see flags. Machine-readable: [scale_factors.json](scale_factors.json), "
         "[corrections.json](corrections.json) (correctionlib), [scale_factors.root](scale_factors.root)."
