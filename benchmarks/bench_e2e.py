@@ -147,12 +147,12 @@ print(sum(v["n"] for v in out.values()))
 
 def _config(base: Path, events: int, files: int, plots: bool) -> Path:
     from qgcal.configs import demo_config_text
-    from qgcal.generate import generate_sample
+    from qgcal.generate import generate_or_reuse
 
     sample = base / "sample"
     if not (sample / "truth.json").exists():
         print(f"generating {events:,} data + {events:,} MC events ...", file=sys.stderr)
-        generate_sample(sample, events=events, files=files, seed=7)
+    generate_or_reuse(sample, events=events, files=files, seed=7)
     doc = yaml.safe_load(demo_config_text())
     doc["lumi_pb"] = json.loads((sample / "truth.json").read_text())["luminosity_pb"]
     doc["taggers"] = {k: v for k, v in doc["taggers"].items() if v["kind"] != "model"}

@@ -51,11 +51,11 @@ print(hwm(), before)
 def _sample(base: Path, events: int, step: str) -> tuple[Path, Path]:
     """(config, the largest nominal MC file)."""
     from qgcal.configs import demo_config_text
-    from qgcal.generate import generate_sample
+    from qgcal.generate import generate_or_reuse
 
     if not (base / "sample" / "truth.json").exists():
         print(f"generating {events:,} events per sample into {base} ...", file=sys.stderr)
-        generate_sample(base / "sample", events=events, files=1, seed=3)
+    generate_or_reuse(base / "sample", events=events, files=1, seed=3)
     doc = yaml.safe_load(demo_config_text())
     doc["lumi_pb"] = json.loads((base / "sample" / "truth.json").read_text())["luminosity_pb"]
     doc["taggers"] = {k: v for k, v in doc["taggers"].items() if v["kind"] != "model"}

@@ -37,10 +37,9 @@ def _config(sample_base: Path, out: Path, step: str | int) -> Path:
 
 
 def _generate(base: Path, events: int, files: int) -> Path:
-    from qgcal.generate import generate_sample
+    from qgcal.generate import generate_or_reuse
 
-    if not (base / "sample" / "truth.json").exists():
-        generate_sample(base / "sample", events=events, files=files, seed=2)
+    generate_or_reuse(base / "sample", events=events, files=files, seed=2)
     return base
 
 

@@ -53,11 +53,10 @@ def main() -> None:
 
     import qgcal
     from qgcal.config import load_config
-    from qgcal.generate import generate_sample
+    from qgcal.generate import generate_or_reuse
 
     base = args.workdir or Path(tempfile.mkdtemp(prefix="qgsweep-"))
-    if not (base / "sample" / "truth.json").exists():
-        generate_sample(base / "sample", events=args.events, files=args.files, seed=4)
+    generate_or_reuse(base / "sample", events=args.events, files=args.files, seed=4)
     sweep_vars = {
         "trk_eff": {"kind": "branch", "replace": {"nTracks": "jet_nTracks_sys_eff"}, "group": "tracking"},
         "pdf": {"kind": "weight", "multiply": ["pdf_weight[1..10]"], "group": "PDF"},

@@ -524,3 +524,21 @@ def test_progress_and_argument_errors(tmp_path: Path) -> None:
         generate_sample(tmp_path / "x", events=1, files=2)
     with pytest.raises(ValueError, match="seed"):
         generate_sample(tmp_path / "x", events=10, files=1, seed=-1)
+
+
+def test_generate_or_reuse_keeps_the_same_sample_and_refuses_another(sample: GeneratedSample, tmp_path: Path) -> None:
+    """A benchmark's --workdir: the sample made with the same numbers is kept (not rewritten),
+    one made with other numbers is refused instead of being timed as if it were the asked one."""
+    from qgcal.generate import generate_or_reuse
+
+    where = sample.truth.parent
+    before = {p: p.stat().st_mtime_ns for p in where.rglob("*") if p.is_file()}
+    assert generate_or_reuse(where, events=EVENTS, files=FILES, seed=7) is False
+    assert {p: p.stat().st_mtime_ns for p in where.rglob("*") if p.is_file()} == before
+    with pytest.raises(ValueError, match=r"'events': 20000.*'events': 40000.*another --workdir"):
+        generate_or_reuse(where, events=2 * EVENTS, files=FILES, seed=7)
+    with pytest.raises(ValueError, match="'seed': 8"):
+        generate_or_reuse(where, events=EVENTS, files=FILES, seed=8)
+    fresh = tmp_path / "fresh"
+    assert generate_or_reuse(fresh, events=2000, files=1, seed=3) is True
+    assert json.loads((fresh / "truth.json").read_text())["events"] == 2000

@@ -9,6 +9,6 @@ all of it. ``generate_sample`` is deterministic for a seed.
 
 from __future__ import annotations
 
-from qgcal.generate.sample import GeneratedSample, generate_sample
+from qgcal.generate.sample import GeneratedSample, generate_or_reuse, generate_sample
 
-__all__ = ["GeneratedSample", "generate_sample"]
+__all__ = ["GeneratedSample", "generate_or_reuse", "generate_sample"]

@@ -304,3 +304,26 @@ def generate_sample(
     if progress is not None:
         progress(f"wrote truth.json (luminosity {truth['luminosity_pb']:.4g} pb^-1)")
     return GeneratedSample(out=out, files=tuple(written), truth=truth_path)
+
+
+def generate_or_reuse(
+    out: Path, *, events: int, files: int, seed: int, progress: Callable[[str], None] | None = None
+) -> bool:
+    """Generate a sample under ``out`` unless one made with the same events, files and seed is there.
+
+    For benchmarks and studies that keep their samples in a ``--workdir`` between runs: a sample
+    of another size left there must not be timed as this one (it is refused, naming both).
+    Returns whether a sample was generated.
+    """
+    truth = out / "truth.json"
+    want = {"events": events, "files": files, "seed": seed}
+    if truth.is_file():
+        doc = json.loads(truth.read_text())
+        found = {k: doc.get(k) for k in want}
+        if found != want:
+            raise ValueError(
+                f"{out}: holds a sample generated with {found}, not {want}; use another --workdir or delete it"
+            )
+        return False
+    generate_sample(out, events=events, files=files, seed=seed, progress=progress)
+    return True
