@@ -506,13 +506,12 @@ def _generate_and_calibrate(args: argparse.Namespace) -> tuple[dict[str, list[di
     import qgcal
     from qgcal.config import load_config
     from qgcal.extraction import REPLICAS_FILE, load_replicas, replica_key
-    from qgcal.generate import generate_sample
+    from qgcal.generate import generate_or_reuse
 
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     truth_dir = args.out / "truth-sample"
-    if not (truth_dir / "sample" / "truth.json").is_file():
-        generate_sample(truth_dir / "sample", events=args.truth_events, files=8, seed=999_999)
+    generate_or_reuse(truth_dir / "sample", events=args.truth_events, files=8, seed=999_999)
     truth = Truth(truth_dir / "sample")
     print(f"truth sample ready ({time.perf_counter() - t0:.0f} s)", flush=True)
     rows: dict[str, list[dict[str, Any]]] = {s: [] for s in SETTINGS}
@@ -525,8 +524,7 @@ def _generate_and_calibrate(args: argparse.Namespace) -> tuple[dict[str, list[di
         seed = args.first_seed + i
         base = args.out / f"seed{seed}"
         sample = base / "sample"
-        if not (sample / "truth.json").is_file():
-            generate_sample(sample, events=args.events, files=4, seed=seed)
+        generate_or_reuse(sample, events=args.events, files=4, seed=seed)
         for setting in SETTINGS:
             cfg = load_config(_config(sample, base / f"{setting}{args.tag}", setting, args.bootstrap, args.min_neff))
             pt_bins = [float(x) for x in cfg.pt_bins_gev]

@@ -316,7 +316,7 @@ def _rows_nanmedian(values: np.ndarray) -> np.ndarray:
     ordered = np.sort(values, axis=1)
     k = np.count_nonzero(~np.isnan(values), axis=1)
     rows = np.arange(len(values))
-    lo, hi = ordered[rows, np.maximum(k - 1, 0) // 2], ordered[rows, k // 2 - (k == 0)]
+    lo, hi = ordered[rows, np.maximum(k - 1, 0) // 2], ordered[rows, k // 2]  # k = 0: any value, then NaN
     med = np.where(k % 2 == 1, lo, (lo + hi) / 2)
     med[k == 0] = np.nan
     return med[:, None]
@@ -367,14 +367,15 @@ def _translated(arr: np.ndarray, ipt: int, m: int, classes: Sequence[int]) -> np
     :func:`_replica_bin_sfs` reads from this array: quark, gluon, other of MC, data of data); the
     others stay 0, which halves the work.
     """
-    full = arr[:, list(classes), ipt : ipt + 1, :, :]
+    read = list(classes)
+    full = arr[:, read, ipt : ipt + 1, :, :]
     centre = full.mean(axis=-1, keepdims=True)
     x = full[..., :m]
     points = np.concatenate([centre, x], axis=-1)
     floor = np.minimum(x.min(axis=-1, keepdims=True), 0.0)[..., None]
     inner = np.maximum(points[..., :, None] + (x - centre)[..., None, :], floor)
-    out = np.zeros((arr.shape[0], arr.shape[1], 1, arr.shape[3], (1 + m) * m))
-    out[:, list(classes)] = inner.reshape(*x.shape[:-1], (1 + m) * m)
+    out = np.zeros((*arr.shape[:2], 1, arr.shape[3], (1 + m) * m))
+    out[:, read] = inner.reshape(*x.shape[:-1], (1 + m) * m)
     return out
 
 

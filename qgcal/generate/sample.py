@@ -322,7 +322,8 @@ def generate_or_reuse(
         found = {k: doc.get(k) for k in want}
         if found != want:
             raise ValueError(
-                f"{out}: holds a sample generated with {found}, not {want}; use another --workdir or delete it"
+                f"{out}: holds a sample generated with {found}, not {want}; "
+                "use another --workdir (closure_study: --out) or delete it"
             )
         return False
     generate_sample(out, events=events, files=files, seed=seed, progress=progress)
