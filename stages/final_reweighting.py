@@ -22,15 +22,19 @@ bad), gathered by the scheduler. Per tagger and pT bin:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from qgcal import __version__
 from qgcal.artifacts import write_json_atomic
-from qgcal.config import Config, SampleVariation
+from qgcal.config import Config, SampleVariation, WeightVariation
 from qgcal.contract import events_lost
 from qgcal.cutflow import CutFlow, read_cutflow
 from qgcal.errors import QgcalError
@@ -53,7 +57,7 @@ from qgcal.merging import merge_sample, save_merged
 from qgcal.plan import mc_sample_for, reweighting_for, truth_for
 from qgcal.progress import log
 
-__all__ = ["FinalInputs", "FinalResult", "NoDataError", "config_hash_for", "pass_config", "run"]
+__all__ = ["FinalInputs", "FinalResult", "NoDataError", "bias_factors", "config_hash_for", "pass_config", "run"]
 
 NAME = "final_reweighting"
 #: Calibration fields only qgcal combine reads (not in the final pass's config hash).
@@ -104,9 +108,9 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
     check_data(syst, data_info, cfg.data, lambda: read_cutflow(cfg, cfg.data, inputs.data))
     mc_h, mc_info, mc_reps = merge_sample(cfg, mc_sample, inputs.mc)
     if inputs.nominal_mc is None:
-        nom_h = mc_h
+        nom_h, nom_reps = mc_h, mc_reps
     else:
-        nom_h, _, _ = merge_sample(cfg, cfg.nominal_mc, inputs.nominal_mc)
+        nom_h, _, nom_reps = merge_sample(cfg, cfg.nominal_mc, inputs.nominal_mc)
 
     save_merged(out / inputs.data_namespace / NAME / f"merged_{cfg.data}.npz", data_h, data_info, data_reps)
     save_merged(out / inputs.mc_namespace / NAME / f"merged_{mc_sample}.npz", mc_h, mc_info, mc_reps)
@@ -119,13 +123,19 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
     same = nom_h is mc_h and reweight == "quark" and min_neff == cfg.calibration.reweighting_min_mc_neff and vcfg is cfg
     ex = nominal_ex if same else extract_all(vcfg, mc_h, data_h, reweight, min_neff)
     boot = boot_plain = replicas = None
+    kappa_from = None
     if cfg.bootstrap:
         groups = {name: [e.rw_groups for e in bins] for name, bins in ex.items()}
         replicas = replica_scale_factors(vcfg, mc_reps, data_reps, cuts, reweight, groups)
         boot = bootstrap_stat(vcfg, mc_reps, data_reps, cuts, reweight, replicas)
         if cfg.calibration.bootstrap_bias_correction:
             boot_plain = boot
-            kappa = variance_bias_factors(vcfg, mc_reps, data_reps, cuts, reweight, groups)
+            kappa_from = "nominal" if _kappa_is_nominals(cfg, syst, inputs, vcfg, reweight, min_neff) else syst
+            if kappa_from == syst:
+                kappa = bias_factors(vcfg, mc_reps, data_reps, cuts, reweight, groups)
+            else:
+                nominal_groups = {name: [e.rw_groups for e in bins] for name, bins in nominal_ex.items()}
+                kappa = bias_factors(cfg, nom_reps, data_reps, cuts, reweighting_for(cfg, "nominal"), nominal_groups)
             boot = {k: s * math.sqrt(kappa[k]) if k in kappa else s for k, s in boot_plain.items()}
     records = scale_factor_records(cfg, syst, ex, cuts, boot, boot_plain)
     var = cfg.variations.get(syst)
@@ -151,6 +161,9 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
         "wp_rule": cfg.calibration.wp_rule,
         "replicas": REPLICAS_FILE if replicas is not None else None,
         "stat_method": stat_method(cfg),
+        # whose variance-bias factors (kappa) corrected the replica spread: this systematic's own, or
+        # nominal's for a weight variation (the same events and estimator; docs/physics.md)
+        "bias_correction_from": kappa_from,
         "cuts_from": "nominal",
         "merge": {"data": data_info, "mc": mc_info},
         "skipped_files": skipped_files,
@@ -193,6 +206,60 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
             results / "scale_factors.json",
         )
     return FinalResult(syst, results, records, skipped=skipped_files)
+
+
+def _kappa_is_nominals(
+    cfg: Config, syst: str, inputs: FinalInputs, vcfg: Config, reweight: str, min_neff: float
+) -> bool:
+    """Whether ``syst`` takes nominal's variance-bias factors: a weight variation of the MC only.
+
+    It reweights the same events, through the same estimator (reweighting, its bin groups' rule,
+    truth) on the same data, so its kappa differs from nominal's by second order in the weight
+    shift: by <= 0.1 % of the quoted error for the ten PDF weights of benchmarks/bench_sweep.py,
+    against the ~10 % to which 50 replicas know an error (docs/physics.md). Computing it again
+    was over half of such a final pass.
+    """
+    return (
+        isinstance(cfg.variations.get(syst), WeightVariation)
+        and inputs.data_namespace == "nominal"
+        and vcfg is cfg
+        and reweight == reweighting_for(cfg, "nominal")
+        and min_neff == min_neff_for(cfg, "nominal")
+    )
+
+
+def bias_factors(
+    cfg: Config,
+    mc: Mapping[str, np.ndarray],
+    data: Mapping[str, np.ndarray],
+    cuts: Mapping[str, list[dict[str, Any]]],
+    reweight: str,
+    groups: Mapping[str, Sequence[Sequence[tuple[int, int]]]],
+) -> dict[Any, float]:
+    """:func:`qgcal.extraction.variance_bias_factors`, remembered in this process by its inputs' content.
+
+    The final passes of a sweep that a worker runs one after another share nominal's factors
+    (:func:`_kappa_is_nominals`); the key hashes everything they are a function of, so a hit
+    returns the very floats a fresh computation would.
+    """
+    digest = hashlib.sha256()
+    digest.update(cfg.model_dump_json().encode())
+    digest.update(json.dumps([reweight, cuts, groups], sort_keys=True, default=str).encode())
+    for role, arrays in (("mc", mc), ("data", data)):
+        for name in sorted(arrays):
+            arr = np.ascontiguousarray(arrays[name])
+            digest.update(f"{role}|{name}|{arr.dtype.str}|{arr.shape}".encode())
+            digest.update(arr.tobytes())
+    key = digest.hexdigest()
+    if key not in _KAPPA_MEMO:
+        _KAPPA_MEMO[key] = variance_bias_factors(cfg, mc, data, cuts, reweight, groups)
+        while len(_KAPPA_MEMO) > 4:
+            del _KAPPA_MEMO[next(iter(_KAPPA_MEMO))]
+    return dict(_KAPPA_MEMO[key])
+
+
+#: variance-bias factors by the hash of their inputs (:func:`bias_factors`)
+_KAPPA_MEMO: dict[str, dict[Any, float]] = {}
 
 
 def pass_config(cfg: Config, syst: str) -> dict[str, Any]:
