@@ -249,6 +249,79 @@ def test_validate_names_a_bad_file_and_run_leaves_it_to_the_bad_file_policy(smal
     assert code == 0 and "valid" in out and str(bad) in err and "will skip it" in err
 
 
+_FORKED_CHECKS = """
+import json, os, sys
+import qgcal.workflows.preflight as pf
+from qgcal.config import load_config
+from qgcal.errors import ConfigError
+
+path, typo_path, pids = sys.argv[1:]
+check = pf._check_file
+
+
+def recording(*args):
+    with open(pids, "a") as fh:
+        fh.write(f"{os.getpid()}\\n")
+    return check(*args)
+
+
+pf._check_file = recording
+out = {"me": os.getpid()}
+for per_worker in (10**6, 1):  # serial, then forked (2 workers)
+    pf.FILES_PER_WORKER = per_worker
+    open(pids, "w").close()
+    report = pf.preflight(load_config(path).with_overrides({"executor.workers": 2}))
+    try:
+        pf.preflight(load_config(typo_path).with_overrides({"executor.workers": 2}))
+        error = None
+    except ConfigError as err:
+        error = str(err)
+    readers = sorted({int(x) for x in open(pids).read().split()})
+    out[str(per_worker)] = [report.tasks, report.files, report.unreadable, error, readers]
+print(json.dumps(out))
+"""
+
+
+def test_header_checks_over_forked_workers_report_what_a_serial_check_does(small_sample, tmp_path):
+    """preflight reads files' headers over executor.workers forked processes: the same report,
+    the same first error, whichever process read which file. In a fresh interpreter: a pytest
+    process may hold other tests' threads, and then nothing forks (qgcal.executors.can_fork)."""
+    data = tmp_path / "data"
+    shutil.copytree(small_sample / "sample" / "data", data)
+    bad = data / "data_001.root"
+    bad.write_bytes(bad.read_bytes()[:4000])
+
+    def mutate(doc: dict[str, Any]) -> None:
+        doc["samples"]["data"]["files"] = [str(data / "*.root")]
+        doc["reading"]["skip_bad_files"] = True
+
+    def with_typo(doc: dict[str, Any]) -> None:
+        mutate(doc)
+        doc["variations"]["JES_up"]["tree"] = "JES_typo"
+
+    path, _ = _config(small_sample, tmp_path, mutate)
+    typo_path, _ = _config(small_sample, tmp_path, with_typo, name="typo")
+    script = tmp_path / "forked_checks.py"
+    script.write_text(_FORKED_CHECKS)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(path), str(typo_path), str(tmp_path / "pids")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    serial, forked = got[str(10**6)], got["1"]
+    assert serial[4] == [got["me"]]  # serial: read here
+    assert got["me"] not in forked[4] and len(forked[4]) >= 2  # forked: by other processes (a pool per call)
+    assert forked[:4] == serial[:4]
+    _, files, unreadable, typo_error = forked[:4]
+    assert files >= 8  # at least one file in each of the 4 x 2 chunks
+    assert len(unreadable) == 1 and str(bad) in unreadable[0]
+    assert "'JES_typo'" in typo_error and "variations.JES_up.tree" in typo_error
+
+
 def test_the_good_config_validates(small_sample, tmp_path):
     path, _ = _config(small_sample, tmp_path, lambda d: None)
     code, out, err = _cli(["validate", str(path)])
