@@ -120,22 +120,23 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
     min_neff = min_neff_for(cfg, syst)
     truth = truth_for(cfg, syst)  # an 'other' variation: the third class subtracted with another scale
     vcfg = cfg if truth == cfg.truth else cfg.model_copy(update={"truth": truth})
-    same = nom_h is mc_h and reweight == "quark" and min_neff == cfg.calibration.reweighting_min_mc_neff and vcfg is cfg
-    ex = nominal_ex if same else extract_all(vcfg, mc_h, data_h, reweight, min_neff)
+    # nominal's reweighting, bin-group rule and truth: nominal's estimator (on this systematic's MC)
+    nominal_estimator = reweight == "quark" and min_neff == cfg.calibration.reweighting_min_mc_neff and vcfg is cfg
+    ex = nominal_ex if nom_h is mc_h and nominal_estimator else extract_all(vcfg, mc_h, data_h, reweight, min_neff)
     boot = boot_plain = replicas = None
     kappa_from = None
     if cfg.bootstrap:
-        groups = {name: [e.rw_groups for e in bins] for name, bins in ex.items()}
+        groups = _rw_groups(ex)
         replicas = replica_scale_factors(vcfg, mc_reps, data_reps, cuts, reweight, groups)
         boot = bootstrap_stat(vcfg, mc_reps, data_reps, cuts, reweight, replicas)
         if cfg.calibration.bootstrap_bias_correction:
             boot_plain = boot
-            kappa_from = "nominal" if _kappa_is_nominals(cfg, syst, inputs, vcfg, reweight, min_neff) else syst
-            if kappa_from == syst:
-                kappa = bias_factors(vcfg, mc_reps, data_reps, cuts, reweight, groups)
+            if _kappa_is_nominals(cfg, syst, inputs, nominal_estimator):
+                kappa_from = "nominal"
+                kappa = bias_factors(cfg, nom_reps, data_reps, cuts, reweight, _rw_groups(nominal_ex))
             else:
-                nominal_groups = {name: [e.rw_groups for e in bins] for name, bins in nominal_ex.items()}
-                kappa = bias_factors(cfg, nom_reps, data_reps, cuts, reweighting_for(cfg, "nominal"), nominal_groups)
+                kappa_from = syst
+                kappa = bias_factors(vcfg, mc_reps, data_reps, cuts, reweight, groups)
             boot = {k: s * math.sqrt(kappa[k]) if k in kappa else s for k, s in boot_plain.items()}
     records = scale_factor_records(cfg, syst, ex, cuts, boot, boot_plain)
     var = cfg.variations.get(syst)
@@ -208,9 +209,12 @@ def run(cfg: Config, syst: str, inputs: FinalInputs, *, plot: bool | None = None
     return FinalResult(syst, results, records, skipped=skipped_files)
 
 
-def _kappa_is_nominals(
-    cfg: Config, syst: str, inputs: FinalInputs, vcfg: Config, reweight: str, min_neff: float
-) -> bool:
+def _rw_groups(ex: Mapping[str, Sequence[Any]]) -> dict[str, list[list[tuple[int, int]]]]:
+    """Per tagger and pT bin, the reweighting bin groups an extraction used (its replicas reuse them)."""
+    return {name: [e.rw_groups for e in bins] for name, bins in ex.items()}
+
+
+def _kappa_is_nominals(cfg: Config, syst: str, inputs: FinalInputs, nominal_estimator: bool) -> bool:
     """Whether ``syst`` takes nominal's variance-bias factors: a weight variation of the MC only.
 
     It reweights the same events, through the same estimator (reweighting, its bin groups' rule,
@@ -219,13 +223,8 @@ def _kappa_is_nominals(
     against the ~10 % to which 50 replicas know an error (docs/physics.md). Computing it again
     was over half of such a final pass.
     """
-    return (
-        isinstance(cfg.variations.get(syst), WeightVariation)
-        and inputs.data_namespace == "nominal"
-        and vcfg is cfg
-        and reweight == reweighting_for(cfg, "nominal")
-        and min_neff == min_neff_for(cfg, "nominal")
-    )
+    weight = isinstance(cfg.variations.get(syst), WeightVariation)
+    return weight and inputs.data_namespace == "nominal" and nominal_estimator
 
 
 def bias_factors(
