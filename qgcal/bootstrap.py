@@ -284,7 +284,7 @@ def replica_sums(flat_bin: np.ndarray, weight: np.ndarray, replicas: np.ndarray,
     (n_bins, n_replicas). Raises ValueError on a non-finite weight.
 
     All replicas at once, as one sparse-times-dense product per block of
-    :data:`_JETS_PER_BLOCK` jets: a (limb position x bin, jet) matrix holding each jet's three
+    :data:`_JETS_PER_BLOCK` jets: a (bin x limb position, jet) matrix holding each jet's three
     limbs (|limb| < 2^32) times the (jet, replica) Poisson counts (<= 12). Every term and
     partial sum is an integer below 2^53 (a block sums to < 2^52), so float64 adds them
     exactly in whatever order the product takes; the block sums are added as int64.
@@ -300,21 +300,24 @@ def replica_sums(flat_bin: np.ndarray, weight: np.ndarray, replicas: np.ndarray,
     j, parts, nz = _limbs_of(weight)
     if not nz.any():
         return ExactSum.zeros((n_bins, n_rep))
-    flat_bin, j, parts, replicas = flat_bin[nz], j[nz], parts[:, nz], replicas[nz]
+    if not nz.all():  # (a zero weight adds nothing; all nonzero is the usual case: no copies)
+        flat_bin, j, parts, replicas = flat_bin[nz], j[nz], parts[:, nz], replicas[nz]
     base = int(j.min())
     n_limbs = int(j.max()) - base + 3
-    # row of each jet's three limbs: (limb position - base) x n_bins + bin; one column per jet
-    rows = ((j - base)[:, None] + np.arange(3)[None, :]) * n_bins + np.asarray(flat_bin, dtype=np.int64)[:, None]
+    # row of each jet's three limbs: bin x n_limbs + (limb position - base), one column per jet;
+    # bin-major, so that the product writes each bin's limbs next to each other
+    rows = np.asarray(flat_bin, dtype=np.int64)[:, None] * n_limbs + ((j - base)[:, None] + np.arange(3)[None, :])
     values = parts.T.astype(np.float64)  # (jets, 3), exact: |limb| < 2^32
     total = ExactSum.zeros((n_bins, n_rep))
     for a in range(0, len(rows), _JETS_PER_BLOCK):
         b = min(a + _JETS_PER_BLOCK, len(rows))
         m = csc_matrix(
             (values[a:b].ravel(), rows[a:b].ravel(), np.arange(0, 3 * (b - a) + 1, 3)),
-            shape=(n_limbs * n_bins, b - a),
+            shape=(n_bins * n_limbs, b - a),
         )
-        sums = m @ replicas[a:b].astype(np.float64)  # (limb position x bin, replica)
-        total += ExactSum(base, sums.astype(np.int64).reshape(n_limbs, n_bins, n_rep))
+        sums = m @ np.asarray(replicas[a:b], dtype=np.float64)  # (bin x limb position, replica)
+        limbs = sums.astype(np.int64).reshape(n_bins, n_limbs, n_rep).transpose(1, 0, 2)
+        total += ExactSum(base, np.ascontiguousarray(limbs))
     return total
 
 

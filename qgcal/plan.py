@@ -11,6 +11,7 @@ their artifacts live under ``nominal/`` and are shared by every variation.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ __all__ = [
     "FileTask",
     "artifact_path",
     "constituent_variables",
+    "group_by_read",
     "input_ref",
     "jet_variables",
     "mc_sample_for",
@@ -75,6 +77,15 @@ class FileTask:
         config, its inputs and the output folder together keeps every artifact (``cp -a``)."""
         digest = hashlib.sha256(self.ident.encode()).hexdigest()[:8]
         return f"{Path(self.path).stem}-{digest}"
+
+
+def group_by_read(tasks: Sequence[FileTask]) -> list[list[FileTask]]:
+    """Tasks sharing a (file, tree), in a fixed order: the branch and weight variations of a
+    sweep, which root2pkl reads once together and predpkl2hist fills together."""
+    groups: dict[tuple[str, str], list[FileTask]] = {}
+    for t in tasks:
+        groups.setdefault((t.path, t.tree), []).append(t)
+    return [groups[k] for k in sorted(groups)]
 
 
 def input_ref(cfg: Config, path: Path) -> str:

@@ -16,7 +16,9 @@ result does not depend on how the jet table was chunked into row groups.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +40,20 @@ from qgcal.contract import (
 )
 from qgcal.errors import ArtifactError
 from qgcal.histset import HistSet, read_histset_meta, save_histset
-from qgcal.passes import UpstreamPass
-from qgcal.plan import FileTask
+from qgcal.passes import PassInput, PassRun, UpstreamPass
+from qgcal.plan import FileTask, group_by_read
 
-__all__ = ["PASS", "PredPkl2Hist", "book", "expected_provenance", "replica_shape", "run_file"]
+__all__ = [
+    "PASS",
+    "HistJob",
+    "PredPkl2Hist",
+    "book",
+    "expected_provenance",
+    "fused_jobs",
+    "replica_shape",
+    "run_file",
+    "run_files",
+]
 
 NAME = "predpkl2hist"
 
@@ -112,99 +124,240 @@ def replica_shape(cfg: Config, tagger: str) -> tuple[int, int, int, int, int]:
     return (2, REPLICA_CLASSES, len(cfg.pt_bins_gev) - 1, n_score, cfg.bootstrap)
 
 
-def _fill_replicas(
-    cfg: Config,
-    reps: dict[str, ExactSum],
-    table: Any,
-    region: np.ndarray,
-    pt: np.ndarray,
-    weight: np.ndarray,
-    flav: np.ndarray,
-    dataset: str,
-    scores: Mapping[str, np.ndarray],
-    valid: Mapping[str, np.ndarray],
-) -> None:
-    """Add this row group's jets to the exact replica sums of every tagger.
+# the columns every derived per-jet array depends on, besides one tagger's values (and not the weight)
+_BASE_COLUMNS = ("region", "pt", "parton_label", "lead_pt", "event", "run")
+# replica counts of a row group are converted to float64 once when at most this many numbers
+# (the product in replica_sums multiplies float64; shared by the weight variations of a file)
+_FLOAT_REPLICAS_MAX = 1 << 22
 
-    ``dataset`` keys the Poisson draws (:func:`qgcal.bootstrap.dataset_key`: sample and slice).
-    The sums are exact whatever the weight scale (no quantum), so any split of the events
-    into files or chunks gives the same merged replicas.
-    ``scores`` and ``valid``: per tagger, the values and the jets whose value is usable
-    (:func:`valid_mask`, NaN excluded); the others are left out.
+
+@dataclass
+class _TaggerJets:
+    """One tagger's jets of a row group: those filled, their folded values, their replica bins."""
+
+    fill: np.ndarray  # usable value (valid_mask): filled into the histograms
+    region: np.ndarray
+    flavour: np.ndarray
+    pt: np.ndarray
+    score: np.ndarray  # folded into the binning
+    replica: np.ndarray  # usable value AND jet pT inside the binning: in the replica sums
+    flat_bin: np.ndarray  # of the replica jets, into replica_shape(...)[:4]
+    counts: np.ndarray | None  # the replica jets' Poisson counts (uint8, or float64 when small)
+    nan: int
+    invalid: int  # not NaN but outside the tagger's valid range
+
+
+@dataclass
+class _Jets:
+    """The per-jet arrays of a row group that no tagger's values change (nor the weight)."""
+
+    region: np.ndarray
+    pt: np.ndarray
+    flavour: np.ndarray
+    pt_idx: np.ndarray  # jet pT bin (-1 or len(bins) - 1 outside the binning)
+    replica_class: np.ndarray
+    poisson: np.ndarray | None  # (jets, bootstrap) Poisson counts; None without replicas
+    fwd: np.ndarray  # the forward jet of each event: the leading-jet pT spectrum
+    flavour_fwd: np.ndarray
+    lead_pt_fwd: np.ndarray
+
+
+@dataclass
+class _RowGroup:
+    """What one row group of a jet table gives that does not depend on the event weight.
+
+    The weight variations of a file (PDF sets, scale weights) select the same jets with the same
+    values and differ in the weight column only; a branch variation changes some taggers'
+    values. A fused job derives each piece once from bit-identical columns and fills every
+    variation's histograms with its own weights.
     """
-    n = cfg.bootstrap
-    events = table.column("event").to_numpy()
-    runs = table.column("run").to_numpy()
-    poisson = poisson_replicas(dataset, runs, events, n)
-    pt_idx = np.searchsorted(np.asarray(cfg.pt_bins_gev), pt, side="right") - 1
-    cls = replica_class(flav)
-    for name, tagger in cfg.taggers.items():
-        shape = replica_shape(cfg, name)
-        edges = np.asarray(tagger.bins.bin_edges())
-        score = scores[name]
-        ok = valid[name] & (pt_idx >= 0) & (pt_idx < shape[2])
-        s_idx = np.clip(np.searchsorted(edges, _fold(score[ok], list(edges)), side="right") - 1, 0, shape[3] - 1)
-        flat = np.ravel_multi_index((region[ok], cls[ok], pt_idx[ok], s_idx), shape[:4])
-        try:
-            sums = replica_sums(flat, weight[ok], poisson[ok], int(np.prod(shape[:4])))
-        except ValueError as err:
-            raise ArtifactError(f"bootstrap replicas of {dataset}: {err}; check the event weights") from None
-        reps[name] += sums.reshaped(shape)
+
+    key: tuple[str, bool]  # dataset (keys the Poisson draws) and whether it is data
+    columns: dict[str, np.ndarray]  # the inputs, compared before anything is shared
+    jets: _Jets
+    taggers: dict[str, _TaggerJets]
+    rows: int
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Bit for bit the same array (NaN payloads and signed zeros included): safe to share."""
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+def _derive(cfg: Config, table: Any, key: tuple[str, bool], like: Sequence[_RowGroup]) -> _RowGroup:
+    """The weight-independent arrays of ``table``, taken from a row group in ``like`` wherever
+    they were derived from bit-identical columns (the same results, computed once)."""
+    columns = {c: table.column(c).to_numpy() for c in _BASE_COLUMNS}
+    for name in cfg.taggers:
+        columns[tagger_column(name)] = table.column(tagger_column(name)).to_numpy()
+    ref = next(
+        (r for r in like if r.key == key and all(_same(columns[c], r.columns[c]) for c in _BASE_COLUMNS)),
+        None,
+    )
+    jets = ref.jets if ref is not None else _jets(cfg, columns, key)
+    taggers = {
+        name: (
+            ref.taggers[name]
+            if ref is not None and _same(columns[tagger_column(name)], ref.columns[tagger_column(name)])
+            else _tagger_jets(cfg, name, columns[tagger_column(name)], jets)
+        )
+        for name in sorted(cfg.taggers)
+    }
+    return _RowGroup(key, columns, jets, taggers, table.num_rows)
+
+
+def _jets(cfg: Config, columns: Mapping[str, np.ndarray], key: tuple[str, bool]) -> _Jets:
+    dataset, is_data = key
+    truth = cfg.truth
+    region = columns["region"].astype(np.int64)
+    pt = columns["pt"].astype(np.float64)
+    flav = flavour_codes(columns["parton_label"], quark=truth.quark, gluon=truth.gluon, is_data=is_data)
+    fwd = region == REGION_FORWARD  # one row per event
+    return _Jets(
+        region=region,
+        pt=pt,
+        flavour=flav,
+        pt_idx=np.searchsorted(np.asarray(cfg.pt_bins_gev), pt, side="right") - 1,
+        replica_class=replica_class(flav),
+        poisson=poisson_replicas(dataset, columns["run"], columns["event"], cfg.bootstrap) if cfg.bootstrap else None,
+        fwd=fwd,
+        flavour_fwd=flav[fwd],
+        lead_pt_fwd=columns["lead_pt"][fwd].astype(np.float64),
+    )
+
+
+def _tagger_jets(cfg: Config, name: str, score: np.ndarray, jets: _Jets) -> _TaggerJets:
+    tagger = cfg.taggers[name]
+    shape = replica_shape(cfg, name)
+    edges = tagger.bins.bin_edges()
+    ok = valid_mask(tagger, score)
+    nan = int(np.isnan(score).sum())
+    rep = ok & (jets.pt_idx >= 0) & (jets.pt_idx < shape[2])
+    s_idx = np.clip(np.searchsorted(edges, _fold(score[rep], edges), side="right") - 1, 0, shape[3] - 1)
+    counts = None
+    if jets.poisson is not None:
+        counts = jets.poisson[rep]
+        if counts.size <= _FLOAT_REPLICAS_MAX:
+            counts = counts.astype(np.float64)
+    return _TaggerJets(
+        fill=ok,
+        region=jets.region[ok],
+        flavour=jets.flavour[ok],
+        pt=jets.pt[ok],
+        score=_fold(score[ok], edges),
+        replica=rep,
+        flat_bin=np.ravel_multi_index((jets.region[rep], jets.replica_class[rep], jets.pt_idx[rep], s_idx), shape[:4]),
+        counts=counts,
+        nan=nan,
+        invalid=int(len(score) - ok.sum()) - nan,
+    )
+
+
+@dataclass
+class _Filling:
+    """One artifact being filled: its histograms, exact replica sums and counts."""
+
+    upstream: Path
+    out: Path
+    key: tuple[str, bool]
+    carry: dict[str, Any]
+    provenance: dict[str, Any]
+    hs: HistSet
+    reps: dict[str, ExactSum]
+    nan: dict[str, int]
+    invalid: dict[str, int]
+    jets: int = 0
+
+    def add(self, cfg: Config, group: _RowGroup, weight: np.ndarray) -> None:
+        """Fill this row group with this artifact's weights.
+
+        The replica sums are exact whatever the weight scale (no quantum), so any split of the
+        events into files or row groups gives the same merged replicas; the Poisson draws are
+        keyed by the dataset (:func:`qgcal.bootstrap.dataset_key`: sample and slice).
+        """
+        for name in cfg.taggers:
+            tj = group.taggers[name]
+            self.nan[name] += tj.nan
+            self.invalid[name] += tj.invalid
+            self.hs[tagger_column(name)].fill(
+                region=tj.region, flavour=tj.flavour, pt=tj.pt, score=tj.score, weight=weight[tj.fill]
+            )
+        jets = group.jets
+        self.hs[LEAD_PT_HIST].fill(flavour=jets.flavour_fwd, lead_pt=jets.lead_pt_fwd, weight=weight[jets.fwd])
+        for name in self.reps:
+            tj = group.taggers[name]
+            assert tj.counts is not None  # drawn whenever replicas are booked
+            shape = replica_shape(cfg, name)
+            try:
+                sums = replica_sums(tj.flat_bin, weight[tj.replica], tj.counts, int(np.prod(shape[:4])))
+            except ValueError as err:
+                raise ArtifactError(f"bootstrap replicas of {self.key[0]}: {err}; check the event weights") from None
+            self.reps[name] += sums.reshaped(shape)
+        self.jets += group.rows
+
+    def save(self) -> int:
+        meta = dict(self.provenance)
+        meta.update(
+            {
+                "carry": self.carry,
+                "jets": self.jets,
+                "nan_scores": self.nan,
+                "invalid_scores": self.invalid,
+                "versions": library_versions(),
+            }
+        )
+        save_histset(self.out, self.hs, meta, extra=to_arrays(self.reps))
+        return self.jets
+
+
+@dataclass(frozen=True)
+class HistJob:
+    """One artifact to fill: the pkl2predpkl artifact it reads and where it writes."""
+
+    upstream: Path
+    out: Path
+    is_data: bool
+    carry: dict[str, Any]  # sample, slice, sumw, cut flow: into the artifact's metadata
+
+
+def run_files(cfg: Config, jobs: Sequence[HistJob]) -> list[int]:
+    """Fill and save every job's artifact, reading their row groups in step; the jets of each.
+
+    Jobs reading the same jets (the weight variations of one file) share everything derived
+    from bit-identical columns (:func:`_derive`), and each artifact is the same bytes as when
+    filled alone. Nothing is written unless every job's histograms were filled.
+    """
+    for job in jobs:
+        if not job.upstream.is_file():
+            raise ArtifactError(f"{job.upstream}: pkl2predpkl artifact missing; rerun pkl2predpkl")
+    fillings = [
+        _Filling(
+            job.upstream,
+            job.out,
+            (dataset_key(job.carry["sample"], job.carry["slice"]), job.is_data),
+            job.carry,
+            expected_provenance(cfg, job.upstream),
+            book(cfg),
+            {name: ExactSum.zeros(replica_shape(cfg, name)) for name in cfg.taggers} if cfg.bootstrap else {},
+            {name: 0 for name in cfg.taggers},
+            {name: 0 for name in cfg.taggers},
+        )
+        for job in jobs
+    ]
+    for tables in zip_longest(*(iter_parquet_batches(f.upstream) for f in fillings)):
+        derived: list[_RowGroup] = []
+        for filling, table in zip(fillings, tables, strict=True):
+            if table is None:  # this artifact has fewer row groups than another one
+                continue
+            group = _derive(cfg, table, filling.key, derived)
+            derived.append(group)
+            filling.add(cfg, group, table.column("weight").to_numpy())
+    return [f.save() for f in fillings]
 
 
 def run_file(cfg: Config, upstream: Path, out_path: Path, *, is_data: bool, carry: dict[str, Any]) -> int:
-    """Fill and save; ``carry`` (sample, slice, sumw, cut flow) goes into the artifact's metadata."""
-    if not upstream.is_file():
-        raise ArtifactError(f"{upstream}: pkl2predpkl artifact missing; rerun pkl2predpkl")
-    provenance = expected_provenance(cfg, upstream)
-    hs = book(cfg)
-    reps = {name: ExactSum.zeros(replica_shape(cfg, name)) for name in cfg.taggers} if cfg.bootstrap else {}
-    n_nan = {name: 0 for name in cfg.taggers}
-    n_invalid = {name: 0 for name in cfg.taggers}  # not NaN but outside the tagger's valid range
-    n_jets = 0
-    truth = cfg.truth
-    dataset = dataset_key(carry["sample"], carry["slice"])
-    for table in iter_parquet_batches(upstream):
-        region = table.column("region").to_numpy().astype(np.int64)
-        pt = table.column("pt").to_numpy().astype(np.float64)
-        weight = table.column("weight").to_numpy()
-        flav = flavour_codes(
-            table.column("parton_label").to_numpy(), quark=truth.quark, gluon=truth.gluon, is_data=is_data
-        )
-        valid: dict[str, np.ndarray] = {}
-        scores: dict[str, np.ndarray] = {}
-        for name, tagger in cfg.taggers.items():
-            score = scores[name] = table.column(tagger_column(name)).to_numpy()
-            ok = valid[name] = valid_mask(tagger, score)
-            nan = int(np.isnan(score).sum())
-            n_nan[name] += nan
-            n_invalid[name] += int(len(score) - ok.sum()) - nan
-            hs[tagger_column(name)].fill(
-                region=region[ok],
-                flavour=flav[ok],
-                pt=pt[ok],
-                score=_fold(score[ok], tagger.bins.bin_edges()),
-                weight=weight[ok],
-            )
-        fwd = region == REGION_FORWARD  # one row per event: the leading-jet pT spectrum
-        hs[LEAD_PT_HIST].fill(
-            flavour=flav[fwd], lead_pt=table.column("lead_pt").to_numpy()[fwd].astype(np.float64), weight=weight[fwd]
-        )
-        if reps:
-            _fill_replicas(cfg, reps, table, region, pt, weight, flav, dataset, scores, valid)
-        n_jets += table.num_rows
-    meta = dict(provenance)
-    meta.update(
-        {
-            "carry": carry,
-            "jets": n_jets,
-            "nan_scores": n_nan,
-            "invalid_scores": n_invalid,
-            "versions": library_versions(),
-        }
-    )
-    save_histset(out_path, hs, meta, extra=to_arrays(reps))
-    return n_jets
+    """Fill and save one artifact (:func:`run_files` of one job); the jets filled."""
+    return run_files(cfg, [HistJob(upstream, out_path, is_data, carry)])[0]
 
 
 def carry_for(task: FileTask, upstream: Path) -> dict[str, Any]:
@@ -220,11 +373,31 @@ def carry_for(task: FileTask, upstream: Path) -> dict[str, Any]:
     }
 
 
+def fused_jobs(tasks: Sequence[FileTask]) -> list[list[FileTask]]:
+    """Tasks of one (file, tree), the variations of a sweep, in jobs of at most
+    :data:`_FUSED_TASKS` (split evenly): each job derives what they share once (:func:`run_files`)."""
+    jobs = []
+    for group in group_by_read(tasks):
+        n = -(-len(group) // _FUSED_TASKS)  # jobs for this (file, tree)
+        size = -(-len(group) // n)
+        jobs += [group[i : i + size] for i in range(0, len(group), size)]
+    return jobs
+
+
+# tasks per fused job: enough to share the derived arrays, small enough to keep the workers busy
+_FUSED_TASKS = 8
+
+
 class PredPkl2Hist(UpstreamPass):
-    """The :class:`qgcal.passes.FilePass` of pass 3: one histogram set per file task."""
+    """The :class:`qgcal.passes.FilePass` of pass 3: one histogram set per file task, the tasks
+    reading one (file, tree) filled together (:func:`fused_jobs`)."""
 
     name = NAME
     ext = ".npz"
+    unit = "reads"
+
+    def jobs(self, tasks: Sequence[FileTask]) -> list[list[FileTask]]:
+        return fused_jobs(tasks)
 
     def provenance_for(self, cfg: Config, upstream: Path) -> dict[str, Any]:
         return expected_provenance(cfg, upstream)
@@ -232,9 +405,13 @@ class PredPkl2Hist(UpstreamPass):
     def read_provenance(self, path: Path) -> dict[str, Any] | None:
         return read_histset_meta(path)
 
-    def run_one(self, cfg: Config, task: FileTask, upstream: Path, out: Path) -> int:
-        carry = carry_for(task, upstream)
-        return run_file(cfg, upstream, out, is_data=task.kind == "data", carry=carry) // 2
+    def run(self, cfg: Config, items: Sequence[PassInput]) -> list[PassRun]:
+        jobs = []
+        for item in items:
+            if item.upstream is None:
+                raise ValueError(f"{item.out}: predpkl2hist cannot be the first pass of the chain")
+            jobs.append(HistJob(item.upstream, item.out, item.task.kind == "data", carry_for(item.task, item.upstream)))
+        return [PassRun(jets // 2) for jets in run_files(cfg, jobs)]  # events: two jets each
 
 
 PASS = PredPkl2Hist()

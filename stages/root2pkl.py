@@ -31,7 +31,7 @@ from qgcal.config import BranchExpr, Config, Requirement, Sample, parse_branch_e
 from qgcal.contract import REGION_CENTRAL, REGION_FORWARD, jet_table_schema
 from qgcal.errors import InputError
 from qgcal.passes import PassInput, PassRun
-from qgcal.plan import FileTask, constituent_variables, jet_variables
+from qgcal.plan import FileTask, constituent_variables, group_by_read, jet_variables
 from qgcal.rootio import (
     OpenTree,
     chunk_ranges,
@@ -42,7 +42,7 @@ from qgcal.rootio import (
     sum_over_entries,
 )
 
-__all__ = ["PASS", "Root2Pkl", "Root2PklResult", "expected_provenance", "group_by_read", "run_file", "run_files"]
+__all__ = ["PASS", "Root2Pkl", "Root2PklResult", "expected_provenance", "run_file", "run_files"]
 
 NAME = "root2pkl"
 
@@ -554,14 +554,6 @@ def _tree_key(cfg: Config, task: FileTask) -> str:
     if cfg.samples[task.sample].tree:
         return f"samples.{task.sample}.tree"
     return "tree"
-
-
-def group_by_read(tasks: Sequence[FileTask]) -> list[list[FileTask]]:
-    """Tasks sharing a (file, tree): branch and weight variations read it once together."""
-    groups: dict[tuple[str, str], list[FileTask]] = {}
-    for t in tasks:
-        groups.setdefault((t.path, t.tree), []).append(t)
-    return [groups[k] for k in sorted(groups)]
 
 
 class Root2Pkl:

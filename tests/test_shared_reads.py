@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from qgcal.plan import plan_tasks
+from qgcal.plan import group_by_read, plan_tasks
 from qgcal.stages import artifact, root2pkl
-from qgcal.stages.root2pkl import group_by_read
 
 
 def test_one_read_feeds_every_variation_identically(small_sample, make_config, tmp_path, monkeypatch):
