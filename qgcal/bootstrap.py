@@ -308,7 +308,7 @@ def replica_sums(flat_bin: np.ndarray, weight: np.ndarray, replicas: np.ndarray,
     # bin-major, so that the product writes each bin's limbs next to each other
     rows = np.asarray(flat_bin, dtype=np.int64)[:, None] * n_limbs + ((j - base)[:, None] + np.arange(3)[None, :])
     values = parts.T.astype(np.float64)  # (jets, 3), exact: |limb| < 2^32
-    total = ExactSum.zeros((n_bins, n_rep))
+    total: ExactSum | None = None
     for a in range(0, len(rows), _JETS_PER_BLOCK):
         b = min(a + _JETS_PER_BLOCK, len(rows))
         m = csc_matrix(
@@ -317,7 +317,12 @@ def replica_sums(flat_bin: np.ndarray, weight: np.ndarray, replicas: np.ndarray,
         )
         sums = m @ np.asarray(replicas[a:b], dtype=np.float64)  # (bin x limb position, replica)
         limbs = sums.astype(np.int64).reshape(n_bins, n_limbs, n_rep).transpose(1, 0, 2)
-        total += ExactSum(base, np.ascontiguousarray(limbs))
+        part = ExactSum(base, np.ascontiguousarray(limbs))  # a new array: no copy needed to own it
+        if total is None:
+            total = part.normalise()
+        else:
+            total += part
+    assert total is not None  # there was at least one jet
     return total
 
 

@@ -292,7 +292,10 @@ class _Filling:
                 sums = replica_sums(tj.flat_bin, weight[tj.replica], tj.counts, int(np.prod(shape[:4])))
             except ValueError as err:
                 raise ArtifactError(f"bootstrap replicas of {self.key[0]}: {err}; check the event weights") from None
-            self.reps[name] += sums.reshaped(shape)
+            if len(self.reps[name].limbs):
+                self.reps[name] += sums.reshaped(shape)
+            else:  # the first row group with jets: take its sums (new, normalised), no copy
+                self.reps[name] = sums.reshaped(shape)
         self.jets += group.rows
 
     def save(self) -> int:
