@@ -43,6 +43,7 @@ __all__ = [
     "flavour_codes",
     "jet_table_schema",
     "replica_class",
+    "same_bits",
     "tagger_column",
 ]
 
@@ -124,6 +125,15 @@ def flavour_codes(labels: np.ndarray, *, quark: Sequence[int], gluon: Sequence[i
 
 REPLICA_DATA, REPLICA_QUARK, REPLICA_GLUON, REPLICA_OTHER = 0, 1, 2, 3
 REPLICA_CLASSES = 4
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays are bit for bit the same (NaN payloads and signed zeros included).
+
+    What the fused passes (:func:`qgcal.plan.fused_jobs`) check before one variation takes what
+    was derived from another's columns: equal bits give equal results from any computation.
+    """
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
 def replica_class(flavour: np.ndarray) -> np.ndarray:

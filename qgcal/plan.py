@@ -33,6 +33,7 @@ __all__ = [
     "FileTask",
     "artifact_path",
     "constituent_variables",
+    "fused_jobs",
     "group_by_read",
     "input_ref",
     "jet_variables",
@@ -86,6 +87,22 @@ def group_by_read(tasks: Sequence[FileTask]) -> list[list[FileTask]]:
     for t in tasks:
         groups.setdefault((t.path, t.tree), []).append(t)
     return [groups[k] for k in sorted(groups)]
+
+
+def fused_jobs(tasks: Sequence[FileTask]) -> list[list[FileTask]]:
+    """The tasks of one (file, tree) in jobs of at most :data:`FUSED_TASKS`, split evenly: the
+    passes after root2pkl fill or score the variations of a file together, deriving what their
+    jets share once (pkl2predpkl: a model's inference; predpkl2hist: the bins and Poisson draws)."""
+    jobs = []
+    for group in group_by_read(tasks):
+        n = -(-len(group) // FUSED_TASKS)  # jobs for this (file, tree)
+        size = -(-len(group) // n)
+        jobs += [group[i : i + size] for i in range(0, len(group), size)]
+    return jobs
+
+
+# tasks per fused job: enough to share the derived arrays, small enough to keep the workers busy
+FUSED_TASKS = 8
 
 
 def input_ref(cfg: Config, path: Path) -> str:

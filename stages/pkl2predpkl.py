@@ -8,6 +8,10 @@ The output keeps only what the histogram pass needs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +26,12 @@ from qgcal.artifacts import (
     sha256_file,
 )
 from qgcal.config import BranchTagger, Config, ConstituentTagger, ModelTagger
-from qgcal.contract import JET_COLUMNS, jet_table_schema, tagger_column
+from qgcal.contract import JET_COLUMNS, jet_table_schema, same_bits, tagger_column
 from qgcal.errors import ArtifactError
-from qgcal.passes import UpstreamPass
-from qgcal.plan import FileTask, model_path
+from qgcal.passes import PassInput, PassRun, UpstreamPass
+from qgcal.plan import FileTask, fused_jobs, model_path
 
-__all__ = ["PASS", "Pkl2PredPkl", "expected_provenance", "run_file"]
+__all__ = ["PASS", "Pkl2PredPkl", "expected_provenance", "run_file", "run_files"]
 
 NAME = "pkl2predpkl"
 # what root2pkl measured about the file, carried on to the histogram pass's metadata
@@ -221,42 +225,79 @@ def constituent_request(table: Any, features: list[str], where: str) -> tuple[np
     return np.ascontiguousarray(np.column_stack(cols), dtype=np.float32), counts
 
 
-def run_file(cfg: Config, upstream: Path, out_path: Path) -> int:
-    """Score one jet table; returns the number of jets."""
-    if not upstream.is_file():
-        raise ArtifactError(f"{upstream}: root2pkl artifact missing; rerun root2pkl")
-    provenance = expected_provenance(cfg, upstream)
+def _score(
+    cfg: Config, name: str, table: Any, scorers: dict[str, tuple[Any, bool]], where: str, like: list[_Scored]
+) -> np.ndarray:
+    """Tagger ``name``'s values of a row group, float64; a model's scores are taken from ``like``
+    when a row group of another variation had bit-identical inputs (one inference, not one per
+    variation: a PDF set's 100 weights select the same jets with the same features)."""
+    tagger = cfg.taggers[name]
+    if isinstance(tagger, BranchTagger):
+        return table.column(tagger.variable).to_numpy().astype(np.float64)
+    if isinstance(tagger, ConstituentTagger):
+        inputs: tuple[np.ndarray, ...] = constituent_request(table, tagger.features, where)
+    else:
+        inputs = (
+            np.column_stack([table.column(f).to_numpy().astype(np.float32) for f in tagger.features])
+            if table.num_rows
+            else np.zeros((0, len(tagger.features)), np.float32),
+        )
+    for done in like:
+        if done.name == name and len(done.inputs) == len(inputs) and all(map(same_bits, done.inputs, inputs)):
+            return done.scores
+    if isinstance(tagger, ConstituentTagger):
+        scores = scorers[name][0].predict_constituents(*inputs)
+    else:
+        with _one_thread_in_workers():
+            scores = scorers[name][0].predict(np.ascontiguousarray(inputs[0], dtype=np.float32))
+    out = np.asarray(scores, dtype=np.float32).astype(np.float64)
+    like.append(_Scored(name, inputs, out))
+    return out
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """A model's scores of one row group and the inputs they were computed from."""
+
+    name: str
+    inputs: tuple[np.ndarray, ...]
+    scores: np.ndarray
+
+
+def run_files(cfg: Config, jobs: Sequence[tuple[Path, Path]]) -> list[int]:
+    """Score the jet tables of ``jobs`` ((root2pkl artifact, output) pairs); the jets of each.
+
+    Their row groups are read in step, and a model scores each distinct input once for all of
+    them (:func:`_score`), so the weight variations of a file cost one inference. Each artifact is
+    the same bytes as when scored alone; none is committed unless every one was scored.
+    """
+    for upstream, _ in jobs:
+        if not upstream.is_file():
+            raise ArtifactError(f"{upstream}: root2pkl artifact missing; rerun root2pkl")
+    provenances = [expected_provenance(cfg, upstream) for upstream, _ in jobs]
     schema = jet_table_schema(taggers=sorted(cfg.taggers))
     scorers = _scorers(cfg)
-    n_jets = 0
+    n_jets = [0] * len(jobs)
     try:
-        with ParquetArtifactWriter(out_path, schema) as writer:
-            for table in iter_parquet_batches(upstream):
-                cols: dict[str, Any] = {k: table.column(k).to_numpy() for k in JET_COLUMNS}
-                for name, tagger in cfg.taggers.items():
-                    if isinstance(tagger, BranchTagger):
-                        cols[tagger_column(name)] = table.column(tagger.variable).to_numpy().astype(np.float64)
-                    elif isinstance(tagger, ConstituentTagger):
-                        values, counts = constituent_request(table, tagger.features, str(upstream))
-                        scores = scorers[name][0].predict_constituents(values, counts)
-                        cols[tagger_column(name)] = np.asarray(scores, dtype=np.float32).astype(np.float64)
-                    else:
-                        feats = (
-                            np.column_stack([table.column(f).to_numpy().astype(np.float32) for f in tagger.features])
-                            if table.num_rows
-                            else np.zeros((0, len(tagger.features)), np.float32)
-                        )
-                        with _one_thread_in_workers():
-                            scores = scorers[name][0].predict(np.ascontiguousarray(feats, dtype=np.float32))
-                        cols[tagger_column(name)] = np.asarray(scores, dtype=np.float32).astype(np.float64)
-                writer.write(cols)
-                n_jets += table.num_rows
-            up = read_parquet_provenance(upstream) or {}
-            prov = dict(provenance)
-            prov["carry"] = {k: up.get(k) for k in CARRY}
-            prov["inference"] = {n: s.provenance() for n, (s, _) in scorers.items()}
-            prov["versions"] = library_versions()
-            writer.commit(prov)
+        with ExitStack() as stack:
+            writers = [stack.enter_context(ParquetArtifactWriter(out, schema)) for _, out in jobs]
+            for tables in zip_longest(*(iter_parquet_batches(upstream) for upstream, _ in jobs)):
+                scored: list[_Scored] = []
+                for k, table in enumerate(tables):
+                    if table is None:  # this table has fewer row groups than another one
+                        continue
+                    cols: dict[str, Any] = {c: table.column(c).to_numpy() for c in JET_COLUMNS}
+                    for name in cfg.taggers:
+                        cols[tagger_column(name)] = _score(cfg, name, table, scorers, str(jobs[k][0]), scored)
+                    writers[k].write(cols)
+                    n_jets[k] += table.num_rows
+            for (upstream, _), writer, provenance in zip(jobs, writers, provenances, strict=True):
+                up = read_parquet_provenance(upstream) or {}
+                prov = dict(provenance)
+                prov["carry"] = {k: up.get(k) for k in CARRY}
+                prov["inference"] = {n: s.provenance() for n, (s, _) in scorers.items()}
+                prov["versions"] = library_versions()
+                writer.commit(prov)
     finally:
         for s, owned in scorers.values():
             if owned:
@@ -264,11 +305,21 @@ def run_file(cfg: Config, upstream: Path, out_path: Path) -> int:
     return n_jets
 
 
+def run_file(cfg: Config, upstream: Path, out_path: Path) -> int:
+    """Score one jet table (:func:`run_files` of one); returns the number of jets."""
+    return run_files(cfg, [(upstream, out_path)])[0]
+
+
 class Pkl2PredPkl(UpstreamPass):
-    """The :class:`qgcal.passes.FilePass` of pass 2: one job per file task."""
+    """The :class:`qgcal.passes.FilePass` of pass 2: one artifact per file task, the tasks of one
+    (file, tree) scored together (:func:`qgcal.plan.fused_jobs`)."""
 
     name = NAME
     ext = ".parquet"
+    unit = "reads"
+
+    def jobs(self, tasks: Sequence[FileTask]) -> list[list[FileTask]]:
+        return fused_jobs(tasks)
 
     def provenance_for(self, cfg: Config, upstream: Path) -> dict[str, Any]:
         return expected_provenance(cfg, upstream)
@@ -276,8 +327,13 @@ class Pkl2PredPkl(UpstreamPass):
     def read_provenance(self, path: Path) -> dict[str, Any] | None:
         return read_parquet_provenance(path)
 
-    def run_one(self, cfg: Config, task: FileTask, upstream: Path, out: Path) -> int:
-        return run_file(cfg, upstream, out) // 2  # two jets per event
+    def run(self, cfg: Config, items: Sequence[PassInput]) -> list[PassRun]:
+        jobs = []
+        for item in items:
+            if item.upstream is None:
+                raise ValueError(f"{item.out}: pkl2predpkl cannot be the first pass of the chain")
+            jobs.append((item.upstream, item.out))
+        return [PassRun(jets // 2) for jets in run_files(cfg, jobs)]  # two jets per event
 
 
 PASS = Pkl2PredPkl()

@@ -36,12 +36,13 @@ from qgcal.contract import (
     REPLICA_CLASSES,
     flavour_codes,
     replica_class,
+    same_bits,
     tagger_column,
 )
 from qgcal.errors import ArtifactError
 from qgcal.histset import HistSet, read_histset_meta, save_histset
 from qgcal.passes import PassInput, PassRun, UpstreamPass
-from qgcal.plan import FileTask, group_by_read
+from qgcal.plan import FileTask, fused_jobs
 
 __all__ = [
     "PASS",
@@ -49,7 +50,6 @@ __all__ = [
     "PredPkl2Hist",
     "book",
     "expected_provenance",
-    "fused_jobs",
     "replica_shape",
     "run_file",
     "run_files",
@@ -179,11 +179,6 @@ class _RowGroup:
     rows: int
 
 
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    """Bit for bit the same array (NaN payloads and signed zeros included): safe to share."""
-    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
-
-
 def _derive(cfg: Config, table: Any, key: tuple[str, bool], like: Sequence[_RowGroup]) -> _RowGroup:
     """The weight-independent arrays of ``table``, taken from a row group in ``like`` wherever
     they were derived from bit-identical columns (the same results, computed once)."""
@@ -191,14 +186,14 @@ def _derive(cfg: Config, table: Any, key: tuple[str, bool], like: Sequence[_RowG
     for name in cfg.taggers:
         columns[tagger_column(name)] = table.column(tagger_column(name)).to_numpy()
     ref = next(
-        (r for r in like if r.key == key and all(_same(columns[c], r.columns[c]) for c in _BASE_COLUMNS)),
+        (r for r in like if r.key == key and all(same_bits(columns[c], r.columns[c]) for c in _BASE_COLUMNS)),
         None,
     )
     jets = ref.jets if ref is not None else _jets(cfg, columns, key)
     taggers = {
         name: (
             ref.taggers[name]
-            if ref is not None and _same(columns[tagger_column(name)], ref.columns[tagger_column(name)])
+            if ref is not None and same_bits(columns[tagger_column(name)], ref.columns[tagger_column(name)])
             else _tagger_jets(cfg, name, columns[tagger_column(name)], jets)
         )
         for name in sorted(cfg.taggers)
@@ -376,24 +371,9 @@ def carry_for(task: FileTask, upstream: Path) -> dict[str, Any]:
     }
 
 
-def fused_jobs(tasks: Sequence[FileTask]) -> list[list[FileTask]]:
-    """Tasks of one (file, tree), the variations of a sweep, in jobs of at most
-    :data:`_FUSED_TASKS` (split evenly): each job derives what they share once (:func:`run_files`)."""
-    jobs = []
-    for group in group_by_read(tasks):
-        n = -(-len(group) // _FUSED_TASKS)  # jobs for this (file, tree)
-        size = -(-len(group) // n)
-        jobs += [group[i : i + size] for i in range(0, len(group), size)]
-    return jobs
-
-
-# tasks per fused job: enough to share the derived arrays, small enough to keep the workers busy
-_FUSED_TASKS = 8
-
-
 class PredPkl2Hist(UpstreamPass):
     """The :class:`qgcal.passes.FilePass` of pass 3: one histogram set per file task, the tasks
-    reading one (file, tree) filled together (:func:`fused_jobs`)."""
+    reading one (file, tree) filled together (:func:`qgcal.plan.fused_jobs`)."""
 
     name = NAME
     ext = ".npz"

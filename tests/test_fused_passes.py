@@ -1,12 +1,13 @@
-"""predpkl2hist fills the variations of one (file, tree) together, sharing what their jets share,
-and every artifact is the same bytes as when it is filled alone."""
+"""The passes after root2pkl take the variations of one (file, tree) together, sharing what their
+jets share (pkl2predpkl: a model's inference; predpkl2hist: bins and Poisson draws), and every
+artifact is the same bytes as when made alone."""
 
 from __future__ import annotations
 
 import pyarrow.parquet as pq
 
 import qgcal
-from qgcal.plan import plan_tasks
+from qgcal.plan import fused_jobs, plan_tasks
 from qgcal.stages import artifact, predpkl2hist
 from qgcal.stages.predpkl2hist import HistJob, carry_for
 
@@ -42,11 +43,11 @@ def test_variations_filled_together_give_the_artifacts_of_one_at_a_time(
     mc = plan_tasks(cfg, "nominal", include_data=False)
     group = [t for s in systs for t in plan_tasks(cfg, s, include_data=False) if t.path == mc[0].path]
     assert [t.variation for t in group] == systs
-    assert predpkl2hist.fused_jobs(group) == [group]
+    assert fused_jobs(group) == [group]
     data = plan_tasks(cfg, "nominal", include_mc=False)
     every = sorted({t for s in systs for t in plan_tasks(cfg, s)}, key=lambda t: (t.key, t.variation))
     row_groups = sum(pq.ParquetFile(artifact(cfg, t, "pkl2predpkl")).num_row_groups for t in mc + data)
-    assert len(predpkl2hist.fused_jobs(every)) == len(mc) + len(data)  # one job per file
+    assert len(fused_jobs(every)) == len(mc) + len(data)  # one job per file
     # per row group: the jets derived once for all four variations, each tagger once, and
     # trk_eff's track-count tagger (its values differ) once more
     assert calls["jets"] == row_groups
@@ -106,3 +107,55 @@ def test_jets_that_differ_are_not_shared(small_sample, make_config, tmp_path):
     nominal, cut_hists, _, shifted_hists = (np.load(j.out) for j in jobs)
     for other in (cut_hists, shifted_hists):
         assert any(not np.array_equal(nominal[k], other[k]) for k in nominal.files if k.endswith(".values"))
+
+
+def test_a_model_scores_the_jets_of_a_files_variations_once(small_sample, make_config, tmp_path, monkeypatch):
+    """pkl2predpkl: one inference per distinct input of a file, shared by its weight variations;
+    a branch variation that changes a feature (trk_eff: nTracks) is scored on its own. Each
+    artifact is the same bytes as when scored alone."""
+    from qgcal.stages import pkl2predpkl
+
+    def mutate(doc):
+        doc["taggers"] = {k: v for k, v in doc["taggers"].items() if k in {"ntrk", "gbdt"}}
+        doc["taggers"]["gbdt"]["train_max_iter"] = 10
+        doc["plots"] = {"enabled": False}
+
+    _, cfg = make_config(small_sample, mutate=mutate, model_taggers=True)
+    qgcal.train(cfg, workers=1)
+    calls = {"predict": 0}
+    real_scorers = pkl2predpkl._scorers
+
+    class Counting:
+        def __init__(self, scorer):
+            self.scorer = scorer
+
+        def predict(self, x):
+            calls["predict"] += 1
+            return self.scorer.predict(x)
+
+        def provenance(self):
+            return self.scorer.provenance()
+
+        def close(self):
+            self.scorer.close()
+
+    monkeypatch.setattr(
+        pkl2predpkl, "_scorers", lambda c: {n: (Counting(s), own) for n, (s, own) in real_scorers(c).items()}
+    )
+    systs = ["nominal", "pdf_1", "pdf_2", "trk_eff"]
+    qgcal.sweep(cfg, systs, executor="serial")
+
+    mc = plan_tasks(cfg, "nominal", include_data=False)
+    data = plan_tasks(cfg, "nominal", include_mc=False)
+    groups = {t: pq.ParquetFile(artifact(cfg, t, "root2pkl")).num_row_groups for t in mc + data}
+    # data: once per row group; MC: nominal's jets once for nominal, pdf_1 and pdf_2, trk_eff's once
+    assert calls["predict"] == sum(groups[t] for t in data) + 2 * sum(groups[t] for t in mc)
+
+    group = [t for s in systs for t in plan_tasks(cfg, s, include_data=False) if t.path == mc[0].path]
+    fused = {t.variation: artifact(cfg, t, "pkl2predpkl").read_bytes() for t in group}
+    for t in group:
+        alone = tmp_path / f"{t.variation}.parquet"
+        pkl2predpkl.run_file(cfg, artifact(cfg, t, "root2pkl"), alone)
+        assert alone.read_bytes() == fused[t.variation], t.variation
+    scores = {v: pq.read_table(artifact(cfg, t, "pkl2predpkl")).column("tagger.gbdt") for v, t in zip(systs, group)}
+    assert scores["pdf_1"].equals(scores["nominal"]) and not scores["trk_eff"].equals(scores["nominal"])
