@@ -77,7 +77,7 @@ def main() -> None:
     if args.model:
         from qgcal.plan import model_path
 
-        models = [t for t in nominal_cfg.taggers.values() if getattr(t, "kind", "") == "model"]
+        models = [t for t in nominal_cfg.taggers.values() if t.kind == "model"]
         if not all(model_path(nominal_cfg, t).is_file() for t in models):
             qgcal.train(nominal_cfg, workers=args.workers)
     best = {"nominal": float("inf"), "sweep": float("inf")}

@@ -221,6 +221,15 @@ class ExactSum:
         self.base, self.limbs = lo, out
         return self.normalise()
 
+    def take(self, other: ExactSum) -> Self:
+        """``self += other`` for an ``other`` the caller gives up (freshly computed sums): while
+        this sum is still empty it takes other's limbs as they are, without the copy ``+=`` makes
+        to stay independent of its argument (the first block or row group of every file)."""
+        if len(self.limbs) or other.shape != self.shape:
+            return self.__iadd__(other)
+        self.base, self.limbs = other.base, other.limbs
+        return self.normalise()
+
     def to_float(self) -> np.ndarray:
         """float64 values: a deterministic function of the exact sums (relative error < 1e-15).
 
@@ -308,7 +317,7 @@ def replica_sums(flat_bin: np.ndarray, weight: np.ndarray, replicas: np.ndarray,
     # bin-major, so that the product writes each bin's limbs next to each other
     rows = np.asarray(flat_bin, dtype=np.int64)[:, None] * n_limbs + ((j - base)[:, None] + np.arange(3)[None, :])
     values = parts.T.astype(np.float64)  # (jets, 3), exact: |limb| < 2^32
-    total: ExactSum | None = None
+    total = ExactSum.zeros((n_bins, n_rep))
     for a in range(0, len(rows), _JETS_PER_BLOCK):
         b = min(a + _JETS_PER_BLOCK, len(rows))
         m = csc_matrix(
@@ -317,12 +326,7 @@ def replica_sums(flat_bin: np.ndarray, weight: np.ndarray, replicas: np.ndarray,
         )
         sums = m @ np.asarray(replicas[a:b], dtype=np.float64)  # (bin x limb position, replica)
         limbs = sums.astype(np.int64).reshape(n_bins, n_limbs, n_rep).transpose(1, 0, 2)
-        part = ExactSum(base, np.ascontiguousarray(limbs))  # a new array: no copy needed to own it
-        if total is None:
-            total = part.normalise()
-        else:
-            total += part
-    assert total is not None  # there was at least one jet
+        total.take(ExactSum(base, np.ascontiguousarray(limbs)))  # a new array, given up
     return total
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from qgcal.config import Config
-from qgcal.plan import FileTask, artifact_path
+from qgcal.plan import FileTask, artifact_path, fused_jobs
 
 __all__ = ["FilePass", "PassInput", "PassRun", "UpstreamPass", "artifact_of"]
 
@@ -67,25 +67,28 @@ class FilePass(Protocol):
 
 
 class UpstreamPass:
-    """Base of a pass that turns its upstream artifact into its own, one file task per job.
+    """Base of a pass that turns its upstream artifact into its own (jet table in, one artifact
+    per file task out), the tasks of one (file, tree) in one job (:func:`qgcal.plan.fused_jobs`):
+    a sweep's variations of a file share what their jets share.
 
     Subclasses set ``name`` and ``ext`` and define ``provenance_for`` (what a valid
-    artifact records, from the upstream artifact), ``read_provenance`` and ``run_one``
-    (write ``out`` from ``upstream``; return the events processed).
+    artifact records, from the upstream artifact), ``read_provenance`` and ``run_many``
+    (write each ``out`` from its ``upstream``; return the jets processed of each).
     """
 
     name: str
     ext: str
-    unit = "files"
+    unit = "reads"
 
     def jobs(self, tasks: Sequence[FileTask]) -> list[list[FileTask]]:
-        return [[t] for t in tasks]
+        return fused_jobs(tasks)
 
     def expected_provenance(self, cfg: Config, item: PassInput) -> dict[str, Any]:
         return self.provenance_for(cfg, _upstream(item))
 
     def run(self, cfg: Config, items: Sequence[PassInput]) -> list[PassRun]:
-        return [PassRun(self.run_one(cfg, item.task, _upstream(item), item.out)) for item in items]
+        jets = self.run_many(cfg, [i.task for i in items], [_upstream(i) for i in items], [i.out for i in items])
+        return [PassRun(n // 2) for n in jets]  # events: a jet table has two rows per event
 
     def provenance_for(self, cfg: Config, upstream: Path) -> dict[str, Any]:
         raise NotImplementedError
@@ -93,7 +96,9 @@ class UpstreamPass:
     def read_provenance(self, path: Path) -> dict[str, Any] | None:
         raise NotImplementedError
 
-    def run_one(self, cfg: Config, task: FileTask, upstream: Path, out: Path) -> int:
+    def run_many(
+        self, cfg: Config, tasks: Sequence[FileTask], upstreams: Sequence[Path], outs: Sequence[Path]
+    ) -> list[int]:
         raise NotImplementedError
 
 

@@ -82,7 +82,7 @@ class FileTask:
 
 def group_by_read(tasks: Sequence[FileTask]) -> list[list[FileTask]]:
     """Tasks sharing a (file, tree), in a fixed order: the branch and weight variations of a
-    sweep, which root2pkl reads once together and predpkl2hist fills together."""
+    sweep, which root2pkl reads once together (and the passes after it take in fused_jobs)."""
     groups: dict[tuple[str, str], list[FileTask]] = {}
     for t in tasks:
         groups.setdefault((t.path, t.tree), []).append(t)

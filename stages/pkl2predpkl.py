@@ -28,8 +28,8 @@ from qgcal.artifacts import (
 from qgcal.config import BranchTagger, Config, ConstituentTagger, ModelTagger
 from qgcal.contract import JET_COLUMNS, jet_table_schema, same_bits, tagger_column
 from qgcal.errors import ArtifactError
-from qgcal.passes import PassInput, PassRun, UpstreamPass
-from qgcal.plan import FileTask, fused_jobs, model_path
+from qgcal.passes import UpstreamPass
+from qgcal.plan import FileTask, model_path
 
 __all__ = ["PASS", "Pkl2PredPkl", "expected_provenance", "run_file", "run_files"]
 
@@ -312,14 +312,10 @@ def run_file(cfg: Config, upstream: Path, out_path: Path) -> int:
 
 class Pkl2PredPkl(UpstreamPass):
     """The :class:`qgcal.passes.FilePass` of pass 2: one artifact per file task, the tasks of one
-    (file, tree) scored together (:func:`qgcal.plan.fused_jobs`)."""
+    (file, tree) scored together."""
 
     name = NAME
     ext = ".parquet"
-    unit = "reads"
-
-    def jobs(self, tasks: Sequence[FileTask]) -> list[list[FileTask]]:
-        return fused_jobs(tasks)
 
     def provenance_for(self, cfg: Config, upstream: Path) -> dict[str, Any]:
         return expected_provenance(cfg, upstream)
@@ -327,13 +323,10 @@ class Pkl2PredPkl(UpstreamPass):
     def read_provenance(self, path: Path) -> dict[str, Any] | None:
         return read_parquet_provenance(path)
 
-    def run(self, cfg: Config, items: Sequence[PassInput]) -> list[PassRun]:
-        jobs = []
-        for item in items:
-            if item.upstream is None:
-                raise ValueError(f"{item.out}: pkl2predpkl cannot be the first pass of the chain")
-            jobs.append((item.upstream, item.out))
-        return [PassRun(jets // 2) for jets in run_files(cfg, jobs)]  # two jets per event
+    def run_many(
+        self, cfg: Config, tasks: Sequence[FileTask], upstreams: Sequence[Path], outs: Sequence[Path]
+    ) -> list[int]:
+        return run_files(cfg, list(zip(upstreams, outs, strict=True)))
 
 
 PASS = Pkl2PredPkl()

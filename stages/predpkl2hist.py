@@ -41,8 +41,8 @@ from qgcal.contract import (
 )
 from qgcal.errors import ArtifactError
 from qgcal.histset import HistSet, read_histset_meta, save_histset
-from qgcal.passes import PassInput, PassRun, UpstreamPass
-from qgcal.plan import FileTask, fused_jobs
+from qgcal.passes import UpstreamPass
+from qgcal.plan import FileTask
 
 __all__ = [
     "PASS",
@@ -248,20 +248,28 @@ def _tagger_jets(cfg: Config, name: str, score: np.ndarray, jets: _Jets) -> _Tag
     )
 
 
-@dataclass
-class _Filling:
-    """One artifact being filled: its histograms, exact replica sums and counts."""
+@dataclass(frozen=True)
+class HistJob:
+    """One artifact to fill: the pkl2predpkl artifact it reads and where it writes."""
 
     upstream: Path
     out: Path
-    key: tuple[str, bool]
-    carry: dict[str, Any]
-    provenance: dict[str, Any]
-    hs: HistSet
-    reps: dict[str, ExactSum]
-    nan: dict[str, int]
-    invalid: dict[str, int]
-    jets: int = 0
+    is_data: bool
+    carry: dict[str, Any]  # sample, slice, sumw, cut flow: into the artifact's metadata
+
+
+class _Filling:
+    """One artifact being filled: its histograms, exact replica sums and counts."""
+
+    def __init__(self, cfg: Config, job: HistJob) -> None:
+        self.job = job
+        self.key = (dataset_key(job.carry["sample"], job.carry["slice"]), job.is_data)
+        self.provenance = expected_provenance(cfg, job.upstream)
+        self.hs = book(cfg)
+        self.reps = {name: ExactSum.zeros(replica_shape(cfg, name)) for name in cfg.taggers} if cfg.bootstrap else {}
+        self.nan = {name: 0 for name in cfg.taggers}
+        self.invalid = {name: 0 for name in cfg.taggers}  # not NaN but outside the tagger's valid range
+        self.jets = 0
 
     def add(self, cfg: Config, group: _RowGroup, weight: np.ndarray) -> None:
         """Fill this row group with this artifact's weights.
@@ -279,7 +287,7 @@ class _Filling:
             )
         jets = group.jets
         self.hs[LEAD_PT_HIST].fill(flavour=jets.flavour_fwd, lead_pt=jets.lead_pt_fwd, weight=weight[jets.fwd])
-        for name in self.reps:
+        for name, acc in self.reps.items():
             tj = group.taggers[name]
             assert tj.counts is not None  # drawn whenever replicas are booked
             shape = replica_shape(cfg, name)
@@ -287,35 +295,22 @@ class _Filling:
                 sums = replica_sums(tj.flat_bin, weight[tj.replica], tj.counts, int(np.prod(shape[:4])))
             except ValueError as err:
                 raise ArtifactError(f"bootstrap replicas of {self.key[0]}: {err}; check the event weights") from None
-            if len(self.reps[name].limbs):
-                self.reps[name] += sums.reshaped(shape)
-            else:  # the first row group with jets: take its sums (new, normalised), no copy
-                self.reps[name] = sums.reshaped(shape)
+            acc.take(sums.reshaped(shape))
         self.jets += group.rows
 
     def save(self) -> int:
         meta = dict(self.provenance)
         meta.update(
             {
-                "carry": self.carry,
+                "carry": self.job.carry,
                 "jets": self.jets,
                 "nan_scores": self.nan,
                 "invalid_scores": self.invalid,
                 "versions": library_versions(),
             }
         )
-        save_histset(self.out, self.hs, meta, extra=to_arrays(self.reps))
+        save_histset(self.job.out, self.hs, meta, extra=to_arrays(self.reps))
         return self.jets
-
-
-@dataclass(frozen=True)
-class HistJob:
-    """One artifact to fill: the pkl2predpkl artifact it reads and where it writes."""
-
-    upstream: Path
-    out: Path
-    is_data: bool
-    carry: dict[str, Any]  # sample, slice, sumw, cut flow: into the artifact's metadata
 
 
 def run_files(cfg: Config, jobs: Sequence[HistJob]) -> list[int]:
@@ -328,21 +323,8 @@ def run_files(cfg: Config, jobs: Sequence[HistJob]) -> list[int]:
     for job in jobs:
         if not job.upstream.is_file():
             raise ArtifactError(f"{job.upstream}: pkl2predpkl artifact missing; rerun pkl2predpkl")
-    fillings = [
-        _Filling(
-            job.upstream,
-            job.out,
-            (dataset_key(job.carry["sample"], job.carry["slice"]), job.is_data),
-            job.carry,
-            expected_provenance(cfg, job.upstream),
-            book(cfg),
-            {name: ExactSum.zeros(replica_shape(cfg, name)) for name in cfg.taggers} if cfg.bootstrap else {},
-            {name: 0 for name in cfg.taggers},
-            {name: 0 for name in cfg.taggers},
-        )
-        for job in jobs
-    ]
-    for tables in zip_longest(*(iter_parquet_batches(f.upstream) for f in fillings)):
+    fillings = [_Filling(cfg, job) for job in jobs]
+    for tables in zip_longest(*(iter_parquet_batches(job.upstream) for job in jobs)):
         derived: list[_RowGroup] = []
         for filling, table in zip(fillings, tables, strict=True):
             if table is None:  # this artifact has fewer row groups than another one
@@ -373,14 +355,10 @@ def carry_for(task: FileTask, upstream: Path) -> dict[str, Any]:
 
 class PredPkl2Hist(UpstreamPass):
     """The :class:`qgcal.passes.FilePass` of pass 3: one histogram set per file task, the tasks
-    reading one (file, tree) filled together (:func:`qgcal.plan.fused_jobs`)."""
+    reading one (file, tree) filled together."""
 
     name = NAME
     ext = ".npz"
-    unit = "reads"
-
-    def jobs(self, tasks: Sequence[FileTask]) -> list[list[FileTask]]:
-        return fused_jobs(tasks)
 
     def provenance_for(self, cfg: Config, upstream: Path) -> dict[str, Any]:
         return expected_provenance(cfg, upstream)
@@ -388,13 +366,14 @@ class PredPkl2Hist(UpstreamPass):
     def read_provenance(self, path: Path) -> dict[str, Any] | None:
         return read_histset_meta(path)
 
-    def run(self, cfg: Config, items: Sequence[PassInput]) -> list[PassRun]:
-        jobs = []
-        for item in items:
-            if item.upstream is None:
-                raise ValueError(f"{item.out}: predpkl2hist cannot be the first pass of the chain")
-            jobs.append(HistJob(item.upstream, item.out, item.task.kind == "data", carry_for(item.task, item.upstream)))
-        return [PassRun(jets // 2) for jets in run_files(cfg, jobs)]  # events: two jets each
+    def run_many(
+        self, cfg: Config, tasks: Sequence[FileTask], upstreams: Sequence[Path], outs: Sequence[Path]
+    ) -> list[int]:
+        jobs = [
+            HistJob(up, out, t.kind == "data", carry_for(t, up))
+            for t, up, out in zip(tasks, upstreams, outs, strict=True)
+        ]
+        return run_files(cfg, jobs)
 
 
 PASS = PredPkl2Hist()
