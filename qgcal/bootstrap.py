@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Self
 
 import numpy as np
@@ -44,6 +44,8 @@ __all__ = [
 LIMB_BITS = 32
 _LIMB = 1 << LIMB_BITS
 _LOW = np.int64(_LIMB - 1)
+_INT64_CAP = 1 << 63  # |limb| < 2^63: an int64 holds it; an ExactSum.cap of this much is not known
+_ADD_CAP = 1 << 62  # sums added uncarried stay below this: a carry pass (< 2^31 a limb) cannot overflow
 _MAX_K = 12  # largest Poisson count drawn
 # Poisson(1) cumulative distribution up to k = 12 (beyond: probability < 1e-10, mapped to 12)
 _CDF = np.cumsum([np.exp(-1.0) / float(np.prod(np.arange(1, k + 1))) for k in range(_MAX_K + 1)])
@@ -173,16 +175,24 @@ class ExactSum:
     ``limbs`` is int64 of shape (n_limbs, *cells). After :meth:`normalise` every limb but
     the top one lies in [0, 2^32) and the top one in (-2^31, 2^31): the representation of
     a value is then unique up to all-zero limbs at either end, which change nothing that
-    :meth:`to_float` computes. That is what makes the float result of two different
-    splits of the same events byte-identical.
+    :meth:`to_float` and :meth:`trimmed` compute. That is what makes the float result of two
+    different splits of the same events byte-identical.
+
+    Sums are added limb by limb without carrying while no limb can overflow: every
+    |limb| < ``cap`` (2^63: not known), the caps add up with the sums, and a carry pass runs
+    only when the next sum could reach 2^62 (a file's row groups and a merge's artifacts add
+    dozens of sums of limbs below 2^52, which carrying after each one spent most of an
+    addition on). Normalising is deferred, never skipped: :meth:`to_float` and
+    :meth:`trimmed` normalise first.
     """
 
     base: int
     limbs: np.ndarray
+    cap: int = field(default=_INT64_CAP, compare=False)
 
     @classmethod
     def zeros(cls, shape: tuple[int, ...]) -> ExactSum:
-        return cls(0, np.zeros((0, *shape), dtype=np.int64))
+        return cls(0, np.zeros((0, *shape), dtype=np.int64), 0)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -203,6 +213,7 @@ class ExactSum:
                 break
             limbs = np.concatenate([limbs, np.zeros((1, *limbs.shape[1:]), dtype=np.int64)])
         self.limbs = limbs
+        self.cap = _LIMB
         return self
 
     def __iadd__(self, other: ExactSum) -> Self:
@@ -211,15 +222,22 @@ class ExactSum:
         if len(other.limbs) == 0:
             return self
         if len(self.limbs) == 0:
-            self.base, self.limbs = other.base, other.limbs.copy()
-            return self.normalise()
+            self.base, self.limbs, self.cap = other.base, other.limbs.copy(), other.cap
+            return self
+        if self.cap + other.cap > _ADD_CAP:
+            self.normalise()
+            if self.cap + other.cap > _ADD_CAP:  # carried on a copy: other is the caller's
+                other = ExactSum(other.base, other.limbs.copy()).normalise()
         lo = min(self.base, other.base)
         hi = max(self.base + len(self.limbs), other.base + len(other.limbs))
-        out = np.zeros((hi - lo, *self.shape), dtype=np.int64)
-        out[self.base - lo : self.base - lo + len(self.limbs)] += self.limbs
+        if (lo, hi) == (self.base, self.base + len(self.limbs)):
+            out = self.limbs  # other's limbs lie within self's: added in place
+        else:
+            out = np.zeros((hi - lo, *self.shape), dtype=np.int64)
+            out[self.base - lo : self.base - lo + len(self.limbs)] += self.limbs
         out[other.base - lo : other.base - lo + len(other.limbs)] += other.limbs
-        self.base, self.limbs = lo, out
-        return self.normalise()
+        self.base, self.limbs, self.cap = lo, out, self.cap + other.cap
+        return self
 
     def take(self, other: ExactSum) -> Self:
         """``self += other`` for an ``other`` the caller gives up (freshly computed sums): while
@@ -227,8 +245,8 @@ class ExactSum:
         to stay independent of its argument (the first block or row group of every file)."""
         if len(self.limbs) or other.shape != self.shape:
             return self.__iadd__(other)
-        self.base, self.limbs = other.base, other.limbs
-        return self.normalise()
+        self.base, self.limbs, self.cap = other.base, other.limbs, other.cap
+        return self
 
     def to_float(self) -> np.ndarray:
         """float64 values: a deterministic function of the exact sums (relative error < 1e-15).
@@ -251,7 +269,7 @@ class ExactSum:
 
     def reshaped(self, shape: tuple[int, ...]) -> ExactSum:
         """The same sums with the cells in another shape (limbs first, as always)."""
-        return ExactSum(self.base, self.limbs.reshape(len(self.limbs), *shape))
+        return ExactSum(self.base, self.limbs.reshape(len(self.limbs), *shape), self.cap)
 
     def trimmed(self) -> ExactSum:
         """The same values without all-zero limbs at either end (smaller artifacts).
@@ -266,7 +284,7 @@ class ExactSum:
         lo, hi = nz[0], nz[-1] + 1
         if hi < len(self.limbs) and np.any(self.limbs[hi - 1] >= _LIMB // 2):
             hi += 1
-        return ExactSum(self.base + lo, self.limbs[lo:hi].copy())
+        return ExactSum(self.base + lo, self.limbs[lo:hi].copy(), _LIMB)
 
 
 def _limbs_of(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -326,12 +344,13 @@ def replica_sums(flat_bin: np.ndarray, weight: np.ndarray, replicas: np.ndarray,
         )
         sums = m @ np.asarray(replicas[a:b], dtype=np.float64)  # (bin x limb position, replica)
         limbs = sums.astype(np.int64).reshape(n_bins, n_limbs, n_rep).transpose(1, 0, 2)
-        total.take(ExactSum(base, np.ascontiguousarray(limbs)))  # a new array, given up
+        total.take(ExactSum(base, np.ascontiguousarray(limbs), _BLOCK_CAP))  # a new array, given up
     return total
 
 
 # jets per block: a cell sums at most 2^16 terms below 2^35.6, < 2^52 (exact in float64)
 _JETS_PER_BLOCK = 1 << 16
+_BLOCK_CAP = 1 << 52  # every limb of a block's sums is below 2^52
 
 
 def to_arrays(sums: dict[str, ExactSum]) -> dict[str, np.ndarray]:
@@ -362,7 +381,7 @@ def from_arrays(extra: dict[str, np.ndarray]) -> dict[str, ExactSum]:
             if len(limbs):
                 top = limbs[-1]
                 limbs[-1] = np.where(top >= _LIMB // 2, top - _LIMB, top)  # the top limb is signed
-            out[name] = ExactSum(int(base.reshape(-1)[0]), limbs)
+            out[name] = ExactSum(int(base.reshape(-1)[0]), limbs, _LIMB)  # stored normalised
     return out
 
 

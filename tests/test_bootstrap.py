@@ -42,6 +42,52 @@ def test_exact_accumulation_is_order_independent():
     np.testing.assert_allclose(whole.to_float()[:, 0], np.bincount(bins, weight * reps[:, 0], minlength=40), rtol=1e-12)
 
 
+def _exact_value(s: ExactSum) -> list[int]:
+    """Each cell's exact value as a Python integer times 2^(32 base): the reference arithmetic."""
+    flat = s.limbs.reshape(len(s.limbs), -1)
+    return [sum(int(flat[i, c]) << (32 * i) for i in range(len(flat))) for c in range(flat.shape[1])]
+
+
+def test_many_additions_of_limbs_at_the_bound_stay_exact():
+    """Sums are added without a carry pass while no limb can overflow (``ExactSum.cap``): a
+    few thousand additions of limbs just below 2^52 (mostly positive: their sum passes 2^63),
+    both signs and other limb ranges, give the Python-integer sums, and a normalised (unique)
+    representation once trimmed."""
+    rng = np.random.default_rng(11)
+    top = (1 << 52) - 1
+    total = ExactSum.zeros((6,))
+    ref = [0] * 6
+    parts = []
+    for i in range(8000):
+        base = int(rng.integers(-3, 3)) if i % 100 == 0 else int(rng.integers(0, 2))
+        limbs = rng.choice(np.array([top, top, top, -top, 0, 1], dtype=np.int64), size=(3, 6))
+        part = ExactSum(base, limbs.copy(), 1 << 52)
+        parts.append(ExactSum(base, limbs.copy(), 1 << 52))
+        vals = _exact_value(part)
+        for c in range(6):
+            ref[c] += vals[c] << (32 * (base + 3))  # in units of 2^(-96): every base is >= -3
+        if i % 2:
+            total += part
+        else:
+            total.take(part)
+        if i % 2:
+            np.testing.assert_array_equal(part.limbs, limbs)  # += leaves its argument alone
+    t = total.trimmed()
+    got = [v << (32 * (t.base + 3)) for v in _exact_value(t)]
+    assert got == ref
+    assert np.all(t.limbs[:-1] >= 0) and np.all(t.limbs[:-1] < 1 << 32)
+    assert np.all(np.abs(t.limbs[-1]) < 1 << 31)
+    expected = np.array([float(v) * 2.0**-96 for v in ref])  # Python rounds each integer once, correctly
+    np.testing.assert_allclose(total.to_float(), expected, rtol=1e-15, atol=0)
+    # and the same bits as when every addition is carried at once (the split-independence argument)
+    eager = ExactSum.zeros((6,))
+    for part in parts:
+        eager += part
+        eager.normalise()
+    assert eager.to_float().tobytes() == total.to_float().tobytes()
+    assert eager.trimmed().base == t.base and eager.trimmed().limbs.tobytes() == t.limbs.tobytes()
+
+
 def _split(src: str, dst_dir, pieces: int) -> list[str]:
     """Write the entries of every tree in ``src`` into ``pieces`` files (same events, other split)."""
     out = []
