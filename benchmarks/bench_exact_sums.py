@@ -25,7 +25,7 @@ import numpy as np
 from qgcal.bootstrap import ExactSum, from_arrays, poisson_replicas, replica_sums, to_arrays
 
 
-def _file_sums(rng: np.random.Generator, jets: int, groups: int, n_bins: int, reps: int, eager: bool) -> ExactSum:
+def _file_sums(jets: int, groups: int, n_bins: int, reps: int, eager: bool) -> ExactSum:
     total = ExactSum.zeros((n_bins, reps))
     for g in range(groups):
         r = np.random.default_rng(1000 + g)
@@ -61,17 +61,16 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
-    rng = np.random.default_rng(3)
     best = {k: float("inf") for k in ("fill eager", "fill lazy", "merge eager", "merge lazy")}
     out: dict[str, bytes] = {}
     parts = [
-        to_arrays({"t": _file_sums(rng, args.jets // 4, 2, args.bins, args.replicas, False)}) for _ in range(args.files)
+        to_arrays({"t": _file_sums(args.jets // 4, 2, args.bins, args.replicas, False)}) for _ in range(args.files)
     ]
     for _ in range(args.repeat):
         for eager in (True, False):
             mode = "eager" if eager else "lazy"
             t0 = time.perf_counter()
-            s = _file_sums(rng, args.jets, args.row_groups, args.bins, args.replicas, eager).trimmed()
+            s = _file_sums(args.jets, args.row_groups, args.bins, args.replicas, eager).trimmed()
             best[f"fill {mode}"] = min(best[f"fill {mode}"], time.perf_counter() - t0)
             out[f"fill {mode}"] = s.limbs.tobytes() + bytes(str(s.base), "ascii")
             t0 = time.perf_counter()

@@ -231,7 +231,7 @@ class ExactSum:
         lo = min(self.base, other.base)
         hi = max(self.base + len(self.limbs), other.base + len(other.limbs))
         if (lo, hi) == (self.base, self.base + len(self.limbs)):
-            out = self.limbs  # other's limbs lie within self's: added in place
+            out = self.limbs  # other's limbs lie within self's: added in place (self owns them)
         else:
             out = np.zeros((hi - lo, *self.shape), dtype=np.int64)
             out[self.base - lo : self.base - lo + len(self.limbs)] += self.limbs
