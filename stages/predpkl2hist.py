@@ -140,8 +140,10 @@ class _TaggerJets:
     flavour: np.ndarray
     pt: np.ndarray
     score: np.ndarray  # folded into the binning
-    replica: np.ndarray  # usable value AND jet pT inside the binning: in the replica sums
-    flat_bin: np.ndarray  # of the replica jets, into replica_shape(...)[:4]
+    # without replicas (bootstrap 0) the next three are None: nothing reads them, and their
+    # bin searches cost ~5 % of the pass
+    replica: np.ndarray | None  # usable value AND jet pT inside the binning: in the replica sums
+    flat_bin: np.ndarray | None  # of the replica jets, into replica_shape(...)[:4]
     counts: np.ndarray | None  # the replica jets' Poisson counts (uint8, or float64 when small)
     nan: int
     invalid: int  # not NaN but outside the tagger's valid range
@@ -154,9 +156,10 @@ class _Jets:
     region: np.ndarray
     pt: np.ndarray
     flavour: np.ndarray
-    pt_idx: np.ndarray  # jet pT bin (-1 or len(bins) - 1 outside the binning)
-    replica_class: np.ndarray
-    poisson: np.ndarray | None  # (jets, bootstrap) Poisson counts; None without replicas
+    # the replicas' inputs, None without replicas (bootstrap 0)
+    pt_idx: np.ndarray | None  # jet pT bin (-1 or len(bins) - 1 outside the binning)
+    replica_class: np.ndarray | None
+    poisson: np.ndarray | None  # (jets, bootstrap) Poisson counts
     fwd: np.ndarray  # the forward jet of each event: the leading-jet pT spectrum
     flavour_fwd: np.ndarray
     lead_pt_fwd: np.ndarray
@@ -212,8 +215,8 @@ def _jets(cfg: Config, columns: Mapping[str, np.ndarray], key: tuple[str, bool])
         region=region,
         pt=pt,
         flavour=flav,
-        pt_idx=np.searchsorted(np.asarray(cfg.pt_bins_gev), pt, side="right") - 1,
-        replica_class=replica_class(flav),
+        pt_idx=np.searchsorted(np.asarray(cfg.pt_bins_gev), pt, side="right") - 1 if cfg.bootstrap else None,
+        replica_class=replica_class(flav) if cfg.bootstrap else None,
         poisson=poisson_replicas(dataset, columns["run"], columns["event"], cfg.bootstrap) if cfg.bootstrap else None,
         fwd=fwd,
         flavour_fwd=flav[fwd],
@@ -223,14 +226,16 @@ def _jets(cfg: Config, columns: Mapping[str, np.ndarray], key: tuple[str, bool])
 
 def _tagger_jets(cfg: Config, name: str, score: np.ndarray, jets: _Jets) -> _TaggerJets:
     tagger = cfg.taggers[name]
-    shape = replica_shape(cfg, name)
     edges = tagger.bins.bin_edges()
     ok = valid_mask(tagger, score)
     nan = int(np.isnan(score).sum())
-    rep = ok & (jets.pt_idx >= 0) & (jets.pt_idx < shape[2])
-    s_idx = np.clip(np.searchsorted(edges, _fold(score[rep], edges), side="right") - 1, 0, shape[3] - 1)
-    counts = None
+    rep = flat_bin = counts = None
     if jets.poisson is not None:
+        assert jets.pt_idx is not None and jets.replica_class is not None  # derived with the draws
+        shape = replica_shape(cfg, name)
+        rep = ok & (jets.pt_idx >= 0) & (jets.pt_idx < shape[2])
+        s_idx = np.clip(np.searchsorted(edges, _fold(score[rep], edges), side="right") - 1, 0, shape[3] - 1)
+        flat_bin = np.ravel_multi_index((jets.region[rep], jets.replica_class[rep], jets.pt_idx[rep], s_idx), shape[:4])
         counts = jets.poisson[rep]
         if counts.size <= _FLOAT_REPLICAS_MAX:
             counts = counts.astype(np.float64)
@@ -241,7 +246,7 @@ def _tagger_jets(cfg: Config, name: str, score: np.ndarray, jets: _Jets) -> _Tag
         pt=jets.pt[ok],
         score=_fold(score[ok], edges),
         replica=rep,
-        flat_bin=np.ravel_multi_index((jets.region[rep], jets.replica_class[rep], jets.pt_idx[rep], s_idx), shape[:4]),
+        flat_bin=flat_bin,
         counts=counts,
         nan=nan,
         invalid=int(len(score) - ok.sum()) - nan,
@@ -289,7 +294,7 @@ class _Filling:
         self.hs[LEAD_PT_HIST].fill(flavour=jets.flavour_fwd, lead_pt=jets.lead_pt_fwd, weight=weight[jets.fwd])
         for name, acc in self.reps.items():
             tj = group.taggers[name]
-            assert tj.counts is not None  # drawn whenever replicas are booked
+            assert tj.counts is not None and tj.flat_bin is not None and tj.replica is not None  # with replicas
             shape = replica_shape(cfg, name)
             try:
                 sums = replica_sums(tj.flat_bin, weight[tj.replica], tj.counts, int(np.prod(shape[:4])))

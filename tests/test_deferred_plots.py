@@ -4,7 +4,8 @@
 * :func:`qgcal.plotting.render` runs its jobs in forked processes and returns their results in
   order (the late jobs of ``then`` included), and a figure drawn in a worker is byte-identical to
   the same figure drawn serially;
-* a run with plots draws every extraction figure, with several workers as with one.
+* a run with plots draws every extraction figure, with several workers as with one, and a rerun
+  on unchanged results draws none.
 """
 
 from __future__ import annotations
@@ -101,6 +102,36 @@ def test_results_are_written_before_any_plot(small_sample, make_config, monkeypa
     assert drawn == sorted(f"extracted_{t}.png" for t in cfg.taggers)
     for p in (results / "plots").glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_rerun_on_unchanged_results_draws_no_extraction_figure(small_sample, make_config, monkeypatch):
+    """The extraction figures are keyed by their inputs (render_cached): a rerun that reuses every
+    artifact, or redoes them with --force (the same bytes), draws nothing; a figure gone is drawn
+    again, alone."""
+    import qgcal.plotting
+    from qgcal.workflows.single import run_systematic
+
+    _, cfg = make_config(small_sample, mutate=lambda d: d["executor"].update(workers=1))
+    plots = cfg.output_path / "results" / "nominal" / "plots"
+    drawn: list[list[str]] = []
+    real = qgcal.plotting.render
+
+    def watched(jobs, n, **kw):  # type: ignore[no-untyped-def]
+        drawn.append(sorted(args[2] for _, args in jobs))  # the tagger of each extraction figure
+        return real(jobs, n, **kw)
+
+    monkeypatch.setattr(qgcal.plotting, "render", watched)
+    run_systematic(cfg, "nominal")
+    before = {p.name: p.read_bytes() for p in plots.glob("*.png")}
+    run_systematic(cfg, "nominal")
+    run_systematic(cfg, "nominal", force=True)
+    data = (plots.parent / "extraction.json").stat().st_mtime_ns
+    assert all(p.stat().st_mtime_ns >= data for p in plots.glob("*.png"))  # what combine copies: kept ones too
+    first = min(cfg.taggers)
+    (plots / f"extracted_{first}.png").unlink()
+    run_systematic(cfg, "nominal")
+    assert drawn == [sorted(cfg.taggers), [], [], [first]]
+    assert {p.name: p.read_bytes() for p in plots.glob("*.png")} == before
 
 
 CALLS: list[int] = []

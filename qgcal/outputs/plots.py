@@ -38,6 +38,7 @@ from qgcal.outputs.closure import true_efficiency
 from qgcal.outputs.correction import bin_edges, series
 from qgcal.plotting import (
     DATA_STYLE,
+    FIGURE_INDEX,
     experiment_label,
     label_lines,
     plot_workers,
@@ -58,7 +59,6 @@ __all__ = [
 ]
 
 DPI = 80
-FIGURE_INDEX = ".qgcal-figures.json"  # which figures were drawn from which inputs (render_cached)
 _SHAPES = ("p_q_mc", "p_g_mc", "p_q_data", "p_g_data")
 _PARTON_LABEL = {"quark": "quark efficiency SF", "gluon": "gluon rejection SF"}
 
