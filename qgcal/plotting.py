@@ -414,17 +414,18 @@ def plot_extractions(cfg: Config, syst: str, extractions: Mapping[str, Sequence[
     """One PNG per tagger: rows = pT bins, columns = quark, gluon; stat errors on data and MC.
 
     The taggers' figures are drawn in parallel (:func:`render`, ``executor.workers`` processes),
-    and only when their inputs changed (:func:`render_cached`, index :data:`FIGURE_INDEX`):
-    a rerun on unchanged results (all artifacts reused, or ``--force`` giving the same bytes) draws
-    nothing, where the two 12-panel figures were ~3 s of a ~5 s rerun.
+    and only when their inputs changed (:func:`render_cached`, index :data:`FIGURE_INDEX`): a rerun
+    on unchanged results (all artifacts reused, or ``--force`` giving the same bytes) draws nothing.
+    Every figure returned is touched: a kept one shows the ``extraction.json`` just written, and
+    ``qgcal combine`` copies the nominal figures newer than that file (it draws the others).
     """
     jobs = [
         (_extraction_figure, (cfg, syst, name, [_plain_bin(ex) for ex in bins], out_dir))
         for name, bins in sorted(extractions.items())
     ]
-    paths = [p for p in render_cached(jobs, plot_workers(cfg), out_dir / FIGURE_INDEX) if p is not None]
-    for path in paths:  # a kept figure shows the extraction.json just written: as new as it (qgcal combine
-        os.utime(path)  # copies the nominal figures that are newer than extraction.json, and draws the others)
+    paths: list[Path] = render_cached(jobs, plot_workers(cfg), out_dir / FIGURE_INDEX)
+    for path in paths:
+        os.utime(path)
     return paths
 
 

@@ -132,6 +132,15 @@ _FLOAT_REPLICAS_MAX = 1 << 22
 
 
 @dataclass
+class _TaggerReplicas:
+    """One tagger's jets in the replica sums of a row group."""
+
+    jets: np.ndarray  # usable value AND jet pT inside the binning
+    flat_bin: np.ndarray  # of those jets, into replica_shape(...)[:4]
+    counts: np.ndarray  # their Poisson counts (uint8, or float64 when small)
+
+
+@dataclass
 class _TaggerJets:
     """One tagger's jets of a row group: those filled, their folded values, their replica bins."""
 
@@ -140,13 +149,18 @@ class _TaggerJets:
     flavour: np.ndarray
     pt: np.ndarray
     score: np.ndarray  # folded into the binning
-    # without replicas (bootstrap 0) the next three are None: nothing reads them, and their
-    # bin searches cost ~5 % of the pass
-    replica: np.ndarray | None  # usable value AND jet pT inside the binning: in the replica sums
-    flat_bin: np.ndarray | None  # of the replica jets, into replica_shape(...)[:4]
-    counts: np.ndarray | None  # the replica jets' Poisson counts (uint8, or float64 when small)
+    replicas: _TaggerReplicas | None  # None without replicas (bootstrap 0): their bin searches are skipped
     nan: int
     invalid: int  # not NaN but outside the tagger's valid range
+
+
+@dataclass
+class _JetReplicas:
+    """The replicas' inputs of a row group's jets."""
+
+    pt_idx: np.ndarray  # jet pT bin (-1 or len(bins) - 1 outside the binning)
+    replica_class: np.ndarray
+    poisson: np.ndarray  # (jets, bootstrap) Poisson counts
 
 
 @dataclass
@@ -156,10 +170,7 @@ class _Jets:
     region: np.ndarray
     pt: np.ndarray
     flavour: np.ndarray
-    # the replicas' inputs, None without replicas (bootstrap 0)
-    pt_idx: np.ndarray | None  # jet pT bin (-1 or len(bins) - 1 outside the binning)
-    replica_class: np.ndarray | None
-    poisson: np.ndarray | None  # (jets, bootstrap) Poisson counts
+    replicas: _JetReplicas | None  # None without replicas (bootstrap 0)
     fwd: np.ndarray  # the forward jet of each event: the leading-jet pT spectrum
     flavour_fwd: np.ndarray
     lead_pt_fwd: np.ndarray
@@ -211,13 +222,18 @@ def _jets(cfg: Config, columns: Mapping[str, np.ndarray], key: tuple[str, bool])
     pt = columns["pt"].astype(np.float64)
     flav = flavour_codes(columns["parton_label"], quark=truth.quark, gluon=truth.gluon, is_data=is_data)
     fwd = region == REGION_FORWARD  # one row per event
+    replicas = None
+    if cfg.bootstrap:
+        replicas = _JetReplicas(
+            pt_idx=np.searchsorted(np.asarray(cfg.pt_bins_gev), pt, side="right") - 1,
+            replica_class=replica_class(flav),
+            poisson=poisson_replicas(dataset, columns["run"], columns["event"], cfg.bootstrap),
+        )
     return _Jets(
         region=region,
         pt=pt,
         flavour=flav,
-        pt_idx=np.searchsorted(np.asarray(cfg.pt_bins_gev), pt, side="right") - 1 if cfg.bootstrap else None,
-        replica_class=replica_class(flav) if cfg.bootstrap else None,
-        poisson=poisson_replicas(dataset, columns["run"], columns["event"], cfg.bootstrap) if cfg.bootstrap else None,
+        replicas=replicas,
         fwd=fwd,
         flavour_fwd=flav[fwd],
         lead_pt_fwd=columns["lead_pt"][fwd].astype(np.float64),
@@ -229,25 +245,25 @@ def _tagger_jets(cfg: Config, name: str, score: np.ndarray, jets: _Jets) -> _Tag
     edges = tagger.bins.bin_edges()
     ok = valid_mask(tagger, score)
     nan = int(np.isnan(score).sum())
-    rep = flat_bin = counts = None
-    if jets.poisson is not None:
-        assert jets.pt_idx is not None and jets.replica_class is not None  # derived with the draws
+    replicas = None
+    if jets.replicas is not None:
+        jr = jets.replicas
         shape = replica_shape(cfg, name)
-        rep = ok & (jets.pt_idx >= 0) & (jets.pt_idx < shape[2])
+        rep = ok & (jr.pt_idx >= 0) & (jr.pt_idx < shape[2])
         s_idx = np.clip(np.searchsorted(edges, _fold(score[rep], edges), side="right") - 1, 0, shape[3] - 1)
-        flat_bin = np.ravel_multi_index((jets.region[rep], jets.replica_class[rep], jets.pt_idx[rep], s_idx), shape[:4])
-        counts = jets.poisson[rep]
-        if counts.size <= _FLOAT_REPLICAS_MAX:
-            counts = counts.astype(np.float64)
+        counts = jr.poisson[rep]
+        replicas = _TaggerReplicas(
+            jets=rep,
+            flat_bin=np.ravel_multi_index((jets.region[rep], jr.replica_class[rep], jr.pt_idx[rep], s_idx), shape[:4]),
+            counts=counts.astype(np.float64) if counts.size <= _FLOAT_REPLICAS_MAX else counts,
+        )
     return _TaggerJets(
         fill=ok,
         region=jets.region[ok],
         flavour=jets.flavour[ok],
         pt=jets.pt[ok],
         score=_fold(score[ok], edges),
-        replica=rep,
-        flat_bin=flat_bin,
-        counts=counts,
+        replicas=replicas,
         nan=nan,
         invalid=int(len(score) - ok.sum()) - nan,
     )
@@ -293,11 +309,11 @@ class _Filling:
         jets = group.jets
         self.hs[LEAD_PT_HIST].fill(flavour=jets.flavour_fwd, lead_pt=jets.lead_pt_fwd, weight=weight[jets.fwd])
         for name, acc in self.reps.items():
-            tj = group.taggers[name]
-            assert tj.counts is not None and tj.flat_bin is not None and tj.replica is not None  # with replicas
+            tr = group.taggers[name].replicas
+            assert tr is not None  # derived whenever replicas are booked
             shape = replica_shape(cfg, name)
             try:
-                sums = replica_sums(tj.flat_bin, weight[tj.replica], tj.counts, int(np.prod(shape[:4])))
+                sums = replica_sums(tr.flat_bin, weight[tr.jets], tr.counts, int(np.prod(shape[:4])))
             except ValueError as err:
                 raise ArtifactError(f"bootstrap replicas of {self.key[0]}: {err}; check the event weights") from None
             acc.take(sums.reshaped(shape))
