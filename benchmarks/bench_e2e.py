@@ -9,6 +9,8 @@ order and each as a fresh process with ``--workers`` worker processes:
 
 1. ``read``: a plain ``uproot`` ``tree.arrays(<the branches qgcal reads>)`` of every file of the
    nominal run, the files spread over a process pool: the physical limit (decompression);
+   ``read (isal)``: the same read with uproot's ZLIB baskets inflated by isal, as qgcal reads
+   them (qgcal.rootio.use_zlib_library): the limit for a reader with the faster inflater;
 2. ``qgcal``: ``qgcal run --syst nominal --force`` as a user runs it, plots on: the four passes
    with their artifacts, the final pass, the JSON results and the extraction plots (drawn every
    time: the index that lets a rerun on unchanged results skip them is removed first);
@@ -22,7 +24,8 @@ The config is configs/demo.yaml with the branch taggers only (a model tagger nee
 and ``bootstrap: 0``, so that qgcal and coffea fill the same histograms (the bootstrap replicas
 are extra work coffea would not do). Medians over ``--repeat`` interleaved repetitions (these
 machines are shared); the ratios are read time / run time, i.e. throughput relative to the
-physical limit (1.0 = as fast as just reading). ``results at`` is when ``scale_factors.json`` was
+physical limit (1.0 = as fast as just reading; ``/ read (isal)`` against the faster read).
+``results at`` is when ``scale_factors.json`` was
 written, from the start of the process. ``--workers 1,2`` repeats everything per worker count;
 ``--json`` saves the numbers and ``--plot`` draws throughput vs workers (docs/e2e_throughput.png).
 """
@@ -46,6 +49,9 @@ READ_SNIPPET = r"""
 import json, sys
 from concurrent.futures import ProcessPoolExecutor
 import uproot
+
+if sys.argv[3] == "isal":  # what qgcal.rootio.use_zlib_library switches, without importing qgcal
+    uproot.compression._decompress_ZLIB.library = "isal"
 
 def read(job):
     path, tree, branches, _ = job
@@ -238,16 +244,18 @@ def _qgcal(config: Path, workers: int) -> tuple[float, float]:
 
 def _measure(args: argparse.Namespace, workers: int, cfg_plots: Path, cfg_noplots: Path) -> dict[str, Any]:
     jobs, events, spec = _read_jobs(cfg_plots)
-    read_cmd = [sys.executable, "-c", READ_SNIPPET, json.dumps(jobs), str(workers)]
+    read_cmd = [sys.executable, "-c", READ_SNIPPET, json.dumps(jobs), str(workers), "zlib"]
+    read_isal_cmd = [*read_cmd[:-1], "isal"]
     coffea_cmd = None
     if args.coffea_python:
         coffea_cmd = [str(args.coffea_python), "-c", COFFEA_SNIPPET, json.dumps(spec), str(workers)]
-    times: dict[str, list[float]] = {"read": [], "qgcal": [], "qgcal, no plots": [], "coffea": []}
+    times: dict[str, list[float]] = {"read": [], "read (isal)": [], "qgcal": [], "qgcal, no plots": [], "coffea": []}
     results_at: list[float] = []
     loads: list[float] = []
     for r in range(args.repeat):
         loads.append(os.getloadavg()[0])  # 1-minute load average: how busy the shared machine was
         times["read"].append(_timed(read_cmd)[0])
+        times["read (isal)"].append(_timed(read_isal_cmd)[0])
         wall, at = _qgcal(cfg_plots, workers)
         times["qgcal"].append(wall)
         results_at.append(at)
@@ -268,6 +276,7 @@ def _measure(args: argparse.Namespace, workers: int, cfg_plots: Path, cfg_noplot
         "load_average": statistics.median(loads),
         "cpus": os.cpu_count(),
         "ratio_to_read": {k: med["read"] / v for k, v in med.items()},
+        "ratio_to_read_isal": {k: med["read (isal)"] / v for k, v in med.items()},
     }
 
 
@@ -335,9 +344,11 @@ def main() -> None:
             f"median of {res['repeat']} interleaved repetitions, {res['cpus']} CPUs, "
             f"load average {res['load_average']:.1f}"
         )
-        print("\n| run | wall time | events/s | throughput / read |\n|---|---:|---:|---:|")
+        print("\n| run | wall time | events/s | throughput / read | / read (isal) |\n|---|---:|---:|---:|---:|")
         for k, v in med.items():
-            print(f"| {k} | {v:.2f} s | {events / v / 1e6:.2f} M | {med['read'] / v:.2f} |")
+            print(
+                f"| {k} | {v:.2f} s | {events / v / 1e6:.2f} M | {med['read'] / v:.2f} | {med['read (isal)'] / v:.2f} |"
+            )
         print(f"\nqgcal wrote results/nominal/scale_factors.json {res['qgcal_results_at_s']:.2f} s after its start.")
 
 
