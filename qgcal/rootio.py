@@ -24,6 +24,7 @@ standard library. The bytes read are the same either way.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import struct
 import zlib
@@ -58,7 +59,7 @@ _HEADER = struct.Struct(">4sii")
 def use_zlib_library(requested: str | None = None) -> str:
     """Make uproot inflate ZLIB baskets with ``requested`` (``isal`` or ``zlib``); return the one in use.
 
-    ``None`` means ``$QGCAL_ZLIB``, else isal when it imports. uproot's ``ZLIB.library`` option
+    ``None`` means ``$QGCAL_ZLIB``, else isal when it is installed. uproot's ``ZLIB.library`` option
     only reaches the compressor it writes with; its reads go through one module-level
     decompressor object, which is what is switched here (and only that: a file written by
     qgcal is compressed by the standard library whatever is chosen, so its bytes do not change).
@@ -68,22 +69,19 @@ def use_zlib_library(requested: str | None = None) -> str:
     choice = requested or os.environ.get("QGCAL_ZLIB", "").strip().lower() or "auto"
     if choice not in ("auto", "isal", "zlib"):
         raise ConfigError(f"QGCAL_ZLIB={choice!r}: set it to 'isal' or 'zlib', or unset it")
+    has_isal = importlib.util.find_spec("isal") is not None  # uproot imports it at its first read
+    if choice == "isal" and not has_isal:
+        raise ConfigError("QGCAL_ZLIB=isal, but isal is not installed: pip install isal")
+    if choice == "auto":
+        choice = "isal" if has_isal else "zlib"
     decompressor = getattr(uproot.compression, "_decompress_ZLIB", None)
     if decompressor is None or not hasattr(decompressor, "library"):
         return "zlib"
-    if choice != "zlib":
-        try:
-            import isal.isal_zlib  # noqa: F401
-        except ImportError:
-            if choice == "isal":
-                raise ConfigError("QGCAL_ZLIB=isal, but isal is not installed: pip install isal") from None
-            choice = "zlib"
-        else:
-            choice = "isal"
     decompressor.library = choice
     return choice
 
 
+# the choice made when this module is imported (later calls of use_zlib_library return theirs)
 ZLIB_LIBRARY = use_zlib_library()
 
 
