@@ -6,7 +6,8 @@ substitute with a warning): tests/test_plot_warnings.py checks a plot run logs a
 
 Speed (docs/performance.md): matplotlib costs ~0.1-0.3 s per panel, so the style is applied
 once per process (re-applying it copies every rcParam), tick labels are plain text (not
-mathtext: parsing them was a fifth of the drawing time), and :func:`render` draws the figures
+mathtext: parsing them was a fifth of the drawing time), :func:`stairs` skips matplotlib's Bezier
+search for a step's data limits, and :func:`render` draws the figures
 of a call in parallel, one figure per task, in worker processes forked from this one (they
 inherit matplotlib already imported and styled, so a worker starts in milliseconds);
 :func:`render_cached` skips the figures already drawn from the same inputs.
@@ -44,6 +45,7 @@ __all__ = [
     "render_cached",
     "setup_matplotlib",
     "shape_errors",
+    "stairs",
 ]
 
 DATA_STYLE = {"fmt": "o", "color": "k", "markersize": 3, "elinewidth": 1}
@@ -383,13 +385,45 @@ def _flag_negative(ax: Any, edges: np.ndarray, shapes: Sequence[tuple[np.ndarray
     return int(significant.sum())
 
 
+def stairs(
+    ax: Any, values: np.ndarray, edges: np.ndarray, *, color: Any, baseline: Any = 0.0, fill: bool = False, **kw: Any
+) -> Any:
+    """``ax.stairs(values, edges, ...)`` with the data limits taken from the step's corners.
+
+    ``Axes.add_patch`` finds a patch's limits by splitting its path into Bezier segments and
+    solving each for its extrema: ~9 ms for a 60-bin step (a tenth of an extraction figure), for
+    a path of straight lines whose extrema are its corners. Same patch, same limits, same
+    autoscaling (the baseline sticks, as in ``ax.stairs``), so the figure is the same bytes.
+    """
+    from matplotlib.patches import StepPatch
+    from matplotlib.path import Path as MplPath
+
+    if fill:
+        kw.setdefault("linewidth", 0)
+        kw.setdefault("facecolor", color)
+    else:
+        kw.setdefault("edgecolor", color)
+    patch = StepPatch(values, edges, baseline=baseline, fill=fill, **kw)
+    ax.add_artist(patch)
+    path = patch.get_path()
+    corners = np.asarray(path.vertices)
+    if path.codes is not None:
+        corners = corners[np.asarray(path.codes) != MplPath.CLOSEPOLY]
+    ax.update_datalim(corners)
+    if baseline is not None:
+        patch.sticky_edges.y.append(np.min(baseline))
+        ax.update_datalim([(edges[0], np.min(baseline))])
+    ax.autoscale_view()
+    return patch
+
+
 def _shape_panel(ax: Any, edges: np.ndarray, parton: str, mc: np.ndarray, data: np.ndarray, err: Any) -> None:
     centres = 0.5 * (edges[1:] + edges[:-1])
     if not np.isnan(mc).all():
-        ax.stairs(mc, edges, label=f"MC, extracted {parton}", color="C0")
+        stairs(ax, mc, edges, label=f"MC, extracted {parton}", color="C0")
         if err is not None:
             e = err[f"p_{parton[0]}_mc"]
-            ax.stairs(mc + e, edges, baseline=mc - e, fill=True, color="C0", alpha=0.3, label="MC stat. unc.")
+            stairs(ax, mc + e, edges, baseline=mc - e, fill=True, color="C0", alpha=0.3, label="MC stat. unc.")
     if not np.isnan(data).all():
         yerr = None if err is None else err[f"p_{parton[0]}_data"]
         ax.errorbar(centres, data, yerr=yerr, label=f"data, extracted {parton}", **DATA_STYLE)
@@ -430,28 +464,38 @@ def plot_extractions(cfg: Config, syst: str, extractions: Mapping[str, Sequence[
 
 
 def _extraction_figure(cfg: Config, syst: str, name: str, bins: Sequence[Any], out_dir: Path) -> Path:
+    """Rows = pT bins, columns = quark, gluon, on one tagger axis per column.
+
+    The panels of a column share their x axis, so only the bottom row carries its tick labels
+    and title, and each column has one legend (on its first panel with something drawn): the
+    labels are the same in every row, and an axis's tick labels and a legend are the costliest
+    things to draw (about a quarter of the figure).
+    """
     plt = setup_matplotlib()
     edges = np.asarray(cfg.taggers[name].bins.bin_edges())
     n = len(bins)
-    fig, axes = plt.subplots(n, 2, figsize=(11, 3.2 * n + 0.6), squeeze=False)
+    fig, axes = plt.subplots(n, 2, figsize=(11, 3.2 * n + 0.6), squeeze=False, sharex="col")
     top = 1.0 - 0.75 / (3.2 * n + 0.6)
-    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.04, top=top, hspace=0.45, wspace=0.25)
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.04, top=top, hspace=0.3, wspace=0.25)
+    legend = [True, True]
     for i, ex in enumerate(bins):
         err = shape_errors(ex)
         for j, (parton, mc, data) in enumerate((("quark", ex.p_q_mc, ex.p_q_data), ("gluon", ex.p_g_mc, ex.p_g_data))):
             ax = axes[i][j]
             _shape_panel(ax, edges, parton, np.asarray(mc, float), np.asarray(data, float), err)
             ax.set_title(f"{ex.pt_low:g} < jet pT < {ex.pt_high:g} GeV", fontsize=11)
-            ax.set_xlabel(f"{name} (tagger value)", fontsize=11)
+            if i == n - 1:
+                ax.set_xlabel(f"{name} (tagger value)", fontsize=11)
             ax.set_ylabel("fraction of jets per bin", fontsize=10)
             if ex.flags:
                 ax.text(0.02, 0.9, ",".join(sorted(set(ex.flags))), transform=ax.transAxes, fontsize=8, color="red")
             if err is None:
                 ax.text(0.02, 0.8, "no errors stored", transform=ax.transAxes, fontsize=7, color="grey")
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=8, loc="upper right")
-            else:
+            if not ax.get_legend_handles_labels()[0]:
                 ax.text(0.5, 0.5, "undefined (see flags)", transform=ax.transAxes, ha="center")
+            elif legend[j]:
+                ax.legend(fontsize=8, loc="upper right")
+                legend[j] = False
     label, sub = label_lines(cfg)
     experiment_label(fig, label, sub, figure=True)
     fig.text(0.98, 0.998, f"{cfg.name}: {name}, {syst}", ha="right", va="top", fontsize=12)

@@ -45,6 +45,7 @@ from qgcal.plotting import (
     render,
     render_cached,
     setup_matplotlib,
+    stairs,
 )
 
 __all__ = [
@@ -99,14 +100,14 @@ def _sf_panel(ax: Any, recs: Sequence[Mapping[str, Any]], groups: Sequence[str],
     sf, stat = _arr([r["sf"] for r in recs]), _arr([r["stat"] for r in recs])
     up, down = _arr([r["total_up"] for r in recs]), _arr([r["total_down"] for r in recs])
     tot_up, tot_down = np.hypot(up, stat), np.hypot(down, stat)
-    ax.stairs(
-        sf + tot_up, edges, baseline=sf - tot_down, fill=True, color="#f5d76e", label="stat + syst (in quadrature)"
+    stairs(
+        ax, sf + tot_up, edges, baseline=sf - tot_down, fill=True, color="#f5d76e", label="stat + syst (in quadrature)"
     )
-    ax.stairs(sf + up, edges, baseline=sf - down, fill=True, color="#8fd19e", label="syst (total)")
+    stairs(ax, sf + up, edges, baseline=sf - down, fill=True, color="#8fd19e", label="syst (total)")
     colours = [f"C{i}" for i in range(10)]
     for i, g in enumerate(groups):
         g_up, g_down = _group_arrays(recs, g)
-        ax.stairs(sf + g_up, edges, baseline=sf - g_down, fill=False, color=colours[i % 10], linewidth=1.2, label=g)
+        stairs(ax, sf + g_up, edges, baseline=sf - g_down, fill=False, color=colours[i % 10], linewidth=1.2, label=g)
     flagged = np.array([bool(r["flags"]) for r in recs])
     ok = ~flagged
     ax.errorbar(centres[ok], sf[ok], yerr=stat[ok], xerr=half[ok], fmt="o", color="k", markersize=4, label="SF ± stat")
@@ -189,7 +190,8 @@ def _breakdown_panel(ax: Any, recs: Sequence[Mapping[str, Any]], groups: Sequenc
         rel = 100.0 / np.abs(sf)
         stat = _arr([r["stat"] for r in recs]) * rel
         up, down = _arr([r["total_up"] for r in recs]) * rel, _arr([r["total_down"] for r in recs]) * rel
-    ax.stairs(
+    stairs(
+        ax,
         np.hypot(up, stat),
         edges,
         baseline=-np.hypot(down, stat),
@@ -197,12 +199,12 @@ def _breakdown_panel(ax: Any, recs: Sequence[Mapping[str, Any]], groups: Sequenc
         color="#dddddd",
         label="stat + syst (in quadrature)",
     )
-    ax.stairs(stat, edges, baseline=-stat, fill=False, color="k", linestyle="--", label="stat")
+    stairs(ax, stat, edges, baseline=-stat, fill=False, color="k", linestyle="--", label="stat")
     for i, g in enumerate(groups):
         g_up, g_down = _group_arrays(recs, g)
         colour = f"C{i % 10}"
-        ax.stairs(g_up * rel, edges, color=colour, linewidth=1.5, label=g)
-        ax.stairs(-g_down * rel, edges, color=colour, linewidth=1.5)
+        stairs(ax, g_up * rel, edges, color=colour, linewidth=1.5, label=g)
+        stairs(ax, -g_down * rel, edges, color=colour, linewidth=1.5)
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xlim(edges[0], edges[-1])
     reach = np.concatenate([np.hypot(up, stat), np.hypot(down, stat), stat])
@@ -238,8 +240,9 @@ def plot_fractions(cfg: Config, extraction: Mapping[str, Any], out_dir: Path) ->
     for ax, tagger in zip(axes[0], taggers):
         bins = extraction[tagger]
         edges = np.asarray(bin_edges(bins))
-        ax.stairs(_arr([b["f_forward_quark"] for b in bins]), edges, color="C0", linewidth=2, label="forward jets")
-        ax.stairs(
+        stairs(ax, _arr([b["f_forward_quark"] for b in bins]), edges, color="C0", linewidth=2, label="forward jets")
+        stairs(
+            ax,
             _arr([b["f_central_quark"] for b in bins]),
             edges,
             color="C1",
@@ -342,11 +345,11 @@ def _closure_figure(
             ax = axes[i][j]
             p = parton[0]
             ext, true, data = _arr(b[f"p_{p}_mc"]), _arr(b[f"truth_{p}_mc"]), _arr(b[f"p_{p}_data"])
-            ax.stairs(true, edges, color="C1", linewidth=2, linestyle="--", label=f"MC truth {parton}")
-            ax.stairs(ext, edges, color="C0", label=f"MC extracted {parton}")
+            stairs(ax, true, edges, color="C1", linewidth=2, linestyle="--", label=f"MC truth {parton}")
+            stairs(ax, ext, edges, color="C0", label=f"MC extracted {parton}")
             if truth is not None and tagger in truth.quark:
                 shape = (truth.quark if parton == "quark" else truth.gluon)[tagger][i]
-                ax.stairs(shape, edges, color="k", linestyle=":", linewidth=1.5, label=f"data truth {parton}")
+                stairs(ax, shape, edges, color="k", linestyle=":", linewidth=1.5, label=f"data truth {parton}")
             if not np.isnan(data).all():
                 ax.errorbar(centres, data, label=f"data extracted {parton}", **{**DATA_STYLE, "markersize": 2})
             ax.axhline(0.0, color="grey", linewidth=0.6)
