@@ -343,6 +343,8 @@ def _closure_figure(
     for i, b in enumerate(bins):
         for j, parton in enumerate(("quark", "gluon")):
             ax = axes[i][j]
+            if i:  # the shape panels of a column share its tagger axis (labelled on the last of them)
+                ax.sharex(axes[0][j])
             p = parton[0]
             ext, true, data = _arr(b[f"p_{p}_mc"]), _arr(b[f"truth_{p}_mc"]), _arr(b[f"p_{p}_data"])
             stairs(ax, true, edges, color="C1", linewidth=2, linestyle="--", label=f"MC truth {parton}")
@@ -354,9 +356,13 @@ def _closure_figure(
                 ax.errorbar(centres, data, label=f"data extracted {parton}", **{**DATA_STYLE, "markersize": 2})
             ax.axhline(0.0, color="grey", linewidth=0.6)
             ax.set_title(f"{b['pt_low']:g} < jet pT < {b['pt_high']:g} GeV", fontsize=11)
-            ax.set_xlabel(f"{tagger} (tagger value)", fontsize=11)
+            if i == n - 1:
+                ax.set_xlabel(f"{tagger} (tagger value)", fontsize=11)
+            else:
+                ax.tick_params(labelbottom=False)
             ax.set_ylabel("fraction of jets per bin", fontsize=10)
-            ax.legend(fontsize=7, loc="upper right")
+            if i == 0:  # the same entries in every row: one legend per column
+                ax.legend(fontsize=7, loc="upper right")
     recs = {
         (r["working_point"], r["parton"], r["pt_low"]): r
         for r in records
