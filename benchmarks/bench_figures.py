@@ -27,12 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
-
-import numpy as np
-
-SHAPES = ("p_q_mc", "p_g_mc", "p_q_data", "p_g_data")
 
 
 def _demo(path: Path) -> Path:
@@ -40,27 +35,6 @@ def _demo(path: Path) -> Path:
     if not config.is_file():
         subprocess.run([sys.executable, "-m", "qgcal", "-q", "demo", "--out", str(path)], check=True)
     return config
-
-
-def _plain_bins(bins: list[dict[str, Any]]) -> list[Any]:
-    """extraction.json's bins as the extraction figure takes them (with their stored errors)."""
-    from qgcal.plotting import _plain_bin
-
-    def arr(values: list[float | None]) -> np.ndarray:
-        return np.array([np.nan if v is None else v for v in values], dtype=float)
-
-    return [
-        _plain_bin(
-            SimpleNamespace(
-                pt_low=b["pt_low"],
-                pt_high=b["pt_high"],
-                flags=b["flags"],
-                **{k: arr(b[k]) for k in SHAPES},
-                **{f"{k}_err": arr(b[f"{k}_err"]) for k in SHAPES if f"{k}_err" in b},
-            )
-        )
-        for b in bins
-    ]
 
 
 def main() -> None:
@@ -72,7 +46,7 @@ def main() -> None:
 
     from qgcal.config import load_config
     from qgcal.outputs.closure import data_truth
-    from qgcal.outputs.plots import _closure_figure, _read_extraction
+    from qgcal.outputs.plots import _closure_figure, _read_extraction, plain_extraction_bins
     from qgcal.plotting import _extraction_figure, setup_matplotlib
 
     demo = args.demo or Path(tempfile.mkdtemp(prefix="qgcal-bench-figures-"))
@@ -82,7 +56,7 @@ def main() -> None:
     combined = json.loads((cfg.output_path / "results" / "combined" / "scale_factors.json").read_text())
     records = json.loads(json.dumps(combined["records"], sort_keys=True))
     truth = data_truth(cfg)
-    plain = _plain_bins(bins)
+    plain = plain_extraction_bins(bins)
     out = Path(tempfile.mkdtemp(prefix="qgcal-figures-"))
     plt = setup_matplotlib()
     n = len(bins)

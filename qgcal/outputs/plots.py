@@ -51,6 +51,7 @@ from qgcal.plotting import (
 __all__ = [
     "DPI",
     "extraction_plots",
+    "plain_extraction_bins",
     "plot_breakdown",
     "plot_closure",
     "plot_fractions",
@@ -271,7 +272,7 @@ def _extraction_jobs(
     cfg: Config, extraction: Mapping[str, Any], out_dir: Path
 ) -> tuple[list[Path], list[tuple[Any, tuple[Any, ...]]]]:
     """(the figures copied from results/nominal/plots, the jobs drawing the others)."""
-    from qgcal.plotting import _extraction_figure, _plain_bin
+    from qgcal.plotting import _extraction_figure
 
     nominal = cfg.output_path / "results" / "nominal"
     data_mtime = (nominal / "extraction.json").stat().st_mtime_ns
@@ -284,20 +285,26 @@ def _extraction_jobs(
                 shutil.copyfile(src, tmp)
             written.append(dst)
         elif tagger in cfg.taggers:
-            plain = [
-                _plain_bin(
-                    SimpleNamespace(
-                        pt_low=b["pt_low"],
-                        pt_high=b["pt_high"],
-                        flags=b["flags"],
-                        **{k: _arr(b[k]) for k in ("p_q_mc", "p_g_mc", "p_q_data", "p_g_data")},
-                        **{f"{k}_err": _arr(b[f"{k}_err"]) for k in _SHAPES if f"{k}_err" in b},
-                    )
-                )
-                for b in bins
-            ]
-            jobs.append((_extraction_figure, (cfg, "nominal", tagger, plain, out_dir)))
+            jobs.append((_extraction_figure, (cfg, "nominal", tagger, plain_extraction_bins(bins), out_dir)))
     return written, jobs
+
+
+def plain_extraction_bins(bins: Sequence[Mapping[str, Any]]) -> list[SimpleNamespace]:
+    """One tagger's bins of extraction.json as the extraction figure takes them (stored errors included)."""
+    from qgcal.plotting import _plain_bin
+
+    return [
+        _plain_bin(
+            SimpleNamespace(
+                pt_low=b["pt_low"],
+                pt_high=b["pt_high"],
+                flags=b["flags"],
+                **{k: _arr(b[k]) for k in _SHAPES},
+                **{f"{k}_err": _arr(b[f"{k}_err"]) for k in _SHAPES if f"{k}_err" in b},
+            )
+        )
+        for b in bins
+    ]
 
 
 def plot_closure(
