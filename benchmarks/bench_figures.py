@@ -54,7 +54,7 @@ def main() -> None:
     extraction = _read_extraction(cfg)
     bins = extraction[args.tagger]
     combined = json.loads((cfg.output_path / "results" / "combined" / "scale_factors.json").read_text())
-    records = json.loads(json.dumps(combined["records"], sort_keys=True))
+    records = combined["records"]
     truth = data_truth(cfg)
     plain = plain_extraction_bins(bins)
     out = Path(tempfile.mkdtemp(prefix="qgcal-figures-"))
