@@ -49,6 +49,7 @@ __all__ = [
 ]
 
 DATA_STYLE = {"fmt": "o", "color": "k", "markersize": 3, "elinewidth": 1}
+FLAG_COLOUR = "0.35"  # the bins of an extracted shape below zero: grey, apart from the partons' colours
 FIGURE_INDEX = ".qgcal-figures.json"  # beside the figures: which were drawn from which inputs (render_cached)
 
 
@@ -348,8 +349,9 @@ def shape_errors(ex: Any) -> dict[str, np.ndarray] | None:
 
 
 def _flag_negative(ax: Any, edges: np.ndarray, shapes: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> int:
-    """Mark the bins where a shape is below zero (no fraction of jets is): red triangles on every
-    negative value, and the bins more than 1 sigma below zero shaded. Returns how many are shaded."""
+    """Mark the bins where a shape is below zero (no fraction of jets is): grey triangles on every
+    negative value, and the bins more than 1 sigma below zero shaded grey (colours belong to the
+    partons). Returns how many are shaded."""
     significant = np.zeros(len(edges) - 1, dtype=bool)
     n_negative = 0
     centres = 0.5 * (edges[1:] + edges[:-1])
@@ -358,7 +360,7 @@ def _flag_negative(ax: Any, edges: np.ndarray, shapes: Sequence[tuple[np.ndarray
         neg = v < 0
         n_negative = max(n_negative, int(neg.sum()))
         if neg.any():
-            ax.plot(centres[neg], v[neg], "v", color="red", markersize=3, linestyle="none")
+            ax.plot(centres[neg], v[neg], "v", color=FLAG_COLOUR, markersize=3, linestyle="none")
         e = np.zeros_like(v) if err is None else np.nan_to_num(np.asarray(err, dtype=float), nan=0.0)
         significant |= v + e < 0
     shaded = np.nonzero(significant)[0]
@@ -369,18 +371,18 @@ def _flag_negative(ax: Any, edges: np.ndarray, shapes: Sequence[tuple[np.ndarray
 
         boxes = [[(edges[i], 0.0), (edges[i + 1], 0.0), (edges[i + 1], 1.0), (edges[i], 1.0)] for i in shaded]
         ax.add_collection(
-            PolyCollection(boxes, transform=ax.get_xaxis_transform(), facecolor="red", alpha=0.18, linewidths=0),
+            PolyCollection(boxes, transform=ax.get_xaxis_transform(), facecolor=FLAG_COLOUR, alpha=0.18, linewidths=0),
             autolim=False,
         )
     if n_negative:
         ax.text(
             0.98,
-            0.62,
-            f"unphysical < 0: {n_negative} bin(s) (red), {int(significant.sum())} by > 1 sigma (shaded)",
+            0.9,
+            f"unphysical < 0: {n_negative} bin(s) (triangles), {int(significant.sum())} by > 1 sigma (shaded)",
             transform=ax.transAxes,
             ha="right",
             fontsize=7,
-            color="red",
+            color=FLAG_COLOUR,
         )
     return int(significant.sum())
 
@@ -418,23 +420,37 @@ def stairs(
     return patch
 
 
-def _shape_panel(ax: Any, edges: np.ndarray, parton: str, mc: np.ndarray, data: np.ndarray, err: Any) -> None:
+# a parton's colour (its MC line and band, its data points) and its data marker in the extraction figure
+PARTON_STYLE = {"quark": ("tab:blue", "o"), "gluon": ("tab:red", "s")}
+
+
+def _shapes_panel(ax: Any, edges: np.ndarray, ex: Any, err: Any) -> list[tuple[Any, str]]:
+    """One pT bin's extracted quark and gluon shapes on one axes: MC as a line over its stat. band,
+    data as points, the bins below zero flagged. Returns the legend's entries (handle, label); an
+    MC entry's handle is the (band, line) pair, drawn as one entry."""
     centres = 0.5 * (edges[1:] + edges[:-1])
-    if not np.isnan(mc).all():
-        stairs(ax, mc, edges, label=f"MC, extracted {parton}", color="C0")
-        if err is not None:
-            e = err[f"p_{parton[0]}_mc"]
-            stairs(ax, mc + e, edges, baseline=mc - e, fill=True, color="C0", alpha=0.3, label="MC stat. unc.")
-    if not np.isnan(data).all():
-        yerr = None if err is None else err[f"p_{parton[0]}_data"]
-        ax.errorbar(centres, data, yerr=yerr, label=f"data, extracted {parton}", **DATA_STYLE)
+    entries: list[tuple[Any, str]] = []
+    shapes: list[tuple[np.ndarray, np.ndarray | None]] = []
+    for parton in ("quark", "gluon"):
+        colour, marker = PARTON_STYLE[parton]
+        key = f"p_{parton[0]}"
+        mc = np.asarray(getattr(ex, f"{key}_mc"), dtype=float)
+        data = np.asarray(getattr(ex, f"{key}_data"), dtype=float)
+        mc_err = None if err is None else err[f"{key}_mc"]
+        data_err = None if err is None else err[f"{key}_data"]
+        if not np.isnan(mc).all():
+            handle: Any = stairs(ax, mc, edges, color=colour)
+            if mc_err is not None:
+                band = stairs(ax, mc + mc_err, edges, baseline=mc - mc_err, fill=True, color=colour, alpha=0.3)
+                handle = (band, handle)
+            entries.append((handle, f"MC, extracted {parton}" + (" (stat. unc.)" if mc_err is not None else "")))
+        if not np.isnan(data).all():
+            points = ax.errorbar(centres, data, yerr=data_err, **{**DATA_STYLE, "fmt": marker, "color": colour})
+            entries.append((points, f"data, extracted {parton}"))
+        shapes += [(mc, mc_err), (data, data_err)]
     ax.axhline(0.0, color="grey", linewidth=0.6)
-    key = f"p_{parton[0]}"
-    _flag_negative(
-        ax,
-        edges,
-        [(mc, None if err is None else err[f"{key}_mc"]), (data, None if err is None else err[f"{key}_data"])],
-    )
+    _flag_negative(ax, edges, shapes)
+    return entries
 
 
 def _plain_bin(ex: Any) -> SimpleNamespace:
@@ -465,38 +481,60 @@ def plot_extractions(cfg: Config, syst: str, extractions: Mapping[str, Sequence[
 
 
 def _extraction_figure(cfg: Config, syst: str, name: str, bins: Sequence[Any], out_dir: Path) -> Path:
-    """Rows = pT bins, columns = quark, gluon, on one tagger axis per column.
+    """One panel per pT bin, two columns, each with the quark and the gluon shapes of data and MC.
 
-    The panels of a column share their x axis, so only the bottom row carries its tick labels
-    and title, and each column has one legend (on its first panel with something drawn): the
-    labels are the same in every row, and an axis's tick labels and a legend are the costliest
-    things to draw (about a quarter of the figure).
+    Quark and gluon share a panel, as in ATLAS's q/g calibration figures: the two shapes the
+    method separates are compared where they overlap, and the figure has half the panels of one
+    per (pT bin, parton), which halves its cost (an empty panel's ATLAS ticks cost as much as
+    what it holds; ``benchmarks/bench_figures.py``). The panels share the tagger axis, so only
+    the bottom of each column carries its tick labels and title, and one legend serves all.
     """
+    from matplotlib.legend_handler import HandlerTuple
+
     plt = setup_matplotlib()
     edges = np.asarray(cfg.taggers[name].bins.bin_edges())
     n = len(bins)
-    fig, axes = plt.subplots(n, 2, figsize=(11, 3.2 * n + 0.6), squeeze=False, sharex="col")
-    top = 1.0 - 0.75 / (3.2 * n + 0.6)
-    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.04, top=top, hspace=0.3, wspace=0.25)
-    legend = [True, True]
-    for i, ex in enumerate(bins):
+    cols = 2 if n > 1 else 1
+    rows = -(-n // cols)
+    height = 3.4 * rows + 0.6
+    fig, axes = plt.subplots(rows, cols, figsize=(11, height), squeeze=False, sharex=True)
+    top, bottom = 1.0 - 0.75 / height, 0.04 + 0.3 / height
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=bottom, top=top, hspace=0.3, wspace=0.25)
+    legend = True
+    for k in range(rows * cols):
+        ax = axes[k // cols][k % cols]
+        if k >= n:  # an odd number of bins: the last cell stays empty, the one above shows the axis
+            ax.set_visible(False)
+            axes[k // cols - 1][k % cols].xaxis.set_tick_params(labelbottom=True)
+            axes[k // cols - 1][k % cols].set_xlabel(f"{name} (tagger value)", fontsize=11)
+            continue
+        ex = bins[k]
         err = shape_errors(ex)
-        for j, (parton, mc, data) in enumerate((("quark", ex.p_q_mc, ex.p_q_data), ("gluon", ex.p_g_mc, ex.p_g_data))):
-            ax = axes[i][j]
-            _shape_panel(ax, edges, parton, np.asarray(mc, float), np.asarray(data, float), err)
-            ax.set_title(f"{ex.pt_low:g} < jet pT < {ex.pt_high:g} GeV", fontsize=11)
-            if i == n - 1:
-                ax.set_xlabel(f"{name} (tagger value)", fontsize=11)
+        entries = _shapes_panel(ax, edges, ex, err)
+        ax.set_title(f"{ex.pt_low:g} < jet pT < {ex.pt_high:g} GeV", fontsize=11)
+        if k // cols == rows - 1:
+            ax.set_xlabel(f"{name} (tagger value)", fontsize=11)
+        if k % cols == 0:
             ax.set_ylabel("fraction of jets per bin", fontsize=10)
-            if ex.flags:
-                ax.text(0.02, 0.9, ",".join(sorted(set(ex.flags))), transform=ax.transAxes, fontsize=8, color="red")
-            if err is None:
-                ax.text(0.02, 0.8, "no errors stored", transform=ax.transAxes, fontsize=7, color="grey")
-            if not ax.get_legend_handles_labels()[0]:
-                ax.text(0.5, 0.5, "undefined (see flags)", transform=ax.transAxes, ha="center")
-            elif legend[j]:
-                ax.legend(fontsize=8, loc="upper right")
-                legend[j] = False
+        if ex.flags:
+            ax.text(0.02, 0.9, ",".join(sorted(set(ex.flags))), transform=ax.transAxes, fontsize=8, color="red")
+        if err is None:
+            ax.text(0.02, 0.8, "no errors stored", transform=ax.transAxes, fontsize=7, color="grey")
+        if not entries:
+            ax.text(0.5, 0.5, "undefined (see flags)", transform=ax.transAxes, ha="center")
+        elif legend:  # one legend, in the top margin between the experiment label and the title
+            handles, labels = zip(*entries)
+            fig.legend(
+                handles,
+                labels,
+                ncols=2,
+                fontsize=8,
+                loc="upper center",
+                bbox_to_anchor=(0.5, 1.0),
+                frameon=False,
+                handler_map={tuple: HandlerTuple(ndivide=1)},
+            )
+            legend = False
     label, sub = label_lines(cfg)
     experiment_label(fig, label, sub, figure=True)
     fig.text(0.98, 0.998, f"{cfg.name}: {name}, {syst}", ha="right", va="top", fontsize=12)
