@@ -14,8 +14,6 @@ from typing import Any
 
 __all__ = ["add_execution_options", "add_inference_options", "config_overrides", "load_config_from_args"]
 
-from qgcal.config import OPTION_SETTINGS as SETTINGS  # argparse dest -> config setting
-
 
 def add_execution_options(
     p: argparse.ArgumentParser, *, executors: tuple[str, ...] = ("process", "serial"), skip: bool = True
@@ -43,7 +41,14 @@ def add_inference_options(p: argparse.ArgumentParser) -> None:
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config settings the given options set (options not given are left out)."""
-    return {setting: getattr(args, dest) for dest, setting in SETTINGS.items() if getattr(args, dest, None) is not None}
+    # imported here: the schema (pydantic) is a third of `qgcal --help`'s start-up, which needs none of it
+    from qgcal.config import OPTION_SETTINGS  # argparse dest -> config setting
+
+    return {
+        setting: getattr(args, dest)
+        for dest, setting in OPTION_SETTINGS.items()
+        if getattr(args, dest, None) is not None
+    }
 
 
 def load_config_from_args(args: argparse.Namespace) -> Any:
