@@ -26,7 +26,10 @@ are extra work coffea would not do). Medians over ``--repeat`` interleaved repet
 machines are shared); the ratios are read time / run time, i.e. throughput relative to the
 physical limit (1.0 = as fast as just reading; ``/ read (isal)`` against the faster read).
 ``results at`` is when ``scale_factors.json`` was
-written, from the start of the process. ``--workers 1,2`` repeats everything per worker count;
+written, from the start of the process. ``CPU, all processes`` is the CPU time of each command
+with every process under it (a pool's fork server and workers, the processes that draw figures),
+sampled with psutil: on a shared machine it moves less than the wall time, and on a saturated one
+the wall time follows it. ``--workers 1,2`` repeats everything per worker count;
 ``--json`` saves the numbers and ``--plot`` draws throughput vs workers (docs/e2e_throughput.png).
 """
 
@@ -219,17 +222,47 @@ def _read_jobs(config: Path) -> tuple[list[Any], int, dict[str, Any]]:
     return jobs, total, spec
 
 
-def _timed(cmd: list[str]) -> tuple[float, str]:
+# how often _timed samples the CPU times of the command's processes
+CPU_POLL_S = 0.02
+
+
+def _timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall time, CPU time of the command and every process under it).
+
+    The CPU is sampled every ``CPU_POLL_S`` from each process's own counters (psutil), the last
+    sample of a process counting: a pool's workers and fork server, and the processes forked to
+    draw figures, are grandchildren that ``getrusage(RUSAGE_CHILDREN)`` does not see. A process
+    living less than one poll is missed; one ending between polls loses at most a poll's CPU.
+    CPU seconds vary less than wall seconds on a shared machine, and say what the run costs.
+    """
+    import psutil
+
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, check=False, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({out.returncode}):\n{out.stderr[-3000:]}")
-    return wall, out.stdout
+    with tempfile.TemporaryFile() as err, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err) as proc:
+        root = psutil.Process(proc.pid)
+        cpu: dict[tuple[int, float], float] = {}
+        while proc.poll() is None:
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                procs = []
+            for q in procs:
+                try:
+                    times = q.cpu_times()
+                    cpu[(q.pid, q.create_time())] = times.user + times.system
+                except psutil.Error:
+                    pass
+            time.sleep(CPU_POLL_S)
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            err.seek(0)
+            tail = err.read().decode(errors="replace")[-3000:]
+            raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({proc.returncode}):\n{tail}")
+    return wall, sum(cpu.values())
 
 
-def _qgcal(config: Path, workers: int) -> tuple[float, float]:
-    """(wall time, seconds from the start until results/nominal/scale_factors.json was written)."""
+def _qgcal(config: Path, workers: int) -> tuple[float, float, float]:
+    """(wall time, CPU time, seconds from the start until results/nominal/scale_factors.json was written)."""
     cmd = [sys.executable, "-m", "qgcal", "-q", "run", "--config", str(config), "--syst", "nominal", "--force"]
     doc = yaml.safe_load(config.read_text())
     results = Path(doc["output"]) / "results" / "nominal"
@@ -237,9 +270,9 @@ def _qgcal(config: Path, workers: int) -> tuple[float, float]:
     # gives the same bytes and draws none): forget them, so that every repetition draws both
     (results / "plots" / ".qgcal-figures.json").unlink(missing_ok=True)
     start = time.time()
-    wall, _ = _timed([*cmd, "--workers", str(workers)])
+    wall, cpu = _timed([*cmd, "--workers", str(workers)])
     sf = results / "scale_factors.json"
-    return wall, sf.stat().st_mtime - start
+    return wall, cpu, sf.stat().st_mtime - start
 
 
 def _measure(args: argparse.Namespace, workers: int, cfg_plots: Path, cfg_noplots: Path) -> dict[str, Any]:
@@ -250,21 +283,28 @@ def _measure(args: argparse.Namespace, workers: int, cfg_plots: Path, cfg_noplot
     if args.coffea_python:
         coffea_cmd = [str(args.coffea_python), "-c", COFFEA_SNIPPET, json.dumps(spec), str(workers)]
     times: dict[str, list[float]] = {"read": [], "read (isal)": [], "qgcal": [], "qgcal, no plots": [], "coffea": []}
+    cpu: dict[str, list[float]] = {k: [] for k in times}
     results_at: list[float] = []
     loads: list[float] = []
+
+    def record(name: str, wall: float, cpu_s: float) -> None:
+        times[name].append(wall)
+        cpu[name].append(cpu_s)
+
     for r in range(args.repeat):
         loads.append(os.getloadavg()[0])  # 1-minute load average: how busy the shared machine was
-        times["read"].append(_timed(read_cmd)[0])
-        times["read (isal)"].append(_timed(read_isal_cmd)[0])
-        wall, at = _qgcal(cfg_plots, workers)
-        times["qgcal"].append(wall)
+        record("read", *_timed(read_cmd))
+        record("read (isal)", *_timed(read_isal_cmd))
+        wall, cpu_s, at = _qgcal(cfg_plots, workers)
+        record("qgcal", wall, cpu_s)
         results_at.append(at)
-        times["qgcal, no plots"].append(_qgcal(cfg_noplots, workers)[0])
+        record("qgcal, no plots", *_qgcal(cfg_noplots, workers)[:2])
         if coffea_cmd:
-            times["coffea"].append(_timed(coffea_cmd)[0])
-        line = ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items() if v)
+            record("coffea", *_timed(coffea_cmd))
+        line = ", ".join(f"{k} {v[-1]:.2f} s ({cpu[k][-1]:.1f} CPU-s)" for k, v in times.items() if v)
         print(f"workers {workers}, repetition {r + 1}: {line}", file=sys.stderr)
     med = {k: statistics.median(v) for k, v in times.items() if v}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items() if v}
     return {
         "events": events,
         "files": len(jobs),
@@ -272,6 +312,8 @@ def _measure(args: argparse.Namespace, workers: int, cfg_plots: Path, cfg_noplot
         "repeat": args.repeat,
         "median_s": med,
         "all_s": {k: v for k, v in times.items() if v},
+        "median_cpu_s": med_cpu,
+        "all_cpu_s": {k: v for k, v in cpu.items() if v},
         "qgcal_results_at_s": statistics.median(results_at),
         "load_average": statistics.median(loads),
         "cpus": os.cpu_count(),
@@ -344,10 +386,15 @@ def main() -> None:
             f"median of {res['repeat']} interleaved repetitions, {res['cpus']} CPUs, "
             f"load average {res['load_average']:.1f}"
         )
-        print("\n| run | wall time | events/s | throughput / read | / read (isal) |\n|---|---:|---:|---:|---:|")
+        print(
+            "\n| run | wall time | events/s | throughput / read | / read (isal) | CPU, all processes | CPU / read's |"
+            "\n|---|---:|---:|---:|---:|---:|---:|"
+        )
+        cpu_s = res["median_cpu_s"]
         for k, v in med.items():
             print(
-                f"| {k} | {v:.2f} s | {events / v / 1e6:.2f} M | {med['read'] / v:.2f} | {med['read (isal)'] / v:.2f} |"
+                f"| {k} | {v:.2f} s | {events / v / 1e6:.2f} M | {med['read'] / v:.2f} | {med['read (isal)'] / v:.2f} "
+                f"| {cpu_s[k]:.2f} s | {cpu_s[k] / cpu_s['read']:.2f} |"
             )
         print(f"\nqgcal wrote results/nominal/scale_factors.json {res['qgcal_results_at_s']:.2f} s after its start.")
 
