@@ -498,7 +498,8 @@ def _extraction_figure(cfg: Config, syst: str, name: str, bins: Sequence[Any], o
     rows = -(-n // cols)
     height = 3.4 * rows + 0.6
     fig, axes = plt.subplots(rows, cols, figsize=(11, height), squeeze=False, sharex=True)
-    top, bottom = 1.0 - 0.75 / height, 0.04 + 0.3 / height
+    # the top margin holds the experiment label (left), the title (right) and, below the title, the legend
+    top, bottom = 1.0 - 1.0 / height, 0.75 / height  # margins in inches, for any number of rows
     fig.subplots_adjust(left=0.09, right=0.98, bottom=bottom, top=top, hspace=0.3, wspace=0.25)
     legend = True
     for k in range(rows * cols):
@@ -522,7 +523,7 @@ def _extraction_figure(cfg: Config, syst: str, name: str, bins: Sequence[Any], o
             ax.text(0.02, 0.8, "no errors stored", transform=ax.transAxes, fontsize=7, color="grey")
         if not entries:
             ax.text(0.5, 0.5, "undefined (see flags)", transform=ax.transAxes, ha="center")
-        elif legend:  # one legend, in the top margin between the experiment label and the title
+        elif legend:  # one legend, in the top margin: beside the experiment label, under the title
             handles, labels = zip(*entries)
             fig.legend(
                 handles,
@@ -530,7 +531,7 @@ def _extraction_figure(cfg: Config, syst: str, name: str, bins: Sequence[Any], o
                 ncols=2,
                 fontsize=8,
                 loc="upper center",
-                bbox_to_anchor=(0.5, 1.0),
+                bbox_to_anchor=(0.5, 1.0 - 0.28 / height),
                 frameon=False,
                 handler_map={tuple: HandlerTuple(ndivide=1)},
             )
