@@ -502,18 +502,13 @@ def _extraction_figure(cfg: Config, syst: str, name: str, bins: Sequence[Any], o
     top, bottom = 1.0 - 1.0 / height, 0.75 / height  # margins in inches, for any number of rows
     fig.subplots_adjust(left=0.09, right=0.98, bottom=bottom, top=top, hspace=0.3, wspace=0.25)
     legend = True
-    for k in range(rows * cols):
-        ax = axes[k // cols][k % cols]
-        if k >= n:  # an odd number of bins: the last cell stays empty, the one above shows the axis
-            ax.set_visible(False)
-            axes[k // cols - 1][k % cols].xaxis.set_tick_params(labelbottom=True)
-            axes[k // cols - 1][k % cols].set_xlabel(f"{name} (tagger value)", fontsize=11)
-            continue
-        ex = bins[k]
+    for k, ex in enumerate(bins):
+        ax = axes.flat[k]
         err = shape_errors(ex)
         entries = _shapes_panel(ax, edges, ex, err)
         ax.set_title(f"{ex.pt_low:g} < jet pT < {ex.pt_high:g} GeV", fontsize=11)
-        if k // cols == rows - 1:
+        if k + cols >= n:  # the last panel of its column (above an empty cell too) carries the tagger axis
+            ax.xaxis.set_tick_params(labelbottom=True)
             ax.set_xlabel(f"{name} (tagger value)", fontsize=11)
         if k % cols == 0:
             ax.set_ylabel("fraction of jets per bin", fontsize=10)
@@ -536,6 +531,8 @@ def _extraction_figure(cfg: Config, syst: str, name: str, bins: Sequence[Any], o
                 handler_map={tuple: HandlerTuple(ndivide=1)},
             )
             legend = False
+    for ax in axes.flat[n:]:  # an odd number of bins leaves the last cell empty
+        ax.set_visible(False)
     label, sub = label_lines(cfg)
     experiment_label(fig, label, sub, figure=True)
     fig.text(0.98, 0.998, f"{cfg.name}: {name}, {syst}", ha="right", va="top", fontsize=12)
